@@ -1,0 +1,154 @@
+"""Optimisers: SGD with momentum, Adam, AdamW; and gradient-norm clipping.
+
+State (momentum buffers, Adam's two moments) is created lazily, the first time a parameter
+has a gradient, and only for parameters that require one. A frozen weight therefore costs
+no optimiser memory: with Adam that is two extra copies of every trained weight, which is
+the largest share of what LoRA saves.
+
+The update rules and defaults follow ``torch.optim`` so a trajectory can be compared step by
+step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import backend
+
+
+class Optimizer:
+    """Keeps the parameters to update and their per-parameter state."""
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("the optimiser got an empty parameter list")
+        if not (isinstance(lr, int | float) and lr >= 0 and math.isfinite(lr)):
+            raise ValueError(f"learning rate must be a finite number >= 0, got {lr!r}")
+        self.lr = lr
+        self.state: dict[int, dict] = {}  # id(param) -> its state arrays
+        self.step_count = 0
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's gradient (set it to None)."""
+        for p in self.params:
+            p.grad = None
+
+    def _trained(self):
+        """Parameters that require a gradient and received one."""
+        return [p for p in self.params if p.requires_grad and p.grad is not None]
+
+    def state_bytes(self) -> int:
+        """Bytes held by optimiser state (momentum or Adam moments)."""
+        return sum(a.nbytes for s in self.state.values() for a in s.values() if hasattr(a, "nbytes"))
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """p -= lr * v with v = momentum * v + g (PyTorch's form); plain SGD when momentum = 0."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum, self.weight_decay = momentum, weight_decay
+
+    def step(self) -> None:
+        self.step_count += 1
+        for p in self._trained():
+            g = p.grad if self.weight_decay == 0 else p.grad + self.weight_decay * p.data
+            if self.momentum:
+                state = self.state.get(id(p))
+                if state is None:
+                    state = self.state[id(p)] = {"momentum": g.copy()}
+                else:
+                    state["momentum"] *= self.momentum
+                    state["momentum"] += g
+                g = state["momentum"]
+            p.data -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; ``weight_decay`` adds L2 to the gradient."""
+
+    decoupled = False
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(params, lr)
+        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if eps <= 0 or weight_decay < 0:
+            raise ValueError(f"need eps > 0 and weight_decay >= 0, got {eps}, {weight_decay}")
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+
+    def step(self) -> None:
+        xp = backend.xp
+        beta1, beta2 = self.betas
+        self.step_count += 1
+        for p in self._trained():
+            state = self.state.get(id(p))
+            if state is None:
+                state = self.state[id(p)] = {
+                    "step": 0,
+                    "exp_avg": xp.zeros_like(p.data),
+                    "exp_avg_sq": xp.zeros_like(p.data),
+                }
+            state["step"] += 1
+            t = state["step"]
+            g = p.grad
+            if self.weight_decay and self.decoupled:
+                p.data *= 1 - self.lr * self.weight_decay
+            elif self.weight_decay:
+                g = g + self.weight_decay * p.data
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * (g * g)
+            # PyTorch's arrangement: lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+            step_size = self.lr / (1 - beta1**t)
+            denom = xp.sqrt(v)
+            denom /= math.sqrt(1 - beta2**t)
+            denom += self.eps
+            p.data -= step_size * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p *= 1 - lr * weight_decay before the Adam step."""
+
+    decoupled = True
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm_(params, max_norm: float) -> float:
+    """Scale all gradients together so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping (as PyTorch does).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    scale = max_norm / (total + 1e-6)
+    if scale < 1.0:
+        for g in grads:
+            g *= scale
+    return total
