@@ -42,7 +42,9 @@ def _load_cupy():
     try:
         import cupy
     except ImportError as err:
-        raise RuntimeError(f"the 'cupy' backend needs CuPy, which is not installed. {_CUPY_HELP}") from err
+        raise RuntimeError(
+            f"the 'cupy' backend needs CuPy, which is not installed. {_CUPY_HELP}"
+        ) from err
     try:
         n_devices = cupy.cuda.runtime.getDeviceCount()
     except Exception as err:  # CUDA raises its own error types when no driver is present
@@ -60,7 +62,9 @@ def set_backend(backend_name: str) -> None:
     """
     global xp, name, _rng
     if backend_name not in BACKENDS:
-        raise ValueError(f"unknown backend {backend_name!r}; expected one of {', '.join(map(repr, BACKENDS))}")
+        raise ValueError(
+            f"unknown backend {backend_name!r}; expected one of {', '.join(map(repr, BACKENDS))}"
+        )
     module = numpy if backend_name == "numpy" else _load_cupy()
     xp, name = module, backend_name
     _rng = xp.random.default_rng(0)

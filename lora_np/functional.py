@@ -147,9 +147,7 @@ def power(a, b) -> Tensor:
     """a ** b: tensor ** number, number ** tensor, or tensor ** tensor."""
     av, at, bv, bt = _binary_inputs(a, b)
     # Small whole exponents as products: float32 ``x ** 3`` is ~50x slower than x * x * x.
-    small_int = (
-        isinstance(bv, numbers.Real) and not isinstance(bv, bool) and bv in (1, 2, 3, 4)
-    )
+    small_int = isinstance(bv, numbers.Real) and not isinstance(bv, bool) and bv in (1, 2, 3, 4)
     try:
         out = _int_power(av, int(bv)) if small_int else av**bv
     except ValueError as err:
@@ -163,7 +161,9 @@ def power(a, b) -> Tensor:
             else:
                 ga = unbroadcast(g * bv * av ** (bv - 1), _shape_of(av))
         if bt.requires_grad:
-            gb = unbroadcast(g * out * backend.xp.log(av), _shape_of(bv))
+            # a Python-number base as an array of out's dtype: np.log(2) would be float64
+            log_a = backend.xp.log(backend.xp.asarray(av, dtype=out.dtype))
+            gb = unbroadcast(g * out * log_a, _shape_of(bv))
         return ga, gb
 
     return Tensor._from_op(out, (at, bt), backward)
@@ -257,7 +257,8 @@ def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 (
     def backward(g):
         is_max = x.data == kept
         g = g if keepdims else g.reshape(kept.shape)
-        return (is_max * (g / is_max.sum(axis=axes, keepdims=True)),)
+        ties = is_max.sum(axis=axes, keepdims=True, dtype=g.dtype)  # g's dtype: no float64 upcast
+        return (is_max * (g / ties),)
 
     return Tensor._from_op(out, (x,), backward)
 
@@ -268,7 +269,9 @@ def reshape(x: Tensor, shape) -> Tensor:
     try:
         out = x.data.reshape(shape)
     except ValueError as err:
-        raise ValueError(f"cannot reshape a tensor of shape {x.shape} into {shape}: {err}") from None
+        raise ValueError(
+            f"cannot reshape a tensor of shape {x.shape} into {shape}: {err}"
+        ) from None
     source = x.shape
     return Tensor._from_op(out, (x,), lambda g: (g.reshape(source),))
 
@@ -285,9 +288,7 @@ def transpose(x: Tensor, axes=None) -> Tensor:
 def _is_basic_index(index) -> bool:
     """True for ints, slices, None and Ellipsis only: such an index never repeats an element."""
     parts = index if isinstance(index, tuple) else (index,)
-    return all(
-        isinstance(p, slice | numbers.Integral) or p is None or p is Ellipsis for p in parts
-    )
+    return all(isinstance(p, slice | numbers.Integral) or p is None or p is Ellipsis for p in parts)
 
 
 def getitem(x: Tensor, index) -> Tensor:
@@ -328,7 +329,8 @@ def matmul(a, b) -> Tensor:
             f"axis of the second ({b_shape[-2 if len(b_shape) > 1 else 0]})"
         )
     if len(a_shape) == 1:  # (k,) @ (..., k, m): treat as (1, k) and drop that axis again
-        return reshape(matmul(reshape(at, (1, a_shape[0])), bt), b_shape[:-2] + b_shape[-1:])
+        out_shape = b_shape[:-2] + b_shape[-1:] if len(b_shape) > 1 else ()  # (k,) @ (k,) -> ()
+        return reshape(matmul(reshape(at, (1, a_shape[0])), bt), out_shape)
     if len(b_shape) == 1:  # (..., n, k) @ (k,): treat as (k, 1)
         return reshape(matmul(at, reshape(bt, (b_shape[0], 1))), a_shape[:-1])
     if len(b_shape) == 2 and len(a_shape) > 2:

@@ -136,9 +136,13 @@ class Module:
         if mismatched:
             problems.append(f"shape mismatches: {'; '.join(mismatched)}")
         if problems:
-            raise KeyError(f"load_state_dict found {len(problems)} problem(s): " + " | ".join(problems))
+            raise KeyError(
+                f"load_state_dict found {len(problems)} problem(s): " + " | ".join(problems)
+            )
         converted = {
-            n: backend.xp.array(state_dict[n], dtype=params[n].dtype) for n in params if n in state_dict
+            n: backend.xp.array(state_dict[n], dtype=params[n].dtype)
+            for n in params
+            if n in state_dict
         }
         for n, array in converted.items():
             params[n].data = array

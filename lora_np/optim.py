@@ -40,7 +40,9 @@ class Optimizer:
 
     def state_bytes(self) -> int:
         """Bytes held by optimiser state (momentum or Adam moments)."""
-        return sum(a.nbytes for s in self.state.values() for a in s.values() if hasattr(a, "nbytes"))
+        return sum(
+            a.nbytes for s in self.state.values() for a in s.values() if hasattr(a, "nbytes")
+        )
 
     def step(self) -> None:
         raise NotImplementedError
@@ -113,13 +115,17 @@ class Adam(Optimizer):
             m *= beta1
             m += (1 - beta1) * g
             v *= beta2
-            v += (1 - beta2) * (g * g)
-            # PyTorch's arrangement: lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
-            step_size = self.lr / (1 - beta1**t)
-            denom = xp.sqrt(v)
-            denom /= math.sqrt(1 - beta2**t)
-            denom += self.eps
-            p.data -= step_size * (m / denom)
+            g_sq = g * g
+            g_sq *= 1 - beta2
+            v += g_sq
+            # PyTorch's arrangement: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), computed
+            # in one scratch array: temporaries of the parameter's size are the cost here.
+            update = xp.sqrt(v, out=g_sq)
+            update /= math.sqrt(1 - beta2**t)
+            update += self.eps
+            xp.divide(m, update, out=update)
+            update *= self.lr / (1 - beta1**t)
+            p.data -= update
 
 
 class AdamW(Adam):

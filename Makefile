@@ -1,0 +1,63 @@
+# lora-np: every target bootstraps .venv from pyproject.toml on first use.
+#   make course      run every notebook in order, store outputs, print per-notebook times
+#   make test        ruff, unit tests, strict nbval on every notebook
+#   make crosscheck  compare against PyTorch/PEFT (installs torch==2.13.0 and peft)
+#   make lab         open the notebooks in JupyterLab
+#   make bench       benchmarks (against PyTorch, so installs the crosscheck extra)
+#   make pretrain    pretrain the tiny GPT used by the later notebooks
+#   make clean       remove .venv and caches
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+FORMAT_DIRS := $(wildcard lora_np tests benchmarks tools)
+NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tools/nbval_sanitize.cfg \
+    -q -p no:cacheprovider
+
+.PHONY: install course test crosscheck lab bench pretrain clean
+
+install: $(VENV)/.installed
+
+# Rebuilt when pyproject.toml changes. pip itself is left as venv ships it.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+# torch is installed first and pinned exactly, so that peft never pulls another torch build.
+$(VENV)/.crosscheck: $(VENV)/.installed
+	$(BIN)/python -m pip install "torch==2.13.0"
+	$(BIN)/python -m pip install -e ".[crosscheck]"
+	touch $@
+
+course: $(VENV)/.installed
+	$(BIN)/python tools/run_course.py
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check $(FORMAT_DIRS)
+	$(BIN)/pytest tests -q -m "not crosscheck and not gpu"
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		echo "$(BIN)/pytest $(NBVAL_FLAGS) notebooks"; \
+		$(BIN)/pytest $(NBVAL_FLAGS) notebooks; \
+	else \
+		echo "nbval skipped: notebooks/ holds no .ipynb yet"; \
+	fi
+
+crosscheck: $(VENV)/.crosscheck
+	LORA_NP_CROSSCHECK=1 $(BIN)/pytest tests -q -m crosscheck
+
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab notebooks
+
+# OPENBLAS_CORETYPE is unset only here, for benchmark timing on the course machine.
+bench: $(VENV)/.crosscheck
+	env -u OPENBLAS_CORETYPE $(BIN)/python benchmarks/mlp_step.py
+
+pretrain: $(VENV)/.installed
+	$(BIN)/python -m lora_np.pretrain
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,105 @@
+"""Shared test setup: the PyTorch cross-check switch, the backend fixture, hypothesis settings.
+
+- Tests marked ``crosscheck`` compare lora_np against PyTorch/PEFT. Without PyTorch they are
+  skipped, except under ``LORA_NP_CROSSCHECK=1`` (what ``make crosscheck`` sets): there a
+  missing PyTorch stops the run with an error, so a cross-check can never pass by skipping.
+- ``backend_name`` runs a test once per array backend: ``"numpy"`` always, ``"cupy"`` only
+  when CuPy sees a GPU.
+- Tests marked ``gpu`` are skipped with a reason when no GPU is usable.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", deadline=None, max_examples=40)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+CROSSCHECK_REQUIRED = os.environ.get("LORA_NP_CROSSCHECK", "") == "1"
+_CROSSCHECK_HELP = "run `make crosscheck`, which installs torch==2.13.0 and peft into .venv"
+
+
+@functools.cache
+def _torch_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pytest_configure(config):
+    if not CROSSCHECK_REQUIRED:
+        return
+    missing = [name for name in ("torch", "peft") if importlib.util.find_spec(name) is None]
+    if not missing and not _torch_importable():
+        missing = ["torch (installed but fails to import)"]
+    if missing:
+        raise pytest.UsageError(
+            f"LORA_NP_CROSSCHECK=1 but {', '.join(missing)} cannot be imported, so the "
+            f"cross-checks would only be skipped; {_CROSSCHECK_HELP}"
+        )
+
+
+def pytest_collection_modifyitems(config, items):
+    crosscheck_items = [item for item in items if item.get_closest_marker("crosscheck")]
+    if crosscheck_items and not CROSSCHECK_REQUIRED and not _torch_importable():
+        skip = pytest.mark.skip(reason=f"PyTorch is not installed; {_CROSSCHECK_HELP}")
+        for item in crosscheck_items:
+            item.add_marker(skip)
+
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items and not _gpu_available():
+        skip = pytest.mark.skip(reason="needs CuPy and a GPU (pip install -e '.[gpu]')")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+@functools.cache
+def _gpu_available() -> bool:
+    # Imported here, not at the top, so that a broken lora_np cannot stop tests that ignore it.
+    from lora_np import backend
+
+    return backend.is_gpu_available()
+
+
+def _import_or_skip(name: str):
+    if CROSSCHECK_REQUIRED:
+        return importlib.import_module(name)  # checked in pytest_configure; fail loudly if not
+    return pytest.importorskip(name, reason=f"{name} is not installed; {_CROSSCHECK_HELP}")
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """The ``torch`` module (skips the test when it is missing, unless LORA_NP_CROSSCHECK=1)."""
+    return _import_or_skip("torch")
+
+
+@pytest.fixture(scope="session")
+def peft():
+    """The ``peft`` module (skips the test when it is missing, unless LORA_NP_CROSSCHECK=1)."""
+    return _import_or_skip("peft")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend_name" in metafunc.fixturenames:
+        names = ["numpy", "cupy"] if _gpu_available() else ["numpy"]
+        metafunc.parametrize("backend_name", names, indirect=True, ids=names)
+
+
+@pytest.fixture
+def backend_name(request):
+    """Each available backend's name, made the active backend for the test; numpy afterwards."""
+    from lora_np import backend
+
+    backend.set_backend(request.param)
+    try:
+        yield request.param
+    finally:
+        backend.set_backend("numpy")

@@ -1,0 +1,117 @@
+"""The project's own setup: environment.yml agrees with pyproject.toml, notebooks are numbered."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# conda-forge and PyPI spell a few packages differently; map the conda name to the pip name.
+CONDA_TO_PIP = {
+    "matplotlib-base": "matplotlib",  # conda-forge's matplotlib without the Qt GUI backends
+    "pytorch": "torch",  # conda-forge calls the torch package "pytorch"
+    "cupy": "cupy-cuda12x",  # PyPI ships one CuPy wheel per CUDA major, conda-forge one package
+}
+
+# Entries of environment.yml that are not Python dependencies of the package.
+CONDA_ONLY = {"python", "pip"}
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def normalise(requirement: str) -> str:
+    """The package name in a pip or conda requirement, lowercased, with `_` and `.` as `-`."""
+    match = _NAME.match(requirement.strip())
+    if match is None:
+        raise ValueError(f"cannot read a package name from {requirement!r}")
+    return re.sub(r"[_.]+", "-", match.group(0).lower())
+
+
+def pyproject_requirements() -> dict[str, str]:
+    """Runtime and [dev] requirements of pyproject.toml: {normalised name: original line}."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = project["dependencies"] + project["optional-dependencies"]["dev"]
+    return {normalise(line): line for line in lines}
+
+
+def environment_requirements() -> dict[str, str]:
+    """Conda and pip entries of environment.yml: {normalised pip name: original line}."""
+    yaml = pytest.importorskip("yaml")
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    found: dict[str, str] = {}
+    for entry in env["dependencies"]:
+        if isinstance(entry, dict):  # the `pip:` section
+            for line in entry.get("pip", []):
+                if not line.startswith("-"):  # `-e .` installs the package itself
+                    found[normalise(line)] = line
+            continue
+        name = normalise(entry)
+        if name not in CONDA_ONLY:
+            found[CONDA_TO_PIP.get(name, name)] = entry
+    return found
+
+
+def test_environment_yml_lists_every_pyproject_dependency():
+    missing = sorted(set(pyproject_requirements()) - set(environment_requirements()))
+    assert not missing, (
+        f"pyproject.toml needs {missing} but environment.yml does not list them; "
+        "add them to environment.yml (or to CONDA_TO_PIP if conda spells them differently)"
+    )
+
+
+def test_environment_yml_lists_nothing_pyproject_lacks():
+    env = environment_requirements()
+    extra = sorted(set(env) - set(pyproject_requirements()))
+    assert not extra, (
+        f"environment.yml lists {[env[name] for name in extra]} which pyproject.toml's runtime "
+        "and [dev] dependencies do not; add them to pyproject.toml or remove them"
+    )
+
+
+def test_environment_yml_installs_the_package_itself():
+    yaml = pytest.importorskip("yaml")
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_lines = [
+        line
+        for entry in env["dependencies"]
+        if isinstance(entry, dict)
+        for line in entry.get("pip", [])
+    ]
+    assert "-e ." in pip_lines, "environment.yml should end with `pip: [-e .]` to install lora_np"
+
+
+NOTEBOOK_NAME = re.compile(r"(\d\d)_[a-z0-9]+(?:_[a-z0-9]+)*\.ipynb")
+
+
+def test_notebooks_are_named_and_numbered_in_order():
+    folder = ROOT / "notebooks"
+    notebooks = sorted(folder.glob("*.ipynb")) if folder.is_dir() else []
+    if not notebooks:
+        pytest.skip("notebooks/ holds no notebook yet")
+    badly_named = [path.name for path in notebooks if not NOTEBOOK_NAME.fullmatch(path.name)]
+    assert not badly_named, f"notebooks must be named NN_topic.ipynb (lowercase): {badly_named}"
+    numbers = [int(NOTEBOOK_NAME.fullmatch(path.name).group(1)) for path in notebooks]
+    expected = list(range(len(notebooks)))
+    assert numbers == expected, (
+        f"notebook numbers must run 00, 01, ... without gaps or repeats; found "
+        f"{[path.name for path in notebooks]}"
+    )
+
+
+@pytest.mark.crosscheck
+def test_crosscheck_environment_has_the_pinned_torch(torch):
+    """`make crosscheck` runs against exactly the torch that pyproject's [crosscheck] pins."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    pins = [line for line in extras["crosscheck"] if normalise(line) == "torch"]
+    assert pins, "pyproject.toml's [crosscheck] extra should pin torch"
+    pinned = pins[0].split("==", 1)[1]
+    installed = torch.__version__.split("+", 1)[0]  # "2.13.0+cpu" -> "2.13.0"
+    assert installed == pinned, (
+        f"torch {torch.__version__} is installed; [crosscheck] pins {pinned}"
+    )
