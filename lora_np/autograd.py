@@ -104,11 +104,17 @@ class Tensor:
         self.name = None
 
     @classmethod
-    def _from_op(cls, data, parents, backward_fn) -> Tensor:
-        """An op's output. Records the graph only when grad mode is on and a parent needs it.
+    def from_op(cls, data, parents, backward_fn) -> Tensor:
+        """An op's output: how every op in :mod:`lora_np.functional` is made, and how to add one.
 
-        ``parents`` are Tensors; ``backward_fn(grad_out)`` returns one gradient (or ``None``)
-        per parent and must not compute gradients for parents with ``requires_grad=False``.
+        Records the graph only when grad mode is on and some parent requires a gradient.
+
+        Args:
+            data: the output array.
+            parents: the input Tensors.
+            backward_fn: ``backward_fn(grad_out) -> tuple`` with one gradient (an array of
+                that parent's shape) or ``None`` per parent; it should skip the work for
+                parents with ``requires_grad=False``.
         """
         out = cls.__new__(cls)
         xp = backend.xp
@@ -161,6 +167,8 @@ class Tensor:
     def numpy(self):
         """The data as a host NumPy array (copied from the GPU on the CuPy backend)."""
         return backend.to_numpy(self.data)
+
+    _from_op = from_op  # the library's internal spelling
 
     def item(self) -> float:
         """The value of a one-element tensor as a Python number."""

@@ -29,7 +29,8 @@ xp = numpy
 name = "numpy"
 """The name of the backend in use, one of :data:`BACKENDS`."""
 
-_rng = numpy.random.default_rng(0)
+_seed = 0
+_rng = numpy.random.default_rng(_seed)
 
 _CUPY_HELP = (
     "Install CuPy for your CUDA version, e.g. `pip install cupy-cuda12x` "
@@ -58,7 +59,8 @@ def set_backend(backend_name: str) -> None:
     """Choose the array library: ``"numpy"`` (default) or ``"cupy"``.
 
     Tensors made before the switch keep their arrays; combining them with new ones in one op
-    raises an error instead of silently copying between host and device.
+    raises an error instead of silently copying between host and device. The random generator
+    restarts from the last seed given to :func:`manual_seed` (0 if none).
     """
     global xp, name, _rng
     if backend_name not in BACKENDS:
@@ -67,7 +69,7 @@ def set_backend(backend_name: str) -> None:
         )
     module = numpy if backend_name == "numpy" else _load_cupy()
     xp, name = module, backend_name
-    _rng = xp.random.default_rng(0)
+    _rng = xp.random.default_rng(_seed)
 
 
 def get_backend() -> str:
@@ -100,7 +102,8 @@ def to_numpy(array):
 
 def manual_seed(seed: int) -> None:
     """Seed the generator behind every random initialisation and dropout mask."""
-    global _rng
+    global _rng, _seed
+    _seed = seed
     _rng = xp.random.default_rng(seed)
 
 
