@@ -5,10 +5,12 @@
     (x * x).sum().backward()        # x.grad == 2 x
 
 Modules, from the bottom up: backend (NumPy or CuPy), autograd (Tensor, backward),
-functional (every op with its gradient), gradcheck, nn (layers), optim (optimisers).
+functional (every op with its gradient), gradcheck, nn (layers), optim (optimisers); then
+lora (the LoRA layer and its tools), io (safetensors files), analysis (SVD tools) and
+plotting (one figure style).
 """
 
-from . import backend, functional, nn, optim
+from . import analysis, backend, functional, io, lora, nn, optim, plotting
 from .autograd import Tensor, is_grad_enabled, no_grad
 from .backend import manual_seed, set_backend, to_numpy
 from .gradcheck import GradcheckError, gradcheck
@@ -19,14 +21,18 @@ __all__ = [
     "F",
     "GradcheckError",
     "Tensor",
+    "analysis",
     "backend",
     "functional",
     "gradcheck",
+    "io",
     "is_grad_enabled",
+    "lora",
     "manual_seed",
     "nn",
     "no_grad",
     "optim",
+    "plotting",
     "set_backend",
     "to_numpy",
 ]

@@ -1,0 +1,357 @@
+"""Saving and loading: adapters in PEFT's layout, and whole models. No pickle anywhere.
+
+An adapter is a folder, as PEFT's ``save_pretrained`` writes it::
+
+    my_adapter/
+        adapter_config.json          r, lora_alpha, target_modules, use_rslora, ...
+        adapter_model.safetensors    base_model.model.<layer>.lora_A.weight  (r, k)
+                                     base_model.model.<layer>.lora_B.weight  (d, r)
+
+The keys carry no adapter name (PEFT drops it when saving), so a folder holds one adapter and
+can be loaded under any name. Only A and B are stored: kilobytes where the model is megabytes.
+A folder saved here loads into PEFT for a PyTorch model with the same module names, and one
+PEFT saved loads here (``tests/crosscheck/test_lora_peft.py`` checks both ways).
+
+Every file is written to a temporary name in its folder and then renamed (``os.replace``), so a
+crash never leaves half a file under the real name. Loading reads with ``safetensors`` (plain
+arrays, no code) and checks everything before it changes the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from . import backend, nn
+from .lora import DEFAULT_ADAPTER, LoRALinear, _matches, lora_layers
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+"""What PEFT puts in front of a module's name in a saved adapter."""
+
+_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<which>[AB])\.weight$")
+
+
+# ============================================================================ files
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+        raise
+
+
+def _read_safetensors(path: Path) -> dict:
+    """name -> host NumPy array, with a clear error for a missing, truncated or corrupt file."""
+    from safetensors.numpy import load
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return load(path.read_bytes())
+    except Exception as err:  # safetensors raises its own SafetensorError
+        raise ValueError(
+            f"{path} is truncated or corrupt, not a readable safetensors file ({err})"
+        ) from None
+
+
+def _safetensors_bytes(arrays: dict, metadata: dict | None = None) -> bytes:
+    from safetensors.numpy import save
+
+    host = {name: backend.np.ascontiguousarray(backend.to_numpy(a)) for name, a in arrays.items()}
+    return save(host, metadata=metadata)
+
+
+# ============================================================================ whole models
+
+
+def save_weights(model: nn.Module, path) -> Path:
+    """Write every parameter of ``model`` to one safetensors file (atomically), keyed by name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, _safetensors_bytes(model.state_dict(), {"format": "lora_np"}))
+    return path
+
+
+def load_weights(model: nn.Module, path, strict: bool = True) -> None:
+    """Load a file written by :func:`save_weights` into ``model``.
+
+    Missing or unexpected names (when ``strict``) and shape mismatches are all reported in one
+    error before any parameter changes (``Module.load_state_dict``).
+    """
+    model.load_state_dict(_read_safetensors(Path(path)), strict=strict)
+
+
+# ============================================================================ adapters: saving
+
+
+def _short_targets(model: nn.Module, layer_names: list) -> list:
+    """target_modules for the config: the layers' last names ("q", "v") when those select
+    exactly these layers in ``model`` (what a PEFT user writes), otherwise the full names."""
+    leaves = sorted({name.rpartition(".")[2] for name in layer_names})
+    candidates = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | LoRALinear)]
+    candidates = [
+        n for n in candidates if not any(n.startswith(p + ".") for p, _ in lora_layers(model))
+    ]
+    selected = {n for n in candidates if any(_matches(n, leaf) for leaf in leaves)}
+    return leaves if selected == set(layer_names) else sorted(layer_names)
+
+
+def _single(values: list, what: str, adapter_name: str):
+    if len(set(values)) > 1:
+        raise ValueError(
+            f"adapter {adapter_name!r} has different {what} on different layers ({sorted(set(values))}); "
+            "PEFT's adapter_config.json holds one value"
+        )
+    return values[0]
+
+
+def _number(x: float):
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def adapter_config(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> dict:
+    """The adapter_config.json content PEFT would write for this adapter (see save_adapter)."""
+    layers = [
+        (n, layer.adapters[adapter_name])
+        for n, layer in lora_layers(model)
+        if adapter_name in layer.adapters
+    ]
+    if not layers:
+        names = sorted({a for _, layer in lora_layers(model) for a in layer.adapter_names})
+        raise KeyError(f"no adapter named {adapter_name!r} in the model; it has {names}")
+    r = Counter(a.r for _, a in layers).most_common(1)[0][0]
+    alpha = Counter(a.alpha for _, a in layers).most_common(1)[0][0]
+    init = layers[0][1].init
+    return {
+        "alpha_pattern": {n: _number(a.alpha) for n, a in layers if a.alpha != alpha},
+        "base_model_name_or_path": None,
+        "bias": "none",
+        "exclude_modules": None,
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True if init == "kaiming" else init,
+        "layers_pattern": None,
+        "layers_to_transform": None,
+        "lora_alpha": _number(alpha),
+        "lora_bias": False,
+        "lora_dropout": _single([a.dropout for _, a in layers], "dropout", adapter_name),
+        "modules_to_save": None,
+        "peft_type": "LORA",
+        "r": r,
+        "rank_pattern": {n: a.r for n, a in layers if a.r != r},
+        "revision": None,
+        "target_modules": _short_targets(model, [n for n, _ in layers]),
+        "task_type": None,
+        "use_dora": False,
+        "use_rslora": _single([a.rslora for _, a in layers], "rslora", adapter_name),
+    }
+
+
+def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) -> Path:
+    """Write one adapter as a PEFT folder: adapter_config.json and adapter_model.safetensors.
+
+    Only A and B of each layer are stored, in their own dtype, under PEFT's key names
+    (``base_model.model.<layer>.lora_A.weight``). Layers with a different rank or alpha from
+    the most common one go into ``rank_pattern`` / ``alpha_pattern`` under their full name, as
+    PEFT would read them.
+
+    A "pissa" adapter is stored like any other, but it belongs to the *residual* base weight:
+    load it into a model whose base weights are that residual, not the original W0.
+
+    Returns:
+        The folder's path.
+    """
+    config = adapter_config(model, adapter_name)
+    tensors = {}
+    for name, layer in lora_layers(model):
+        if adapter_name in layer.adapters:
+            adapter = layer.adapters[adapter_name]
+            tensors[f"{PREFIX}{name}.lora_A.weight"] = adapter.A.data  # (r, k)
+            tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.B.data  # (d, r)
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / WEIGHTS_NAME, _safetensors_bytes(tensors, {"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(folder / CONFIG_NAME, text.encode("utf-8"))
+    return folder
+
+
+# ============================================================================ adapters: loading
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (an adapter folder needs {CONFIG_NAME})")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is truncated or corrupt, not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise ValueError(f"{path} has no {key!r} entry")
+    unsupported = {
+        k: config.get(k) for k in ("use_dora", "fan_in_fan_out", "lora_bias") if config.get(k)
+    }
+    if config.get("bias", "none") != "none":
+        unsupported["bias"] = config["bias"]
+    if unsupported:
+        raise ValueError(f"{path} uses LoRA options lora_np does not support: {unsupported}")
+    return config
+
+
+def _pattern_value(patterns: dict, layer_name: str, default):
+    """PEFT's rank_pattern / alpha_pattern: a key matches a layer name or its dotted tail."""
+    for key, value in patterns.items():
+        if re.fullmatch(rf"(.*\.)?{key}", layer_name):
+            return value
+    return default
+
+
+def _targeted(model: nn.Module, target_modules) -> list:
+    """Names of the Linear / LoRALinear layers that the config's target_modules select."""
+    lora_names = [n for n, _ in lora_layers(model)]
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | LoRALinear) or any(
+            name.startswith(p + ".") for p in lora_names
+        ):
+            continue
+        if isinstance(target_modules, str):
+            hit = re.fullmatch(target_modules, name) is not None  # PEFT: a string is a regex
+        else:
+            hit = any(_matches(name, t) for t in target_modules)
+        if hit:
+            names.append(name)
+    return names
+
+
+def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) -> list:
+    """Load a PEFT-layout adapter folder into ``model`` under ``adapter_name``; make it active.
+
+    Plain Linear layers named in the file are wrapped in a LoRALinear; layers that already are
+    LoRALinear get a new adapter. Everything is checked before anything changes: readable files,
+    a LoRA config, key names, missing keys (a targeted layer without weights, or A without B),
+    unexpected keys (a layer the model does not have, or that is not a Linear), shapes (the key
+    and both shapes are named), an adapter name already in use, a merged layer.
+
+    Returns:
+        The names of the layers that received the adapter, in model order.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"adapter folder {folder} does not exist")
+    config = _read_config(folder / CONFIG_NAME)
+    tensors = _read_safetensors(folder / WEIGHTS_NAME)
+    from .lora import _check_adapter_name, _check_alpha, _check_rank
+
+    _check_adapter_name(adapter_name)
+    modules = dict(model.named_modules())
+    lora_names = [n for n, _ in lora_layers(model)]
+
+    weights, unexpected = {}, []
+    for key, array in tensors.items():
+        match = _KEY.match(key)
+        module = modules.get(match["layer"]) if match else None
+        inside_lora = match is not None and any(
+            match["layer"].startswith(p + ".") for p in lora_names
+        )
+        if module is None or inside_lora or not isinstance(module, nn.Linear | LoRALinear):
+            unexpected.append(key)
+            continue
+        weights.setdefault(match["layer"], {})[match["which"]] = array
+    targeted = _targeted(model, config["target_modules"])
+    if not targeted and not weights:
+        raise ValueError(
+            f"{folder}: this adapter is for other modules; target_modules "
+            f"{config['target_modules']} match no Linear layer of the model"
+        )
+    missing = [
+        f"{PREFIX}{n}.lora_{w}.weight"
+        for n in targeted
+        for w in "AB"
+        if w not in weights.get(n, {})
+    ]
+    missing += [
+        f"{PREFIX}{n}.lora_{w}.weight"
+        for n in weights
+        for w in "AB"
+        if w not in weights[n] and n not in targeted
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(
+            f"unexpected keys (no such Linear in the model): {', '.join(sorted(unexpected))}"
+        )
+
+    plan = []  # (layer name, module, r, alpha, A, B)
+    for name in (n for n in modules if n in weights and len(weights[n]) == 2):
+        module = modules[name]
+        base = module.base if isinstance(module, LoRALinear) else module
+        A, B = weights[name]["A"], weights[name]["B"]
+        r = _pattern_value(config.get("rank_pattern") or {}, name, config["r"])
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, name, config["lora_alpha"])
+        expected = {"A": (r, base.in_features), "B": (base.out_features, r)}
+        for which, array in (("A", A), ("B", B)):
+            if tuple(array.shape) != expected[which]:
+                problems.append(
+                    f"{PREFIX}{name}.lora_{which}.weight has shape {tuple(array.shape)} in the file "
+                    f"but the model expects {expected[which]}"
+                )
+            elif array.dtype.kind != "f":
+                problems.append(
+                    f"{PREFIX}{name}.lora_{which}.weight has dtype {array.dtype}, not a float"
+                )
+        if isinstance(module, LoRALinear):
+            if adapter_name in module.adapters:
+                problems.append(f"{name!r} already has an adapter named {adapter_name!r}")
+            if module.merged:
+                problems.append(f"{name!r} is merged; unmerge it before loading another adapter")
+        plan.append((name, module, r, alpha, A, B))
+    if problems:
+        raise ValueError(f"cannot load {folder} into this model: " + " | ".join(problems))
+    for name, module, r, alpha, _, _ in plan:
+        base = module.base if isinstance(module, LoRALinear) else module
+        try:
+            _check_rank(r, base.out_features, base.in_features)
+            _check_alpha(alpha)
+        except ValueError as err:
+            raise ValueError(f"cannot load {folder}: {name}: {err}") from None
+
+    options = {
+        "rslora": bool(config.get("use_rslora", False)),
+        "dropout": float(config.get("lora_dropout", 0.0) or 0.0),
+    }
+    for name, module, r, alpha, A, B in plan:
+        if isinstance(module, LoRALinear):
+            layer = module
+            layer.add_adapter(adapter_name, r, alpha, **options)
+        else:
+            layer = LoRALinear(module, r, alpha, adapter_name=adapter_name, **options)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, layer)
+        adapter = layer.adapters[adapter_name]
+        adapter.A.data = backend.xp.asarray(A, dtype=layer.base.weight.dtype)
+        adapter.B.data = backend.xp.asarray(B, dtype=layer.base.weight.dtype)
+        layer.set_adapter(adapter_name)
+    return [name for name, *_ in plan]
