@@ -40,10 +40,15 @@ _KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<which>[AB])\.wei
 # ============================================================================ files
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader (or a crash) never sees a half-written file: the rename is atomic.
+    """
+    path = Path(path)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temp_name, 0o644)  # mkstemp makes 0600; a saved file should be readable
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -83,7 +88,7 @@ def save_weights(model: nn.Module, path) -> Path:
     """Write every parameter of ``model`` to one safetensors file (atomically), keyed by name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, _safetensors_bytes(model.state_dict(), {"format": "lora_np"}))
+    atomic_write(path, _safetensors_bytes(model.state_dict(), {"format": "lora_np"}))
     return path
 
 
@@ -185,9 +190,9 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.B.data  # (d, r)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / WEIGHTS_NAME, _safetensors_bytes(tensors, {"format": "pt"}))
+    atomic_write(folder / WEIGHTS_NAME, _safetensors_bytes(tensors, {"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(folder / CONFIG_NAME, text.encode("utf-8"))
+    atomic_write(folder / CONFIG_NAME, text.encode("utf-8"))
     return folder
 
 

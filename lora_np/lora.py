@@ -119,9 +119,14 @@ class LoRAAdapter(nn.Module):
         super().__init__()
         self.r = A.shape[0]
         self.alpha, self.rslora, self.dropout, self.init = alpha, rslora, dropout, init
-        self.scaling = alpha / math.sqrt(self.r) if rslora else alpha / self.r
+        self.scaling = self.trained_scaling  # set_scale() may change it later
         self.A = nn.Parameter(A)  # (r, k)
         self.B = nn.Parameter(B)  # (d, r)
+
+    @property
+    def trained_scaling(self) -> float:
+        """alpha / r (or alpha / sqrt(r)): the scale the adapter was made and trained with."""
+        return self.alpha / math.sqrt(self.r) if self.rslora else self.alpha / self.r
 
     def delta_weight(self):
         """s · B A as an array (d, k), in the adapter's dtype, outside any graph."""
@@ -311,6 +316,20 @@ class LoRALinear(nn.Module):
         with no_grad():
             self.base.weight.data -= self.delta_weight()
         self.merged = False
+
+    def set_scale(self, factor: float, adapter_name: str | None = None) -> None:
+        """Dial an adapter's strength: s = factor · alpha / r (PEFT's ``set_scale``).
+
+        factor 0 gives the base layer's outputs, 1 the trained adapter. Refused while merged:
+        unmerge() must subtract exactly the s·B·A that merge() added.
+        """
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
+            raise ValueError(f"scale factor must be a real number, got {factor!r}")
+        if not math.isfinite(factor):
+            raise ValueError(f"scale factor must be finite, got {factor!r}")
+        adapter = self.adapters[self.active_adapter if adapter_name is None else adapter_name]
+        self._require_unmerged("change an adapter's scale")
+        adapter.scaling = float(factor) * adapter.trained_scaling
 
     def _require_unmerged(self, action: str) -> None:
         if self.merged:

@@ -11,9 +11,10 @@ Matplotlib is imported inside the functions, so ``import lora_np`` stays light.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
+
+from .io import atomic_write
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 """The repository's ``figures/`` folder (next to the ``lora_np`` package)."""
@@ -68,13 +69,7 @@ def save_figure(fig, name: str, folder=None) -> Path:
     folder = Path(folder) if folder is not None else FIGURES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.png"
-    handle, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            fig.savefig(stream, format="png", dpi=110, bbox_inches="tight")
-        os.replace(temp_name, target)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(target, buffer.getvalue())
     return target

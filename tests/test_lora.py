@@ -626,3 +626,24 @@ def test_lora_and_analysis_on_each_backend(backend_name, tmp_path):
     assert analysis.energy_rank(delta, 1.0) == 2
     assert analysis.eckart_young_error(delta, 2) < 1e-12
     assert analysis.subspace_similarity(pissa.A.data, pissa.A.data, 2, 2) == pytest.approx(1.0)
+
+
+def test_set_scale_dials_the_update_and_is_refused_while_merged():
+    ln.manual_seed(0)
+    layer = lora.LoRALinear(ln.nn.Linear(6, 5, dtype="float64"), r=2, alpha=4)
+    layer.B.data[...] = ln.backend.rng().standard_normal(layer.B.shape)
+    x = ln.Tensor(ln.backend.rng().standard_normal((3, 6)))
+    with layer.disable_adapters():
+        base_out = layer(x).data.copy()
+    full_out = layer(x).data.copy()
+    layer.set_scale(0.0)
+    assert np.array_equal(layer(x).data, base_out)
+    layer.set_scale(0.5)
+    np.testing.assert_allclose(layer(x).data, base_out + 0.5 * (full_out - base_out), atol=1e-12)
+    layer.set_scale(1.0)
+    layer.merge()
+    with pytest.raises(RuntimeError, match="unmerge"):
+        layer.set_scale(2.0)
+    assert layer.scaling == 2.0  # alpha / r, unchanged by the refused call
+    with pytest.raises(ValueError, match="real number"):
+        layer.set_scale("big")
