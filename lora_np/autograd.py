@@ -54,7 +54,9 @@ def _to_array(data, dtype=None):
     if backend.name == "numpy" and backend.array_module(data) == "cupy":
         data = data.get()  # an explicit construction may move data from the GPU to the host
     try:
-        array = xp.asarray(data, dtype=dtype)
+        # A copy, as torch.tensor() makes: training a Parameter must not change the caller's
+        # array (a learner keeps W0 around to compare with).
+        array = xp.array(data, dtype=dtype)
     except (ValueError, TypeError) as err:
         raise TypeError(
             f"Tensor needs a rectangular array of numbers; got {_short(data)} ({err})"
@@ -75,8 +77,8 @@ class Tensor:
     """An array that can remember how it was computed.
 
     Args:
-        data: anything ``numpy.asarray`` turns into a numeric array (a NumPy array keeps its
-            dtype; on the CuPy backend the data is copied to the GPU).
+        data: anything ``numpy.asarray`` turns into a numeric array. It is copied (a NumPy
+            array keeps its dtype; on the CuPy backend the copy goes to the GPU).
         requires_grad: whether ``backward()`` should fill ``.grad`` for this tensor. Only
             floating-point tensors can require a gradient.
         dtype: optional dtype to convert the data to.

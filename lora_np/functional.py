@@ -40,7 +40,9 @@ def _operand(x):
     if isinstance(x, Tensor):
         return x.data, x
     if isinstance(x, numbers.Number):
-        return x, _CONSTANT
+        # A NumPy scalar (np.float64(2), np.sqrt(2.0)) as a Python number: NumPy 2 would let
+        # a float64 scalar upcast a float32 array; a Python number keeps the array's dtype.
+        return (x.item() if hasattr(x, "item") else x), _CONSTANT
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         t = Tensor._from_op(x, (), None)
         return t.data, t
@@ -510,7 +512,7 @@ def mse_loss(prediction: Tensor, target) -> Tensor:
             f"mse_loss: prediction of shape {prediction.shape} and target of shape "
             f"{_shape_of(tv)} differ"
         )
-    diff = prediction.data - tv
+    diff = prediction.data - backend.xp.asarray(tv, dtype=prediction.dtype)
     out = (diff * diff).mean()
     scale = 2.0 / diff.size
     return Tensor._from_op(out, (prediction,), lambda g: (diff * (g * scale),))

@@ -14,6 +14,13 @@ from . import functional as F
 from .autograd import Tensor
 
 
+class StateDictError(KeyError):
+    """A state dict that does not fit the model (a KeyError, printed without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class Parameter(Tensor):
     """A Tensor that a Module owns and trains: ``requires_grad=True`` unless told otherwise."""
 
@@ -47,19 +54,30 @@ class Module:
             if isinstance(value, Module):
                 yield name, value
 
-    def named_modules(self, prefix: str = ""):
-        """(dotted name, module) for this module ("" ) and every module below it."""
+    def named_modules(self, prefix: str = "", _seen=None):
+        """(dotted name, module) for this module ("") and every module below it.
+
+        A module reachable by two paths (shared weights) is listed once, under the first.
+        """
+        seen = set() if _seen is None else _seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
         yield prefix, self
         for name, child in self.named_children():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name, seen)
 
     def named_parameters(self, prefix: str = ""):
-        """(dotted name, Parameter) for every parameter, this module's first."""
-        for name, value in vars(self).items():
-            if isinstance(value, Parameter):
-                yield (f"{prefix}.{name}" if prefix else name), value
-        for name, child in self.named_children():
-            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+        """(dotted name, Parameter) for every parameter, each module's own first.
+
+        A parameter shared by two modules is listed once, so an optimiser steps it once.
+        """
+        seen = set()
+        for module_name, module in self.named_modules(prefix):
+            for name, value in vars(module).items():
+                if isinstance(value, Parameter) and id(value) not in seen:
+                    seen.add(id(value))
+                    yield (f"{module_name}.{name}" if module_name else name), value
 
     def parameters(self):
         """Every Parameter, in named_parameters() order."""
@@ -136,7 +154,7 @@ class Module:
         if mismatched:
             problems.append(f"shape mismatches: {'; '.join(mismatched)}")
         if problems:
-            raise KeyError(
+            raise StateDictError(
                 f"load_state_dict found {len(problems)} problem(s): " + " | ".join(problems)
             )
         converted = {
