@@ -284,8 +284,9 @@ class LoRALinear(nn.Module):
             return out
         adapter = self.active
         x = F.dropout(x, adapter.dropout, self.training)
-        low = F.linear(x, adapter.A)  # (..., r): A x
-        return out + adapter.scaling * F.linear(low, adapter.B)  # (..., d): s · B A x
+        # s is applied to the rank-r activation, r numbers per row instead of d
+        low = F.linear(x, adapter.A) * adapter.scaling  # (..., r): s · A x
+        return out + F.linear(low, adapter.B)  # (..., d): W0 x + b + s · B A x
 
     def delta_weight(self, adapter_name: str | None = None):
         """ΔW = s · B A of an adapter (default: the active one), an array of shape (d, k)."""
