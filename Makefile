@@ -5,17 +5,18 @@
 #   make lab         open the notebooks in JupyterLab
 #   make bench       benchmarks (against PyTorch, so installs the crosscheck extra)
 #   make pretrain    pretrain the tiny GPT used by the later notebooks
+#   make experiments rerun the long experiments whose results notebooks 05, 07, 08 load
 #   make clean       remove .venv and caches
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-FORMAT_DIRS := $(wildcard lora_np tests benchmarks tools)
+FORMAT_DIRS := $(wildcard lora_np tests benchmarks tools experiments)
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tools/nbval_sanitize.cfg \
     -q -p no:cacheprovider
 
-.PHONY: install course test crosscheck lab bench pretrain clean
+.PHONY: install course test crosscheck lab bench pretrain experiments clean
 
 install: $(VENV)/.installed
 
@@ -54,9 +55,17 @@ lab: $(VENV)/.installed
 # OPENBLAS_CORETYPE is unset only here, for benchmark timing on the course machine.
 bench: $(VENV)/.crosscheck
 	env -u OPENBLAS_CORETYPE $(BIN)/python benchmarks/mlp_step.py
+	env -u OPENBLAS_CORETYPE $(BIN)/python benchmarks/train_step.py
 
 pretrain: $(VENV)/.installed
 	$(BIN)/python -m lora_np.pretrain
+
+# Each script writes small results under experiments/results/ (committed); a test reruns one
+# point of each. One BLAS thread makes the runs bit-reproducible on one machine.
+experiments: $(VENV)/.installed
+	@set -e; for script in experiments/[0-9]*.py; do \
+		echo "== $$script"; OPENBLAS_NUM_THREADS=1 $(BIN)/python $$script; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -1,0 +1,424 @@
+"""A tiny GPT built from lora_np's own parts, read top-down as nanoGPT's ``model.py``.
+
+Blocks first (attention, MLP, a pre-norm block), then the config, then the model. Every
+projection is its own ``Linear`` — q, k, v and o in attention, fc and proj in the MLP — so
+LoRA can be put on any of them by name (``blocks.0.attn.q``, ``blocks.3.mlp.fc``, ...).
+
+Shapes: ``B`` batch, ``T`` sequence length, ``C`` = n_embd, ``nh`` heads, ``hs`` = C / nh,
+``V`` vocabulary size.
+
+Weights are saved as safetensors (a JSON header and raw little-endian arrays; no pickle),
+written to a temporary file and renamed, so a crash never leaves half a checkpoint. The file
+carries the model's config in its metadata, so ``GPT.load(path)`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from . import backend, nn
+from . import functional as F
+from .autograd import Tensor, no_grad
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with separate q, k, v and output (o) projections."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        C = config.n_embd
+        self.n_head = config.n_head
+        self.q = nn.Linear(C, C)  # queries: what each position looks for
+        self.k = nn.Linear(C, C)  # keys: what each position offers to be found by
+        self.v = nn.Linear(C, C)  # values: what each position hands over when found
+        self.o = nn.Linear(C, C)  # output projection back into the residual stream
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, C) -> (B, T, C)"""
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        # each Linear works on the (B*T, C) rows in one 2-D GEMM (see F.linear)
+        q = self.q(x).reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        k = self.k(x).reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        v = self.v(x).reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.dropout(self.o(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: fc (C -> 4C), GELU, proj (4C -> C)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU()
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, C) -> (B, T, C)"""
+        return self.dropout(self.proj(self.gelu(self.fc(x))))  # (B, T, 4C) inside
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, C) -> (B, T, C)"""
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The shape of a GPT; two models with equal configs can swap weights."""
+
+    vocab_size: int = 64  # token ids are 0 .. vocab_size-1 (the tokenizer in data.py uses 40)
+    block_size: int = (
+        64  # the longest sequence the model reads (learned positions 0 .. block_size-1)
+    )
+    n_embd: int = 128  # width of the residual stream, C
+    n_head: int = 4  # attention heads per layer; each has n_embd // n_head channels
+    n_layer: int = 4  # transformer blocks
+    dropout: float = 0.0  # dropout after attention, the MLP and the embeddings (0 = off)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_embd", "n_head", "n_layer"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                f"each head needs n_embd / n_head channels (try n_head in "
+                f"{[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0 and h <= 16]})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPTConfig:
+        """A config from a dict such as ``asdict(config)``; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown GPTConfig field(s) {unknown}; expected some of {sorted(known)}"
+            )
+        return cls(**values)
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer: embeddings, ``n_layer`` pre-norm blocks, final norm, head.
+
+    ``model(idx, targets=None) -> (logits, loss)`` with ``idx`` an integer array ``(B, T)``,
+    ``logits`` a Tensor ``(B, T, V)`` and ``loss`` the mean cross-entropy over the targets that
+    are not -100 (None when no targets are given).
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)  # token -> vector
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)  # position -> vector
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # untied from tok_emb
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the projections that
+        write into the residual stream (attn.o, mlp.proj) scaled by 1/sqrt(2 n_layer) so the
+        stream's variance does not grow with depth."""
+        rng = backend.rng()
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith(".bias") or name.startswith("ln_") or ".ln_" in name:
+                continue  # LayerNorm (ones, zeros) and biases (zeros, below) keep their start
+            std = residual_std if name.endswith(("attn.o.weight", "mlp.proj.weight")) else 0.02
+            p.data = (rng.standard_normal(p.shape) * std).astype(p.dtype)
+        for name, p in self.named_parameters():
+            if name.endswith(".bias") and ".ln_" not in name and not name.startswith("ln_"):
+                p.data = backend.xp.zeros_like(p.data)
+
+    def _check_idx(self, idx):
+        """idx as a backend integer array (B, T), or a ValueError naming what is wrong."""
+        ids = idx.data if isinstance(idx, Tensor) else backend.xp.asarray(idx)
+        if ids.ndim != 2:
+            raise ValueError(f"GPT expects token ids of shape (B, T), got shape {tuple(ids.shape)}")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"GPT expects integer token ids, got dtype {ids.dtype}")
+        T = ids.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence of length {T} is longer than the model's block_size "
+                f"{self.config.block_size}"
+            )
+        if ids.size:
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"token id {bad} is outside the vocabulary: expected ids in "
+                    f"[0, {self.config.vocab_size})"
+                )
+        return ids
+
+    def forward(self, idx, targets=None):
+        """idx: int (B, T); targets: int (B, T) or None -> (logits (B, T, V), loss or None)"""
+        ids = self._check_idx(idx)
+        B, T = ids.shape
+        positions = backend.xp.arange(T)  # (T,)
+        x = self.tok_emb(ids) + self.pos_emb(positions)  # (B, T, C) + (T, C) -> (B, T, C)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)  # (B, T, C)
+        x = self.ln_f(x)  # (B, T, C)
+        logits = self.head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits, targets)  # scalar; -100 targets do not count
+        return logits, loss
+
+    def generate(
+        self,
+        idx,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ):
+        """Extend every row of ``idx`` (B, T) by ``max_new_tokens`` tokens -> (B, T + max_new_tokens).
+
+        Greedy (the most likely token) when ``temperature`` is 0, the default; otherwise sample
+        from softmax(logits / temperature), keeping only the ``top_k`` most likely tokens if
+        given, with a host generator seeded by ``seed``. Rows longer than ``block_size`` are
+        cropped to their last ``block_size`` tokens before each step, as in nanoGPT. For rows
+        of different lengths that stop at an end token, see ``data.generate_answers``.
+        """
+        np = backend.np
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        out = backend.to_numpy(self._check_idx(idx)).astype(np.int64)  # (B, T), on the host
+        rng = np.random.default_rng(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                for _ in range(max_new_tokens):
+                    context = out[:, -self.config.block_size :]  # (B, <= block_size)
+                    logits, _ = self(backend.xp.asarray(context))
+                    last = backend.to_numpy(logits.data[:, -1, :]).astype(np.float64)  # (B, V)
+                    if temperature == 0:
+                        nxt = last.argmax(axis=-1)  # (B,)
+                    else:
+                        last = last / temperature
+                        if top_k is not None:
+                            kth = np.sort(last, axis=-1)[:, -min(top_k, last.shape[-1])][:, None]
+                            last = np.where(last < kth, -np.inf, last)
+                        probs = np.exp(last - last.max(axis=-1, keepdims=True))
+                        probs /= probs.sum(axis=-1, keepdims=True)  # (B, V)
+                        nxt = np.array([rng.choice(len(p), p=p) for p in probs])  # (B,)
+                    out = np.concatenate([out, nxt[:, None]], axis=1)  # (B, T + 1)
+        finally:
+            self.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ saving and loading
+    def save(self, path, metadata: dict | None = None) -> Path:
+        """Write the weights (float32 or float64 as they are) and config to a safetensors file.
+
+        The write is atomic: a temporary file in the same folder, then a rename. ``metadata``
+        (str -> str) is stored in the header beside the config.
+        """
+        meta = {"format": "lora_np.GPT", "config": json.dumps(asdict(self.config))}
+        meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+        tensors = {name: backend.to_numpy(p.data) for name, p in self.named_parameters()}
+        return save_safetensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path, config: GPTConfig | None = None) -> GPT:
+        """A GPT with the weights of a file written by :meth:`save`.
+
+        The config comes from the file; if ``config`` is given and differs, the error names the
+        first parameter whose shape differs (the file's shape and the config's). A corrupt or
+        truncated file raises ValueError; nothing is built from a file that fails a check.
+        """
+        tensors, meta = load_safetensors(path)
+        if "config" not in meta:
+            raise ValueError(
+                f"{path} has no GPT config in its metadata; was it written by GPT.save?"
+            )
+        try:
+            file_config = GPTConfig.from_dict(json.loads(meta["config"]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path} holds an unreadable GPT config: {err}") from err
+        model = cls(config or file_config)
+        expected = {name: p.shape for name, p in model.named_parameters()}
+        for name, shape in expected.items():
+            if name in tensors and tuple(tensors[name].shape) != tuple(shape):
+                raise ValueError(
+                    f"checkpoint {path} is for another config: {name} has shape "
+                    f"{tuple(tensors[name].shape)} in the file but {tuple(shape)} in the model "
+                    f"(file config {file_config}, model config {model.config})"
+                )
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {path} does not fit the model: missing {missing or 'none'}, "
+                f"unexpected {unexpected or 'none'}"
+            )
+        model.load_state_dict(tensors)
+        return model
+
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+PRETRAINED_PATH = CHECKPOINT_DIR / "tiny_gpt.safetensors"
+
+
+def load_pretrained(path=None) -> GPT:
+    """The shipped base model (``lora_np/checkpoints/tiny_gpt.safetensors``), in eval mode.
+
+    Its training run, config and scores are in ``tiny_gpt.json`` beside it; rebuild it from
+    scratch with ``python -m lora_np.pretrain``.
+    """
+    path = Path(path) if path is not None else PRETRAINED_PATH
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no pretrained checkpoint at {path}; run `python -m lora_np.pretrain` to make it"
+        )
+    return GPT.load(path).eval()
+
+
+# ------------------------------------------------------------------ safetensors, no dependency
+# The format: 8 bytes (little-endian u64) giving the header's length N, N bytes of JSON
+# {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}, then
+# the raw little-endian bytes of every tensor. Files written here load with the `safetensors`
+# package and the other way round.
+
+_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "U8": "u1",
+    "BOOL": "?",
+}
+_MAX_HEADER = 100_000_000
+
+
+def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> Path:
+    """Write ``{name: array}`` (host arrays) and string metadata atomically; returns the path."""
+    np = backend.np
+    path = Path(path)
+    names = {v: k for k, v in _DTYPES.items()}
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    arrays, offset = [], 0
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(backend.to_numpy(tensors[name]))
+        code = array.dtype.newbyteorder("<").str if array.dtype.kind != "b" else "?"
+        if code not in names:
+            raise TypeError(
+                f"cannot save {name!r}: dtype {array.dtype} is not one of {sorted(_DTYPES)}"
+            )
+        array = array.astype(code, copy=False)
+        header[name] = {
+            "dtype": names[code],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        arrays.append(array)
+        offset += array.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # pad the header so the data is 8-byte aligned
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for array in arrays:
+                f.write(array.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    """The process's file-mode mask (read by setting it, then restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def load_safetensors(path) -> tuple[dict, dict]:
+    """``({name: host array}, metadata)`` from a safetensors file, every entry checked first.
+
+    A ValueError names the file and what is wrong (short file, bad header, offsets outside
+    the data, a dtype or size that does not fit); no array is returned from a file that fails.
+    """
+    np = backend.np
+    path = Path(path)
+    data = path.read_bytes()
+
+    def corrupt(why: str):
+        return ValueError(f"checkpoint {path} is corrupt or truncated: {why}")
+
+    if len(data) < 8:
+        raise corrupt(f"{len(data)} bytes, fewer than the 8-byte header length")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(_MAX_HEADER, len(data) - 8):
+        raise corrupt(f"header length {n} does not fit in a file of {len(data)} bytes")
+    try:
+        header = json.loads(data[8 : 8 + n].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise corrupt(f"unreadable header ({err})") from err
+    if not isinstance(header, dict):
+        raise corrupt("the header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    body = memoryview(data)[8 + n :]
+    tensors, end_max = {}, 0
+    for name, entry in header.items():
+        try:
+            dtype = np.dtype(_DTYPES[entry["dtype"]])
+            shape = tuple(int(s) for s in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise corrupt(f"bad entry for {name!r}: {entry!r}") from err
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if not 0 <= begin <= end <= len(body) or end - begin != expected:
+            raise corrupt(
+                f"{name!r} claims bytes [{begin}, {end}) for shape {shape} {entry['dtype']} "
+                f"({expected} bytes) but the data section has {len(body)} bytes"
+            )
+        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).copy()
+        end_max = max(end_max, end)
+    if end_max != len(body):
+        raise corrupt(f"the data section has {len(body)} bytes but the tensors use {end_max}")
+    return tensors, metadata
