@@ -6,11 +6,12 @@
 
 Modules, from the bottom up: backend (NumPy or CuPy), autograd (Tensor, backward),
 functional (every op with its gradient), gradcheck, nn (layers), optim (optimisers); then
-lora (the LoRA layer and its tools), io (safetensors files), analysis (SVD tools) and
-plotting (one figure style).
+lora (the LoRA layer and its tools), io (safetensors files), analysis (SVD tools),
+plotting (one figure style), transformer (the tiny GPT), data (its synthetic tasks) and
+train (a training loop).
 """
 
-from . import analysis, backend, functional, io, lora, nn, optim, plotting
+from . import analysis, backend, data, functional, io, lora, nn, optim, plotting, train, transformer
 from .autograd import Tensor, is_grad_enabled, no_grad
 from .backend import manual_seed, set_backend, to_numpy
 from .gradcheck import GradcheckError, gradcheck
@@ -23,6 +24,7 @@ __all__ = [
     "Tensor",
     "analysis",
     "backend",
+    "data",
     "functional",
     "gradcheck",
     "io",
@@ -35,5 +37,7 @@ __all__ = [
     "plotting",
     "set_backend",
     "to_numpy",
+    "train",
+    "transformer",
 ]
 __version__ = "0.1.0"
