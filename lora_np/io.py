@@ -84,12 +84,31 @@ def _safetensors_bytes(arrays: dict, metadata: dict | None = None) -> bytes:
 # ============================================================================ whole models
 
 
-def save_weights(model: nn.Module, path) -> Path:
-    """Write every parameter of ``model`` to one safetensors file (atomically), keyed by name."""
+def save_weights(model: nn.Module, path, metadata: dict | None = None) -> Path:
+    """Write every parameter of ``model`` to one safetensors file (atomically), keyed by name.
+
+    ``metadata`` (str -> str) goes into the file's header beside ``"format"``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, _safetensors_bytes(model.state_dict(), {"format": "lora_np"}))
+    header = {"format": "lora_np", **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    atomic_write(path, _safetensors_bytes(model.state_dict(), header))
     return path
+
+
+def read_weights(path) -> tuple[dict, dict]:
+    """``({name: host array}, metadata)`` from a safetensors file, without pickle.
+
+    A missing file raises FileNotFoundError; a truncated or corrupt one a ValueError that
+    names it. Nothing is returned from a file that fails.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = _read_safetensors(path)
+    with safe_open(path, framework="numpy") as handle:  # header only: the data is read above
+        metadata = dict(handle.metadata() or {})
+    return tensors, metadata
 
 
 def load_weights(model: nn.Module, path, strict: bool = True) -> None:

@@ -24,12 +24,11 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import backend, data
+from . import backend, data, io
 from .train import train
 from .transformer import CHECKPOINT_DIR, GPT, GPTConfig
 
@@ -102,12 +101,7 @@ def write_checkpoint(model, out_dir, name: str, info: dict) -> tuple[Path, Path]
         out_dir / f"{name}.safetensors", metadata={"info": json.dumps(info, sort_keys=True)}
     )
     json_path = out_dir / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, weights.stat().st_mode & 0o777)
-    os.replace(tmp, json_path)
+    io.atomic_write(json_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     return weights, json_path
 
 

@@ -7,22 +7,19 @@ LoRA can be put on any of them by name (``blocks.0.attn.q``, ``blocks.3.mlp.fc``
 Shapes: ``B`` batch, ``T`` sequence length, ``C`` = n_embd, ``nh`` heads, ``hs`` = C / nh,
 ``V`` vocabulary size.
 
-Weights are saved as safetensors (a JSON header and raw little-endian arrays; no pickle),
-written to a temporary file and renamed, so a crash never leaves half a checkpoint. The file
-carries the model's config in its metadata, so ``GPT.load(path)`` needs nothing else.
+Weights are saved as safetensors through :mod:`lora_np.io` (a JSON header and raw arrays; no
+pickle), written to a temporary file and renamed, so a crash never leaves half a checkpoint.
+The file carries the model's config in its metadata, so ``GPT.load(path)`` needs nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import struct
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import backend, nn
+from . import backend, io, nn
 from . import functional as F
 from .autograd import Tensor, no_grad
 
@@ -249,10 +246,8 @@ class GPT(nn.Module):
         The write is atomic: a temporary file in the same folder, then a rename. ``metadata``
         (str -> str) is stored in the header beside the config.
         """
-        meta = {"format": "lora_np.GPT", "config": json.dumps(asdict(self.config))}
-        meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-        tensors = {name: backend.to_numpy(p.data) for name, p in self.named_parameters()}
-        return save_safetensors(path, tensors, meta)
+        meta = {"model": "lora_np.GPT", "config": json.dumps(asdict(self.config))}
+        return io.save_weights(self, path, {**meta, **(metadata or {})})
 
     @classmethod
     def load(cls, path, config: GPTConfig | None = None) -> GPT:
@@ -262,7 +257,7 @@ class GPT(nn.Module):
         first parameter whose shape differs (the file's shape and the config's). A corrupt or
         truncated file raises ValueError; nothing is built from a file that fails a check.
         """
-        tensors, meta = load_safetensors(path)
+        tensors, meta = io.read_weights(path)
         if "config" not in meta:
             raise ValueError(
                 f"{path} has no GPT config in its metadata; was it written by GPT.save?"
@@ -307,118 +302,3 @@ def load_pretrained(path=None) -> GPT:
             f"no pretrained checkpoint at {path}; run `python -m lora_np.pretrain` to make it"
         )
     return GPT.load(path).eval()
-
-
-# ------------------------------------------------------------------ safetensors, no dependency
-# The format: 8 bytes (little-endian u64) giving the header's length N, N bytes of JSON
-# {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}, then
-# the raw little-endian bytes of every tensor. Files written here load with the `safetensors`
-# package and the other way round.
-
-_DTYPES = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "U8": "u1",
-    "BOOL": "?",
-}
-_MAX_HEADER = 100_000_000
-
-
-def save_safetensors(path, tensors: dict, metadata: dict | None = None) -> Path:
-    """Write ``{name: array}`` (host arrays) and string metadata atomically; returns the path."""
-    np = backend.np
-    path = Path(path)
-    names = {v: k for k, v in _DTYPES.items()}
-    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-    arrays, offset = [], 0
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(backend.to_numpy(tensors[name]))
-        code = array.dtype.newbyteorder("<").str if array.dtype.kind != "b" else "?"
-        if code not in names:
-            raise TypeError(
-                f"cannot save {name!r}: dtype {array.dtype} is not one of {sorted(_DTYPES)}"
-            )
-        array = array.astype(code, copy=False)
-        header[name] = {
-            "dtype": names[code],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
-        }
-        arrays.append(array)
-        offset += array.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # pad the header so the data is 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for array in arrays:
-                f.write(array.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    """The process's file-mode mask (read by setting it, then restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def load_safetensors(path) -> tuple[dict, dict]:
-    """``({name: host array}, metadata)`` from a safetensors file, every entry checked first.
-
-    A ValueError names the file and what is wrong (short file, bad header, offsets outside
-    the data, a dtype or size that does not fit); no array is returned from a file that fails.
-    """
-    np = backend.np
-    path = Path(path)
-    data = path.read_bytes()
-
-    def corrupt(why: str):
-        return ValueError(f"checkpoint {path} is corrupt or truncated: {why}")
-
-    if len(data) < 8:
-        raise corrupt(f"{len(data)} bytes, fewer than the 8-byte header length")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(_MAX_HEADER, len(data) - 8):
-        raise corrupt(f"header length {n} does not fit in a file of {len(data)} bytes")
-    try:
-        header = json.loads(data[8 : 8 + n].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise corrupt(f"unreadable header ({err})") from err
-    if not isinstance(header, dict):
-        raise corrupt("the header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    body = memoryview(data)[8 + n :]
-    tensors, end_max = {}, 0
-    for name, entry in header.items():
-        try:
-            dtype = np.dtype(_DTYPES[entry["dtype"]])
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise corrupt(f"bad entry for {name!r}: {entry!r}") from err
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if not 0 <= begin <= end <= len(body) or end - begin != expected:
-            raise corrupt(
-                f"{name!r} claims bytes [{begin}, {end}) for shape {shape} {entry['dtype']} "
-                f"({expected} bytes) but the data section has {len(body)} bytes"
-            )
-        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).copy()
-        end_max = max(end_max, end)
-    if end_max != len(body):
-        raise corrupt(f"the data section has {len(body)} bytes but the tensors use {end_max}")
-    return tensors, metadata
