@@ -85,10 +85,8 @@ class Block(nn.Module):
 class GPTConfig:
     """The shape of a GPT; two models with equal configs can swap weights."""
 
-    vocab_size: int = 64  # token ids are 0 .. vocab_size-1 (the tokenizer in data.py uses 40)
-    block_size: int = (
-        64  # the longest sequence the model reads (learned positions 0 .. block_size-1)
-    )
+    vocab_size: int = 64  # token ids are 0 .. vocab_size-1 (data.py's tokenizer uses 40)
+    block_size: int = 64  # longest sequence read; one learned position per index
     n_embd: int = 128  # width of the residual stream, C
     n_head: int = 4  # attention heads per layer; each has n_embd // n_head channels
     n_layer: int = 4  # transformer blocks
