@@ -387,7 +387,8 @@ def generate_answers(
 
     Prompts are right-padded into one ``(B, T)`` array; every row keeps its own write position.
     Because attention is causal, the padding to the right of a row's position never changes
-    that row's logits, so one batched forward pass serves prompts of different lengths. A
+    that row's logits (up to float rounding: BLAS rounds another matrix shape differently), so
+    one batched forward pass serves prompts of different lengths. A
     row stops at its END token (which is kept in the answer); generation stops when every
     row has stopped or after ``max_new_tokens`` tokens.
 
