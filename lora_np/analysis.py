@@ -172,6 +172,24 @@ def _singular_vectors(M, side: str):
     return U if side == "left" else Vt.T
 
 
+def _paired_singular_vectors(M1, M2, side: str):
+    """The ``side``-singular vectors of two matrices, checked to live in the same space.
+
+    In float64 whatever the input, so φ from one pair and from the grid agree to 1e-12.
+    """
+    M1, _ = _matrix(M1, "M1")
+    M2, _ = _matrix(M2, "M2")
+    U1 = _singular_vectors(M1.astype("float64"), side)
+    U2 = _singular_vectors(M2.astype("float64"), side)
+    if U1.shape[0] != U2.shape[0]:
+        raise ValueError(
+            f"the {side}-singular vectors of M1 {tuple(M1.shape)} and M2 {tuple(M2.shape)} live "
+            f"in spaces of different size ({U1.shape[0]} and {U2.shape[0]}); "
+            f"compare A matrices with side='right' and B matrices with side='left'"
+        )
+    return U1, U2
+
+
 def subspace_similarity(M1, M2, i: int, j: int, side: str = "right") -> float:
     """The LoRA paper's normalised subspace similarity φ (§7.2, Eq. 4).
 
@@ -195,16 +213,7 @@ def subspace_similarity(M1, M2, i: int, j: int, side: str = "right") -> float:
     Returns:
         φ in [0, 1].
     """
-    M1, _ = _matrix(M1, "M1")
-    M2, _ = _matrix(M2, "M2")
-    U1 = _singular_vectors(M1, side)
-    U2 = _singular_vectors(M2, side)
-    if U1.shape[0] != U2.shape[0]:
-        raise ValueError(
-            f"the {side}-singular vectors of M1 {tuple(M1.shape)} and M2 {tuple(M2.shape)} live "
-            f"in spaces of different size ({U1.shape[0]} and {U2.shape[0]}); "
-            f"compare A matrices with side='right' and B matrices with side='left'"
-        )
+    U1, U2 = _paired_singular_vectors(M1, M2, side)
     i = _check_rank(i, U1.shape[1], "i")
     j = _check_rank(j, U2.shape[1], "j")
     overlap = U1[:, :i].T @ U2[:, :j]  # (i, j): cosines between the two sets of directions
@@ -221,15 +230,7 @@ def subspace_similarity_grid(M1, M2, side: str = "right", max_i=None, max_j=None
     Returns:
         (max_i, max_j) host NumPy array; entry [i - 1, j - 1] is φ(M1, M2, i, j).
     """
-    M1, _ = _matrix(M1, "M1")
-    M2, _ = _matrix(M2, "M2")
-    U1 = _singular_vectors(M1, side)
-    U2 = _singular_vectors(M2, side)
-    if U1.shape[0] != U2.shape[0]:
-        raise ValueError(
-            f"the {side}-singular vectors of M1 {tuple(M1.shape)} and M2 {tuple(M2.shape)} live "
-            f"in spaces of different size ({U1.shape[0]} and {U2.shape[0]})"
-        )
+    U1, U2 = _paired_singular_vectors(M1, M2, side)
     n1 = U1.shape[1] if max_i is None else _check_rank(max_i, U1.shape[1], "max_i")
     n2 = U2.shape[1] if max_j is None else _check_rank(max_j, U2.shape[1], "max_j")
     np = backend.np
