@@ -1,0 +1,128 @@
+"""The committed results of experiments/07_finetune.py: their schema, and one point rerun."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "experiments" / "07_finetune.py"
+RESULTS = ROOT / "experiments" / "results" / "07_finetune.json"
+
+RUN_KEYS = {
+    "task",
+    "method",
+    "targets",
+    "r",
+    "seed",
+    "lr",
+    "steps",
+    "trainable_params",
+    "optimizer_state_bytes",
+    "disk_bytes",
+    "step_seconds",
+    "final_loss",
+    "exact_match",
+    "wall_seconds",
+}
+RERUN = {"task": "prv", "method": "lora", "targets": ["q", "v"], "r": 4, "seed": 0, "steps": 300}
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("experiment_07", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results():
+    return json.loads(RESULTS.read_text())
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script()
+
+
+def _find(rows, **where):
+    found = [r for r in rows if all(r[k] == v for k, v in where.items())]
+    assert len(found) == 1, (where, len(found))
+    return found[0]
+
+
+def test_schema(results, script):
+    settings = results["settings"]
+    assert settings["tasks"] == list(script.TASKS)
+    assert settings["steps"] == script.STEPS
+    assert settings["ranks"] == list(script.RANKS)
+    assert settings["seeds"] == list(script.SEEDS)
+    assert set(settings["lr"]) == {"full", "lora"}
+    assert results["complete"] is True
+    for row in results["runs"] + results["lr_tuning"]:
+        assert set(row) == RUN_KEYS, set(row) ^ RUN_KEYS
+        assert 0.0 <= row["exact_match"] <= 1.0
+    # every point of the sweep has one run per seed
+    runs = results["runs"]
+    for task in script.TASKS:
+        steps = script.STEPS[task]
+        _find(runs, task=task, method="base")
+        for seed in script.SEEDS:
+            _find(runs, task=task, method="full", seed=seed)
+            for r in script.RANKS:
+                _find(runs, task=task, targets=["q", "v"], r=r, seed=seed, steps=steps)
+    which_steps = script.STEPS[script.WHICH_TASK]
+    for targets, r in script.WHICH:
+        for seed in script.SEEDS:
+            _find(
+                runs,
+                task=script.WHICH_TASK,
+                targets=list(targets),
+                r=r,
+                seed=seed,
+                steps=which_steps,
+            )
+    for seed in script.SEEDS:
+        _find(runs, **script.LONG, seed=seed)
+    n_sweep = 2 + 2 * 3 * (1 + len(script.RANKS)) + 3 * (len(script.WHICH) - 1)
+    assert len(runs) == n_sweep + len(script.SEEDS)
+    assert {(row["method"], row["lr"]) for row in runs if row["method"] != "base"} == {
+        ("full", settings["lr"]["full"]),
+        ("lora", settings["lr"]["lora"]),
+    }
+
+
+def test_costs_follow_the_shapes(results):
+    """Trainable parameters and Adam's state are exact functions of the shapes."""
+    n_layer, d = 4, 128
+    for row in results["runs"]:
+        if row["method"] == "lora":
+            expected = n_layer * len(row["targets"]) * row["r"] * (d + d)
+            assert row["trainable_params"] == expected
+            # the adapter file: 4 bytes per float32 entry plus headers of a few KB
+            assert 0 < row["disk_bytes"] - 4 * expected < 8_000
+        if row["method"] == "full":
+            assert row["trainable_params"] == 817_920
+        if row["method"] != "base":
+            assert row["optimizer_state_bytes"] == 8 * row["trainable_params"]  # 2 fp32 moments
+
+
+def test_rerun_one_point(results, script):
+    """Rerun prv, LoRA q+v r=4, seed 0 (about 15 s) and compare with the stored row."""
+    stored = _find(results["runs"], **RERUN)
+    row = script.run(
+        RERUN["task"],
+        "lora",
+        seed=RERUN["seed"],
+        lr=results["settings"]["lr"]["lora"],
+        targets=tuple(RERUN["targets"]),
+        r=RERUN["r"],
+    )
+    for key in ("trainable_params", "optimizer_state_bytes", "disk_bytes", "steps", "lr"):
+        assert row[key] == stored[key], key
+    # greedy answers after 300 float32 steps: a few prompts may flip across CPUs
+    assert abs(row["exact_match"] - stored["exact_match"]) <= 0.03, (row, stored)
+    assert row["final_loss"] == pytest.approx(stored["final_loss"], rel=0.05, abs=0.005)
