@@ -394,6 +394,58 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return Tensor._from_op(out, parents, backward)
 
 
+def lora_linear(x: Tensor, weight: Tensor, bias, A: Tensor, B: Tensor, scaling: float) -> Tensor:
+    """h = x W0^T + b + s (x A^T) B^T: a Linear with a LoRA side path, as one op.
+
+    The same three matrix products as ``linear(x, W0, b) + linear(s * linear(x, A), B)``,
+    with the Python and temporaries of one op instead of five; the backward never forms the
+    (d, k) gradient of a frozen W0.
+
+    Args:
+        x: (..., k); weight: (d, k) = W0; bias: (d,) or None; A: (r, k); B: (d, r)
+        scaling: s, a Python number (alpha / r, or alpha / sqrt(r))
+    Returns:
+        (..., d)
+    """
+    d, k = weight.shape
+    if x.shape[-1] != k or A.shape[1] != k or B.shape != (d, A.shape[0]):
+        raise ValueError(
+            f"lora_linear: x {x.shape}, W0 {weight.shape}, A {A.shape}, B {B.shape} do not fit; "
+            "expected x (..., k), W0 (d, k), A (r, k), B (d, r)"
+        )
+    check_same_backend(x.data, weight.data, A.data, B.data)
+    rows = x.data.reshape(-1, k)  # (N, k)
+    out = _mm(rows, weight.data.T)  # (N, d): W0 x
+    if bias is not None:
+        out += bias.data
+    low = _mm(rows, A.data.T)  # (N, r): A x
+    low *= scaling  # s A x: scaling r numbers per row, not d
+    out += _mm(low, B.data.T)  # (N, d): + s B A x
+    out = out.reshape(x.shape[:-1] + (d,))  # (..., d)
+    parents = (x, weight, A, B) if bias is None else (x, weight, A, B, bias)
+
+    def backward(g):
+        g_rows = g.reshape(-1, d)  # (N, d)
+        gB = _mm(g_rows.T, low) if B.requires_grad else None  # (d, r) = s G^T (X A^T)
+        g_low = None
+        if A.requires_grad or x.requires_grad:
+            g_low = _mm(g_rows, B.data)  # (N, r)
+            g_low *= scaling  # s G B
+        gA = _mm(g_low.T, rows) if A.requires_grad else None  # (r, k) = s (G B)^T X
+        gx = None
+        if x.requires_grad:
+            gx = _mm(g_rows, weight.data)  # (N, k): through W0
+            gx += _mm(g_low, A.data)  # and through the side path
+            gx = gx.reshape(x.shape)
+        gw = _mm(g_rows.T, rows) if weight.requires_grad else None  # (d, k), if W0 trains
+        grads = (gx, gw, gA, gB)
+        if bias is None:
+            return grads
+        return grads + ((g_rows.sum(axis=0) if bias.requires_grad else None),)
+
+    return Tensor._from_op(out, parents, backward)
+
+
 # --------------------------------------------------------------------------- embedding
 def embedding(idx, weight: Tensor) -> Tensor:
     """Rows of ``weight`` picked by integer ids.

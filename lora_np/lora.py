@@ -279,14 +279,14 @@ class LoRALinear(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
         """x: (..., k) -> (..., d)"""
-        out = self.base(x)  # W0 x + b (with s·B A inside W0 when merged)
         if self.merged or self._disabled:
-            return out
-        adapter = self.active
-        x = F.dropout(x, adapter.dropout, self.training)
-        # s is applied to the rank-r activation, r numbers per row instead of d
-        low = F.linear(x, adapter.A) * adapter.scaling  # (..., r): s · A x
-        return out + F.linear(low, adapter.B)  # (..., d): W0 x + b + s · B A x
+            return self.base(x)  # W0 x + b (with s·B A inside W0 when merged)
+        adapter, base = self.active, self.base
+        if adapter.dropout and self.training:  # the side path sees a dropped-out input
+            low = F.linear(F.dropout(x, adapter.dropout), adapter.A) * adapter.scaling  # (..., r)
+            return base(x) + F.linear(low, adapter.B)  # (..., d): W0 x + b + s · B A x'
+        # The same sum as one op: W0 x + b + s · B (A x), s applied to the r-wide activation
+        return F.lora_linear(x, base.weight, base.bias, adapter.A, adapter.B, adapter.scaling)
 
     def delta_weight(self, adapter_name: str | None = None):
         """ΔW = s · B A of an adapter (default: the active one), an array of shape (d, k)."""

@@ -938,3 +938,27 @@ def test_gradcheck_on_the_active_backend(backend_name):
     w = ln.Tensor(uniform(1, (4, 3)), requires_grad=True)
     assert ln.gradcheck(lambda a, b: F.log_softmax(F.linear(a, b), axis=-1), x, w)
     assert ln.gradcheck(lambda a: F.embedding([0, 1, 1], a), x)
+
+
+def test_lora_linear_gradients_and_frozen_base_costs_no_weight_gemm(monkeypatch):
+    rng = np.random.default_rng(3)
+
+    def leaf(*shape, grad=True):
+        return ln.Tensor(rng.standard_normal(shape), requires_grad=grad)
+
+    x, w0, b, a, bb = leaf(2, 3, 5), leaf(4, 5), leaf(4), leaf(2, 5), leaf(4, 2)
+    assert ln.gradcheck(lambda x, w0, b, a, bb: F.lora_linear(x, w0, b, a, bb, 1.7), x, w0, b, a, bb)
+    composed = F.linear(x, w0, b) + F.linear(F.linear(x, a) * 1.7, bb)
+    np.testing.assert_allclose(F.lora_linear(x, w0, b, a, bb, 1.7).data, composed.data, atol=1e-12)
+
+    frozen = leaf(4, 5, grad=False)
+    calls = []
+    real_mm = F._mm
+    monkeypatch.setattr(F, "_mm", lambda p, q: calls.append((p.shape, q.shape)) or real_mm(p, q))
+    out = F.lora_linear(leaf(6, 5, grad=False), frozen, None, a, bb, 2.0)
+    assert len(calls) == 3  # W0 x, A x, B (A x)
+    calls.clear()
+    out.sum().backward()
+    assert frozen.grad is None
+    assert len(calls) == 3  # dB, G B, dA: no (d, k) product for W0, none for x
+    assert (4, 5) not in [(p[0], q[1]) for p, q in calls]
