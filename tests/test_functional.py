@@ -947,7 +947,9 @@ def test_lora_linear_gradients_and_frozen_base_costs_no_weight_gemm(monkeypatch)
         return ln.Tensor(rng.standard_normal(shape), requires_grad=grad)
 
     x, w0, b, a, bb = leaf(2, 3, 5), leaf(4, 5), leaf(4), leaf(2, 5), leaf(4, 2)
-    assert ln.gradcheck(lambda x, w0, b, a, bb: F.lora_linear(x, w0, b, a, bb, 1.7), x, w0, b, a, bb)
+    assert ln.gradcheck(
+        lambda x, w0, b, a, bb: F.lora_linear(x, w0, b, a, bb, 1.7), x, w0, b, a, bb
+    )
     composed = F.linear(x, w0, b) + F.linear(F.linear(x, a) * 1.7, bb)
     np.testing.assert_allclose(F.lora_linear(x, w0, b, a, bb, 1.7).data, composed.data, atol=1e-12)
 
