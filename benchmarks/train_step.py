@@ -50,6 +50,21 @@ def _timed(fn, warmup: int, steps: int) -> list[float]:
     return times
 
 
+def _time_training(model, opt, idx, targets, warmup: int, steps: int) -> dict:
+    """Step times of ``model`` (lora_np or PyTorch: the same calls) and the peak memory added."""
+
+    def step():
+        opt.zero_grad()
+        _, loss = model(idx, targets)
+        loss.backward()
+        opt.step()
+
+    rss_before = _rss_bytes()
+    times = _timed(step, warmup, steps)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    return {"times": times, "peak_rss_added": peak_rss, "step": step}
+
+
 def _batch(np):
     rng = np.random.default_rng(0)
     idx = rng.integers(0, CONFIG["vocab_size"], (BATCH, CONFIG["block_size"]))
@@ -83,25 +98,15 @@ def run_lora_np(mode: str, warmup: int, steps: int) -> dict:
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = ln.optim.AdamW(trainable, lr=1e-3)
-
-    def step():
-        opt.zero_grad()
-        _, loss = model(idx, targets)
-        loss.backward()
-        opt.step()
-
-    rss_before = _rss_bytes()
-    times = _timed(step, warmup, steps)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    result = _time_training(model, opt, idx, targets, warmup, steps)
     tracemalloc.start()
-    step()
+    result.pop("step")()
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {
-        "times": times,
+        **result,
         "state_bytes": opt.state_bytes(),
         "trainable": sum(p.size for p in trainable),
-        "peak_rss_added": peak_rss,
         "traced_step_peak": traced_peak,
     }
 
@@ -126,23 +131,10 @@ def run_torch(mode: str, warmup: int, steps: int) -> dict:
         return {"times": _timed(forward, warmup, steps)}
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
-
-    def step():
-        opt.zero_grad()
-        _, loss = model(idx, targets)
-        loss.backward()
-        opt.step()
-
-    rss_before = _rss_bytes()
-    times = _timed(step, warmup, steps)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    result = _time_training(model, opt, idx, targets, warmup, steps)
+    del result["step"]
     state = sum(t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
-    return {
-        "times": times,
-        "state_bytes": state,
-        "trainable": sum(p.numel() for p in trainable),
-        "peak_rss_added": peak_rss,
-    }
+    return {**result, "state_bytes": state, "trainable": sum(p.numel() for p in trainable)}
 
 
 RUNS = [
