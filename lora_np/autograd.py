@@ -154,6 +154,11 @@ class Tensor:
         return self.data.size
 
     @property
+    def nbytes(self) -> int:
+        """Bytes the data takes (not counting ``.grad``)."""
+        return self.data.nbytes
+
+    @property
     def is_leaf(self) -> bool:
         """True for tensors not produced by a recorded op (parameters, inputs)."""
         return self._backward is None

@@ -393,3 +393,9 @@ def test_the_traps_hold_on_every_backend(backend_name):
     np.testing.assert_allclose(backend.to_numpy(a.grad), [1.0, 1.0])
     with ln.no_grad():
         assert not (a * 2).requires_grad
+
+
+def test_nbytes_counts_the_data():
+    t = ln.Tensor(np.zeros((3, 4), dtype=np.float32), requires_grad=True)
+    assert t.nbytes == 48
+    assert ln.nn.Parameter(np.zeros(5)).nbytes == 40
