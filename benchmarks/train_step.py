@@ -50,6 +50,17 @@ def _timed(fn, warmup: int, steps: int) -> list[float]:
     return times
 
 
+def _time_inference(model, idx, no_grad, warmup: int, steps: int) -> dict:
+    """Times of an eval-mode forward pass that builds no graph (either framework)."""
+    model.eval()
+
+    def forward():
+        with no_grad():
+            model(idx)
+
+    return {"times": _timed(forward, warmup, steps)}
+
+
 def _time_training(model, opt, idx, targets, warmup: int, steps: int) -> dict:
     """Step times of ``model`` (lora_np or PyTorch: the same calls) and the peak memory added."""
 
@@ -88,13 +99,7 @@ def run_lora_np(mode: str, warmup: int, steps: int) -> dict:
         if mode == "merged":
             ln.lora.merge_adapter(model)
     if mode in ("base", "merged", "unmerged"):
-        model.eval()
-
-        def forward():
-            with ln.no_grad():
-                model(idx)
-
-        return {"times": _timed(forward, warmup, steps)}
+        return _time_inference(model, idx, ln.no_grad, warmup, steps)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = ln.optim.AdamW(trainable, lr=1e-3)
@@ -122,13 +127,7 @@ def run_torch(mode: str, warmup: int, steps: int) -> dict:
     if mode == "lora":
         inject_lora(model, ("q", "v"), RANK, ALPHA)
     if mode == "base":
-        model.eval()
-
-        def forward():
-            with torch.no_grad():
-                model(idx)
-
-        return {"times": _timed(forward, warmup, steps)}
+        return _time_inference(model, idx, torch.no_grad, warmup, steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
     result = _time_training(model, opt, idx, targets, warmup, steps)

@@ -103,3 +103,26 @@ def backend_name(request):
         yield request.param
     finally:
         backend.set_backend("numpy")
+
+
+@pytest.fixture(scope="session")
+def load_experiment():
+    """``load_experiment("07_finetune")`` imports ``experiments/07_finetune.py`` as a module
+    (the scripts are not a package; their names start with a digit)."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "experiments"
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(
+                f"experiment_{name}", folder / f"{name}.py"
+            )
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    return load

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "experiments" / "05_svd_rank.py"
 RESULTS = ROOT / "experiments" / "results"
 JSON_PATH = RESULTS / "05_svd_rank.json"
 
@@ -28,21 +26,14 @@ RUN_KEYS = {
 }
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("experiment_05", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def results():
     return json.loads(JSON_PATH.read_text())
 
 
 @pytest.fixture(scope="module")
-def script():
-    return _load_script()
+def script(load_experiment):
+    return load_experiment("05_svd_rank")
 
 
 def test_schema(results, script):

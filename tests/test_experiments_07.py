@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "experiments" / "07_finetune.py"
 RESULTS = ROOT / "experiments" / "results" / "07_finetune.json"
 
 RUN_KEYS = {
@@ -31,21 +29,14 @@ RUN_KEYS = {
 RERUN = {"task": "prv", "method": "lora", "targets": ["q", "v"], "r": 4, "seed": 0, "steps": 300}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("experiment_07", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def results():
     return json.loads(RESULTS.read_text())
 
 
 @pytest.fixture(scope="module")
-def script():
-    return _load_script()
+def script(load_experiment):
+    return load_experiment("07_finetune")
 
 
 def _find(rows, **where):

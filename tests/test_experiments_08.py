@@ -7,7 +7,6 @@ silently drift from the code that made them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,15 +16,12 @@ import pytest
 from lora_np import io, lora, transformer
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "experiments" / "08_adapters.py"
 RESULTS = ROOT / "experiments" / "results" / "08_adapters"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("experiment_08", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def exp(load_experiment):
+    return load_experiment("08_adapters")
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +29,7 @@ def stored():
     return json.loads((RESULTS / "scores.json").read_text())
 
 
-def test_results_schema(stored):
-    exp = _script()
+def test_results_schema(stored, exp):
     tasks = list(exp.TASKS)
     assert set(stored) >= {
         "settings",
@@ -59,8 +54,7 @@ def test_results_schema(stored):
     assert set(stored["qlora"]["scores"]) == {"cpy", "rev", "nxt", "srt", "cnt"}
 
 
-def test_adapter_folders_are_small_and_load():
-    exp = _script()
+def test_adapter_folders_are_small_and_load(exp):
     folders = list(exp.TASKS) + [f"{t}_replay" for t in exp.PAIR]
     total = 0
     for name in folders:
@@ -73,8 +67,7 @@ def test_adapter_folders_are_small_and_load():
     assert total + (RESULTS / "scores.json").stat().st_size < 3_000_000
 
 
-def test_rerun_prv_adapter_matches_stored(stored):
-    exp = _script()
+def test_rerun_prv_adapter_matches_stored(stored, exp):
     model = exp.train_task_adapter("prv")
     assert abs(exp.score(model, "prv") - stored["matrix"]["prv"]["prv"]) <= 0.03
     reference = transformer.load_pretrained()
