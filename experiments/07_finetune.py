@@ -21,12 +21,19 @@ and LoRA r = 8 each try three values; the lr with the lowest mean training loss 
 steps wins (exact match saturates on prv, the loss does not). Every other run uses the winner
 for its method.
 
-Last, LoRA q, v at r = 8 on ``prv`` for 1,200 steps (4x the budget), 3 seeds: does LoRA catch
+Then LoRA q, v at r = 8 on ``prv`` for 1,200 steps (4x the budget), 3 seeds: does LoRA catch
 up with full fine-tuning when it trains longer?
 
+Last, "which matrices" again on ``hop`` (shift each letter by the digit after it), the task
+where q and v are not enough: 16,384 trainable parameters spent on one matrix at r = 16, two
+at r = 8 or all four at r = 4, plus the MLP (fc, proj at r = 3) and q, v at r = 32; 1,200
+steps at lr 3e-3, 3 seeds (``HOP_WHICH``). Two of them are also run at lr 1e-2 to show why
+hop uses the smaller rate (``HOP_LR_CHECK``).
+
 Run:  OPENBLAS_NUM_THREADS=1 python experiments/07_finetune.py [--resume]
-Two worker processes (LORA_NP_WORKERS=1 for one): 544 s on a 2-core x86_64 machine with little
-else running, 25 minutes when other jobs shared it. Writes experiments/results/07_finetune.json
+Two worker processes (LORA_NP_WORKERS=1 for one): 544 s for everything but hop on a 2-core
+x86_64 machine with little else running (25 minutes when other jobs shared it); hop adds
+about 10 minutes. Writes experiments/results/07_finetune.json
 after every finished run, so a partial sweep is usable; ``--resume`` keeps the runs already in
 the file and does only the missing ones.
 """
@@ -69,6 +76,24 @@ EVAL_SEED = 1234
 LOSS_WINDOW = 50  # steps averaged for "final loss"
 
 LONG = {"task": "prv", "r": 8, "steps": 1200}  # does LoRA catch up with more steps?
+
+# "hop": a task where q and v are not enough. Its own budget of steps and its own learning
+# rate: at the sweep's LoRA lr (1e-2) the four-matrix adapter diverges, so both lrs are run
+# for the two headline configurations (HOP_LR_CHECK) and the notebook shows why 3e-3 is used.
+HOP = {"task": "hop", "steps": 1200, "lr": 3e-3}
+HOP_WHICH = (  # (targets, r): 16,384 trainable parameters each, except the last two
+    (("q",), 16),
+    (("k",), 16),
+    (("v",), 16),
+    (("o",), 16),
+    (("q", "k"), 8),
+    (("q", "v"), 8),
+    (("k", "o"), 8),
+    (("q", "k", "v", "o"), 4),
+    (("fc", "proj"), 3),  # the MLP: 4 x 3 x (128 + 512) x 2 = 15,360
+    (("q", "v"), 32),  # q, v at 4x the budget: is it rank that q, v lack?
+)
+HOP_LR_CHECK = ((("q", "v"), 8), (("q", "k", "v", "o"), 4))  # also run at lr 1e-2, seed 0
 
 LR_GRID = {"full": (3e-4, 1e-3, 3e-3), "lora": (1e-3, 3e-3, 1e-2)}
 LR_TASK = "prv"
@@ -248,6 +273,9 @@ def _settings(workers: int) -> dict:
         "which_task": WHICH_TASK,
         "which": [{"targets": list(t), "r": r} for t, r in WHICH],
         "long": LONG,
+        "hop": HOP,
+        "hop_which": [{"targets": list(t), "r": r} for t, r in HOP_WHICH],
+        "hop_lr_check": [{"targets": list(t), "r": r, "lr": 1e-2} for t, r in HOP_LR_CHECK],
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "workers": workers,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
@@ -334,6 +362,15 @@ def main() -> None:
                 )
         for seed in SEEDS:
             jobs.append({"method": "lora", "seed": seed, "lr": lrs["lora"], **LONG})
+        # 3. hop: which matrices when q and v are not enough
+        jobs.append({"task": HOP["task"], "method": "base", "steps": HOP["steps"]})
+        for targets, r in HOP_WHICH:
+            for seed in SEEDS:
+                jobs.append({"method": "lora", "seed": seed, "targets": targets, "r": r, **HOP})
+        for targets, r in HOP_LR_CHECK:
+            jobs.append(
+                {**HOP, "method": "lora", "seed": 0, "targets": targets, "r": r, "lr": 1e-2}
+            )
         _run_all(pool, jobs, results, "runs", started, before)
     results["script_seconds"] = before + time.perf_counter() - started
     results["complete"] = True

@@ -47,6 +47,7 @@ RULES = {
     "sub": lambda s: s.translate(
         str.maketrans(string.ascii_lowercase, "qwertyuiopasdfghjklzxcvbnm")
     ),
+    "hop": lambda s: "".join(_shift(s[i], int(s[i + 1])) for i in range(0, len(s), 2)),
 }
 
 
@@ -66,6 +67,13 @@ def test_examples_are_well_formed_and_right(task):
         assert len(prompt) + len(answer) <= 40  # far inside block_size 64
         assert answer[:-1] == RULES[task](prompt[4:-1]), (prompt, answer)
     assert data.TASKS[task].description.startswith(task + " —")
+
+
+def test_hop_inputs_are_letter_digit_pairs():
+    inputs = [p[4:-1] for p, _ in data.make_examples("hop", 400, seed=5)]
+    assert {len(s) for s in inputs} == {2, 4, 6, 8}  # 1-4 pairs
+    assert all(s[0::2].isalpha() and set(s[1::2]) <= set("0123") for s in inputs)
+    assert set("".join(s[1::2] for s in inputs)) == set("0123")  # every step size occurs
 
 
 def test_examples_are_deterministic_and_pinned():

@@ -78,20 +78,31 @@ def test_schema(results, script):
             )
     for seed in script.SEEDS:
         _find(runs, **script.LONG, seed=seed)
+    hop = script.HOP
+    _find(runs, task=hop["task"], method="base")
+    for targets, r in script.HOP_WHICH:
+        for seed in script.SEEDS:
+            _find(runs, **hop, targets=list(targets), r=r, seed=seed)
+    for targets, r in script.HOP_LR_CHECK:
+        _find(runs, **{**hop, "lr": 1e-2}, targets=list(targets), r=r, seed=0)
     n_sweep = 2 + 2 * 3 * (1 + len(script.RANKS)) + 3 * (len(script.WHICH) - 1)
-    assert len(runs) == n_sweep + len(script.SEEDS)
+    n_hop = 1 + 3 * len(script.HOP_WHICH) + len(script.HOP_LR_CHECK)
+    assert len(runs) == n_sweep + len(script.SEEDS) + n_hop
     assert {(row["method"], row["lr"]) for row in runs if row["method"] != "base"} == {
         ("full", settings["lr"]["full"]),
         ("lora", settings["lr"]["lora"]),
+        ("lora", hop["lr"]),
+        ("lora", 1e-2),
     }
 
 
 def test_costs_follow_the_shapes(results):
     """Trainable parameters and Adam's state are exact functions of the shapes."""
     n_layer, d = 4, 128
+    fan = {"q": 2 * d, "k": 2 * d, "v": 2 * d, "o": 2 * d, "fc": 5 * d, "proj": 5 * d}  # in + out
     for row in results["runs"]:
         if row["method"] == "lora":
-            expected = n_layer * len(row["targets"]) * row["r"] * (d + d)
+            expected = n_layer * row["r"] * sum(fan[t] for t in row["targets"])
             assert row["trainable_params"] == expected
             # the adapter file: 4 bytes per float32 entry plus headers of a few KB
             assert 0 < row["disk_bytes"] - 4 * expected < 8_000

@@ -38,7 +38,10 @@ def test_results_schema(stored, exp):
         "combine",
         "qlora",
         "sub_sweep",
+        "joint",
     }
+    assert set(stored["joint"]) == set(exp.PAIR) | {"pretrain"}
+    assert stored["settings"]["joint_steps"] == exp.JOINT_STEPS
     for name in tasks:
         assert set(stored["matrix"][name]) == set(tasks)
         assert all(0.0 <= v <= 1.0 for v in stored["matrix"][name].values())
@@ -55,7 +58,7 @@ def test_results_schema(stored, exp):
 
 
 def test_adapter_folders_are_small_and_load(exp):
-    folders = list(exp.TASKS) + [f"{t}_replay" for t in exp.PAIR]
+    folders = list(exp.TASKS) + [f"{t}_replay" for t in exp.PAIR] + ["joint"]
     total = 0
     for name in folders:
         folder = RESULTS / name
