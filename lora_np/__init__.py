@@ -11,7 +11,20 @@ plotting (one figure style), transformer (the tiny GPT), data (its synthetic tas
 train (a training loop).
 """
 
-from . import analysis, backend, data, functional, io, lora, nn, optim, plotting, train, transformer
+from . import (
+    analysis,
+    backend,
+    checks,
+    data,
+    functional,
+    io,
+    lora,
+    nn,
+    optim,
+    plotting,
+    train,
+    transformer,
+)
 from .autograd import Tensor, is_grad_enabled, no_grad
 from .backend import manual_seed, set_backend, to_numpy
 from .gradcheck import GradcheckError, gradcheck
@@ -24,6 +37,7 @@ __all__ = [
     "Tensor",
     "analysis",
     "backend",
+    "checks",
     "data",
     "functional",
     "gradcheck",

@@ -143,6 +143,24 @@ if _requested != "numpy":
     set_backend(_requested)
 
 
+def set_blas_threads(n: int = 1) -> int:
+    """Use ``n`` threads in the BLAS behind NumPy from now on; returns the number asked for.
+
+    The course's matrices are small: a (64, 128) product finishes before a second thread has
+    started, so extra threads only add waiting, and two processes that each start one thread
+    per core can slow each other down by 40x on a busy machine. One thread also makes a run
+    bit-reproducible on one machine (the order of a sum no longer depends on the thread split).
+    Every notebook, ``make pretrain`` and ``make experiments`` call this with 1. A no-op for
+    the GPU backend (CuPy does not use the host BLAS).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_blas_threads: n must be a whole number >= 1, got {n!r}")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
+    return n
+
+
 def scatter_add(target, index, values) -> None:
     """``target[index] += values`` where repeated indices add up (``numpy.add.at``)."""
     if name == "cupy":

@@ -1,0 +1,14 @@
+"""Exercise checkers: ``check_<name>(fn)`` runs your function against the library's own.
+
+Each checker calls your function on random and edge cases, compares with the library's
+implementation, and either prints one line (every case passed) or raises an ``AssertionError``
+that names the case and the likely mistake. ``passing_or_reference(fn, name)`` gives your
+function back when it passes, otherwise the library's, so later cells still run.
+
+One module per notebook topic; this package sits above the rest of ``lora_np`` (it imports the
+library for its reference answers, and nothing in the library imports it).
+"""
+
+from ._harness import ExerciseError, passing_or_reference
+
+__all__ = ["ExerciseError", "passing_or_reference"]
