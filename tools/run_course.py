@@ -1,20 +1,25 @@
-"""Run the course: execute every notebook in order and store its outputs in place.
+"""Run the course: execute every notebook in order, into build/course/ or (maintainers) in place.
 
 Usage::
 
-    python tools/run_course.py                 # every notebooks/NN_*.ipynb, in order
+    python tools/run_course.py                 # every notebooks/NN_*.ipynb -> build/course/
     python tools/run_course.py 03 05_svd_rank  # a number, a name (with or without .ipynb)
     python tools/run_course.py "0[0-2]_*"      # or a glob, matched inside notebooks/
+    python tools/run_course.py --in-place 03   # maintainers: rewrite the stored notebook and
+                                               # the figures/ it makes (make store-outputs)
 
-Each notebook runs from a fresh ``python3`` kernel with ``notebooks/`` as its working
-directory (as under nbval), at most 900 s per cell. A notebook is written back only when all
-of its cells ran. The first failure stops the run: the failing cell is named, the table of
-times so far is printed and the exit status is 1.
+Without ``--in-place`` nothing tracked by git changes: each executed notebook is written to
+``build/course/`` and its figures to ``build/course/figures/``, so a learner's clone stays clean
+and ``git pull`` never conflicts. Each notebook runs from a fresh ``python3`` kernel with
+``notebooks/`` as its working directory (as under nbval), at most 900 s per cell. A notebook is
+written only when all of its cells ran. The first failure stops the run: the failing cell is
+named, the table of times so far is printed and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +31,9 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "build" / "course"
+STORED_FIGURES = ROOT / "figures"
+FIGURE_DIR_VARIABLE = "LORA_NP_FIGURE_DIR"  # read by lora_np.plotting.save_figure
 COURSE_GLOB = "[0-9][0-9]_*.ipynb"
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 900
@@ -90,8 +98,8 @@ def print_table(rows: list[tuple[str, float, str]]) -> None:
     print(f"{'total':<{width}}  {sum(seconds for _, seconds, _ in rows):>8.1f}")
 
 
-def run_notebook(path: Path) -> tuple[float, str | None]:
-    """Execute one notebook; on success write it back. Returns (seconds, error or None)."""
+def run_notebook(path: Path, destination: Path) -> tuple[float, str | None]:
+    """Execute one notebook; on success write it to ``destination``. Returns (seconds, error)."""
     notebook = nbformat.read(path, as_version=4)
     running = [-1]  # index of the cell being executed, for the error message
 
@@ -119,7 +127,8 @@ def run_notebook(path: Path) -> tuple[float, str | None]:
             summary = f"the kernel died ({err})"
         return seconds, f"{path.name} failed in {where}: {summary}"
     seconds = time.perf_counter() - start
-    nbformat.write(notebook, path)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, destination)
     return seconds, None
 
 
@@ -130,8 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         help="numbers, names or globs inside notebooks/ (default: every NN_*.ipynb)",
     )
+    parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="maintainers: overwrite the stored notebooks and figures/ (default: build/course/)",
+    )
     args = parser.parse_args(argv)
     paths = select_notebooks(args.notebooks)
+    output_dir = NOTEBOOKS if args.in_place else BUILD
+    # The kernels inherit this environment, so every save_figure call lands here.
+    os.environ[FIGURE_DIR_VARIABLE] = str(STORED_FIGURES if args.in_place else BUILD / "figures")
     if not paths:
         print(f"no notebooks matching {COURSE_GLOB} in {NOTEBOOKS}; nothing to run")
         return 0
@@ -140,15 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, float, str]] = []
     for path in paths:
         print(f"running {path.name} ...", flush=True)
-        seconds, error = run_notebook(path)
+        seconds, error = run_notebook(path, output_dir / path.name)
         rows.append((path.name, seconds, "FAILED" if error else "ok"))
         if error:
             print(f"\n{error}", file=sys.stderr)
-            print("(the notebook was not written back; its stored outputs are unchanged)")
+            print("(that notebook was not written; what is stored is unchanged)")
             print_table(rows)
             return 1
         print(f"  done in {seconds:.1f} s", flush=True)
     print_table(rows)
+    if not args.in_place:
+        print(f"\nexecuted notebooks: {output_dir}\nfigures: {os.environ[FIGURE_DIR_VARIABLE]}")
     return 0
 
 
