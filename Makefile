@@ -1,6 +1,9 @@
 # lora-np: every target bootstraps .venv from pyproject.toml on first use.
-#   make course      run every notebook in order, store outputs, print per-notebook times
+#   make course      run every notebook in order into build/course/ (the clone stays clean)
 #   make test        ruff, unit tests, strict nbval on every notebook
+#   make test-matrix strict nbval on Python 3.11-3.13 with the newest and the lowest allowed
+#                    dependencies, BLAS variables unset (what CI runs after make test)
+#   make store-outputs  maintainers: rerun the notebooks in place and rewrite figures/
 #   make crosscheck  compare against PyTorch/PEFT (installs torch==2.13.0 and peft)
 #   make lab         open the notebooks in JupyterLab
 #   make bench       benchmarks (against PyTorch, so installs the crosscheck extra)
@@ -13,10 +16,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 FORMAT_DIRS := $(wildcard lora_np tests benchmarks tools experiments)
+# A cell that hangs or whose kernel dies fails after 600 s instead of hanging the run.
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tools/nbval_sanitize.cfg \
-    -q -p no:cacheprovider
+    --nbval-cell-timeout=600 -q -p no:cacheprovider
 
-.PHONY: install course test crosscheck lab bench pretrain experiments clean
+# Before any target touches .venv: stop with advice on a Python older than 3.11 (pip would
+# otherwise backtrack for many minutes), and remove a .venv that another Python made.
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+ifneq ($(shell $(PYTHON) tools/check_python.py $(VENV) >&2 && echo ok),ok)
+$(error stopped: see the message above)
+endif
+endif
+
+.PHONY: install course store-outputs test test-matrix crosscheck lab bench pretrain experiments clean
 
 install: $(VENV)/.installed
 
@@ -35,16 +47,27 @@ $(VENV)/.crosscheck: $(VENV)/.installed
 course: $(VENV)/.installed
 	$(BIN)/python tools/run_course.py
 
+# Maintainers only: rewrites the stored notebooks and figures/ (commit them afterwards).
+store-outputs: $(VENV)/.installed
+	$(BIN)/python tools/run_course.py --in-place
+
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(FORMAT_DIRS)
 	$(BIN)/pytest tests -q -m "not crosscheck and not gpu"
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 		echo "$(BIN)/pytest $(NBVAL_FLAGS) notebooks"; \
-		$(BIN)/pytest $(NBVAL_FLAGS) notebooks; \
+		LORA_NP_FIGURE_DIR=build/test-figures $(BIN)/pytest $(NBVAL_FLAGS) notebooks; \
 	else \
 		echo "nbval skipped: notebooks/ holds no .ipynb yet"; \
 	fi
+
+$(VENV)/.matrix: $(VENV)/.installed
+	$(BIN)/python -m pip install "uv>=0.9,<1"
+	touch $@
+
+test-matrix: $(VENV)/.matrix
+	$(BIN)/python tools/test_matrix.py
 
 crosscheck: $(VENV)/.crosscheck
 	LORA_NP_CROSSCHECK=1 $(BIN)/pytest tests -q -m crosscheck

@@ -1,0 +1,151 @@
+"""The course on a learner's machine: strict nbval on every Python and dependency range we allow.
+
+For each Python 3.11, 3.12 and 3.13 found here (a missing one is skipped with a clear line), two
+throwaway environments under build/matrix/: one with the NEWEST release of every dependency, one
+with the LOWEST release that pyproject.toml allows (uv's lowest-direct resolution, wheels only,
+so on a newer Python it takes the lowest release that ships a wheel for it). The project is
+installed non-editable, as a learner's `pip install .` would, and each environment runs the unit
+tests and strict nbval on the stored notebooks with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset
+(the BLAS kernel a learner's machine picks by itself).
+
+    python tools/test_matrix.py                  # every configuration
+    python tools/test_matrix.py 3.12-newest      # or some of them: <python>-<newest|lowest>
+
+Needs `uv` (make test-matrix installs it into .venv). Exit status 1 when any configuration fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "matrix"
+PYTHONS = ("3.11", "3.12", "3.13")
+RESOLUTIONS = ("newest", "lowest")
+BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+CELL_TIMEOUT_S = 600  # a kernel that dies or hangs fails the cell instead of the whole run
+
+
+def find_python(version: str) -> str | None:
+    """A working interpreter for ``version`` ('3.12'): on PATH, then pyenv's and system folders."""
+    candidates = [shutil.which(f"python{version}")]
+    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    candidates += sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/python{version}"))
+    candidates += [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
+    for candidate in filter(None, candidates):
+        try:  # a pyenv shim exists on PATH even when that version is not selected: run it
+            out = subprocess.run(
+                [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip() == version:
+            return candidate
+    return None
+
+
+def run(command: list[str], log, env=None) -> int:
+    """Run ``command`` from the repository root, its output appended to ``log``."""
+    log.write(f"\n$ {' '.join(command)}\n")
+    log.flush()
+    return subprocess.run(
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+    ).returncode
+
+
+def test_configuration(uv: str, python: str, version: str, resolution: str) -> tuple[str, str]:
+    """Build one environment and test the course in it: (status, detail)."""
+    name = f"py{version}-{resolution}"
+    venv = BUILD / name
+    shutil.rmtree(venv, ignore_errors=True)
+    log_path = BUILD / f"{name}.log"
+    with open(log_path, "w") as log:
+        if run([uv, "venv", "--quiet", "--python", python, str(venv)], log):
+            return "FAILED", f"could not create the environment (see {log_path})"
+        venv_python = str(venv / "bin" / "python")
+        install = [uv, "pip", "install", "--python", venv_python, ".[dev]"]
+        if resolution == "lowest":
+            install += ["--resolution", "lowest-direct", "--only-binary", ":all:"]
+        if run(install, log):
+            return "FAILED", f"install failed (see {log_path})"
+        versions = subprocess.run(
+            [
+                venv_python,
+                "-c",
+                "import numpy, matplotlib; print(numpy.__version__, matplotlib.__version__)",
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",  # the installed package, not the source tree
+        ).stdout.split()
+        env = {k: v for k, v in os.environ.items() if k not in BLAS_OVERRIDES}
+        env["LORA_NP_FIGURE_DIR"] = str(BUILD / "figures" / name)
+        pytest = [venv_python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        if run(pytest + ["tests", "-m", "not crosscheck and not gpu"], log, env):
+            return "FAILED", f"unit tests failed (see {log_path})"
+        nbval = pytest + [
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            "tools/nbval_sanitize.cfg",
+            "--nbval-cell-timeout",
+            str(CELL_TIMEOUT_S),
+            "notebooks",
+        ]
+        if run(nbval, log, env):
+            return "FAILED", f"strict nbval failed (see {log_path})"
+    detail = f"numpy {versions[0]}, matplotlib {versions[1]}" if len(versions) == 2 else ""
+    return "ok", detail
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("configs", nargs="*", help="e.g. 3.11-newest 3.13-lowest (default: all)")
+    args = parser.parse_args(argv)
+    wanted = args.configs or [f"{p}-{r}" for p in PYTHONS for r in RESOLUTIONS]
+    for config in wanted:
+        version, _, resolution = config.partition("-")
+        if version not in PYTHONS or resolution not in RESOLUTIONS:
+            parser.error(
+                f"unknown configuration {config!r}; expected <3.11|3.12|3.13>-<newest|lowest>"
+            )
+    uv = shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+    if not Path(uv).exists():
+        print("uv is not installed: run `make test-matrix`, which installs it", file=sys.stderr)
+        return 1
+    BUILD.mkdir(parents=True, exist_ok=True)
+    unset = ", ".join(f"{k} (was {os.environ[k]!r})" for k in BLAS_OVERRIDES if k in os.environ)
+    print(f"BLAS variables unset for the runs: {unset or 'none were set'}")
+    rows, failed = [], False
+    for config in wanted:
+        version, _, resolution = config.partition("-")
+        python = find_python(version)
+        if python is None:
+            print(f"skip {config}: no Python {version} found (looked on PATH and in pyenv)")
+            rows.append((config, "skipped", f"no Python {version} here"))
+            continue
+        print(f"{config}: {python} ...", flush=True)
+        start = time.perf_counter()
+        status, detail = test_configuration(uv, python, version, resolution)
+        seconds = time.perf_counter() - start
+        print(f"  {status} in {seconds:.0f} s  {detail}", flush=True)
+        rows.append((config, status, f"{seconds:.0f} s  {detail}"))
+        failed |= status == "FAILED"
+    print()
+    for config, status, detail in rows:
+        print(f"{config:<14} {status:<8} {detail}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
