@@ -30,37 +30,31 @@ at r = 8 or all four at r = 4, plus the MLP (fc, proj at r = 3) and q, v at r = 
 steps at lr 3e-3, 3 seeds (``HOP_WHICH``). Two of them are also run at lr 1e-2 to show why
 hop uses the smaller rate (``HOP_LR_CHECK``).
 
-Run:  OPENBLAS_NUM_THREADS=1 python experiments/07_finetune.py [--resume]
+Run:  python experiments/07_finetune.py [--resume]   (one BLAS thread per process)
 Two worker processes (LORA_NP_WORKERS=1 for one): 544 s for everything but hop on a 2-core
 x86_64 machine with little else running (25 minutes when other jobs shared it); hop adds
-about 10 minutes. Writes experiments/results/07_finetune.json
+about 10 minutes. Writes lora_np/results/07_finetune.json (``lora_np.results``)
 after every finished run, so a partial sweep is usable; ``--resume`` keeps the runs already in
 the file and does only the missing ones.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import lora_np as ln
+from lora_np import data, io, lora, optim, train, transformer
+from lora_np import results as results_folder
 
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import lora_np as ln  # noqa: E402
-from lora_np import data, io, lora, optim, train, transformer  # noqa: E402
-
-RESULTS = ROOT / "experiments" / "results" / "07_finetune.json"
+RESULTS = results_folder.FOLDER / "07_finetune.json"  # lora_np/results/, shipped with the package
 
 TASKS = ("prv", "sub")  # easy, rank-sensitive
 STEPS = {"prv": 300, "sub": 600}  # fixed per task, the same for every method
@@ -276,7 +270,7 @@ def _settings(workers: int) -> dict:
         "hop": HOP,
         "hop_which": [{"targets": list(t), "r": r} for t, r in HOP_WHICH],
         "hop_lr_check": [{"targets": list(t), "r": r, "lr": 1e-2} for t, r in HOP_LR_CHECK],
-        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "blas_threads": "1",  # set_blas_threads(1) in every process
         "workers": workers,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
         "step_seconds_note": "wall-clock per step on the machine that ran the script, "
@@ -325,7 +319,11 @@ def main() -> None:
         results["lr_tuning"], results["runs"] = old["lr_tuning"], old["runs"]
         results["script_seconds"] = old.get("script_seconds", 0.0)
     before = results["script_seconds"]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    ln.backend.set_blas_threads(1)  # one BLAS thread: bit-reproducible runs
+    # ... and in every worker, whatever the start method
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
+    ) as pool:
         # 1. the learning rates
         jobs = [
             {"task": LR_TASK, "method": m, "seed": 0, "lr": lr, "r": 8 if m == "lora" else None}
@@ -375,7 +373,7 @@ def main() -> None:
     results["script_seconds"] = before + time.perf_counter() - started
     results["complete"] = True
     write(results)
-    print(f"done in {results['script_seconds']:.0f} s -> {RESULTS.relative_to(ROOT)}")
+    print(f"done in {results['script_seconds']:.0f} s -> {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Run from the repository root:
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python experiments/08_adapters.py
+    .venv/bin/python experiments/08_adapters.py
 
-It writes, under ``experiments/results/08_adapters/``:
+It writes, under ``lora_np/results/08_adapters/`` (``lora_np.results``, shipped with the package):
 
 * ``swp/``, ``rot/``, ``prv/``: one LoRA adapter per task (r = 8 on q and v, alpha 16, 300
   steps on the task alone), each a PEFT folder written by ``lora_np.io.save_adapter``.
@@ -29,23 +29,19 @@ processes; set WORKERS=1 for one).
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
+from multiprocessing import get_context
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np
 
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from multiprocessing import get_context  # noqa: E402
-from pathlib import Path  # noqa: E402
+import lora_np as ln
+from lora_np import data, io, lora, nn, train, transformer
+from lora_np.results import FOLDER as RESULTS_FOLDER
 
-import numpy as np  # noqa: E402
-
-import lora_np as ln  # noqa: E402
-from lora_np import data, io, lora, nn, train, transformer  # noqa: E402
-
-OUT = Path(__file__).resolve().parent / "results" / "08_adapters"
+OUT = RESULTS_FOLDER / "08_adapters"  # lora_np/results/08_adapters, shipped with the package
 TASKS = ("swp", "rot", "prv")  # the three task adapters of the notebook
 PAIR = ("swp", "rot")  # the two that are combined
 EVAL_N = 100  # held-out prompts per score (data.exact_match, seed 1234)
@@ -250,6 +246,7 @@ def write_scores(results: dict) -> None:
 
 
 def main() -> None:
+    ln.backend.set_blas_threads(1)  # one BLAS thread: bit-reproducible runs
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
     if sys.argv[1:] == ["--only", "joint"]:
@@ -311,7 +308,9 @@ def main() -> None:
     jobs += [("full", 0, s) for s in SUB_SEEDS]
     workers = int(os.environ.get("WORKERS", "2"))
     if workers > 1:
-        with get_context("fork").Pool(workers) as pool_:
+        with get_context("fork").Pool(
+            workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
+        ) as pool_:
             results["sub_sweep"] = pool_.map(sub_run, jobs, chunksize=1)
     else:
         results["sub_sweep"] = [sub_run(job) for job in jobs]

@@ -1,16 +1,15 @@
-"""The committed results of experiments/05_svd_rank.py: their schema, sizes, and cheap points rerun."""
+"""The committed results of experiments/05_svd_rank.py (lora_np/results/05_*): their schema,
+sizes, and cheap points rerun with the study's helpers in lora_np.svd_rank."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "experiments" / "results"
-JSON_PATH = RESULTS / "05_svd_rank.json"
+from lora_np import results as stored_results
+from lora_np import svd_rank
+
+RESULTS = stored_results.FOLDER
 
 RUN_KEYS = {
     "r",
@@ -28,12 +27,24 @@ RUN_KEYS = {
 
 @pytest.fixture(scope="module")
 def results():
-    return json.loads(JSON_PATH.read_text())
+    return stored_results.load_json(svd_rank.JSON_NAME)
 
 
 @pytest.fixture(scope="module")
-def script(load_experiment):
-    return load_experiment("05_svd_rank")
+def script():
+    return svd_rank
+
+
+def test_the_script_uses_the_library_study(load_experiment):
+    exp = load_experiment("05_svd_rank")
+    assert exp.JSON_PATH == stored_results.path(svd_rank.JSON_NAME)
+    assert exp.full_finetune is svd_rank.full_finetune and exp.RANKS == svd_rank.RANKS
+
+
+def test_adapter_path():
+    assert svd_rank.adapter_path("r8_s0") == stored_results.path("05_lora_r8_s0")
+    with pytest.raises(ValueError, match="unknown LoRA run 'r9'"):
+        svd_rank.adapter_path("r9")
 
 
 def test_schema(results, script):

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "experiments" / "results" / "07_finetune.json"
+from lora_np import results as stored_results
 
 RUN_KEYS = {
     "task",
@@ -31,7 +27,7 @@ RERUN = {"task": "prv", "method": "lora", "targets": ["q", "v"], "r": 4, "seed":
 
 @pytest.fixture(scope="module")
 def results():
-    return json.loads(RESULTS.read_text())
+    return stored_results.load_json("07_finetune.json")
 
 
 @pytest.fixture(scope="module")

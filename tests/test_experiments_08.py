@@ -7,16 +7,12 @@ silently drift from the code that made them.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from lora_np import io, lora, transformer
+from lora_np import io, lora, results, transformer
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "experiments" / "results" / "08_adapters"
+RESULTS = results.path("08_adapters")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +22,7 @@ def exp(load_experiment):
 
 @pytest.fixture(scope="module")
 def stored():
-    return json.loads((RESULTS / "scores.json").read_text())
+    return results.load_json("08_adapters", "scores.json")
 
 
 def test_results_schema(stored, exp):
