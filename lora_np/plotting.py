@@ -1,10 +1,13 @@
-"""One figure style for the whole course, and saving figures into ``figures/``.
+"""One figure style for the whole course, and saving figures where the learner works.
 
     from lora_np.plotting import use_style, save_figure
     use_style()
     fig, ax = plt.subplots()
     ...
-    save_figure(fig, "02_rank_sweep")     # -> figures/02_rank_sweep.png
+    save_figure(fig, "02_rank_sweep")     # -> ./figures/02_rank_sweep.png
+
+Figures go to the folder named by the environment variable ``LORA_NP_FIGURE_DIR`` when it is
+set, else to ``figures/`` under the current working folder (never into the installed package).
 
 Matplotlib is imported inside the functions, so ``import lora_np`` stays light.
 """
@@ -12,12 +15,13 @@ Matplotlib is imported inside the functions, so ``import lora_np`` stays light.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from .io import atomic_write
 
-FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
-"""The repository's ``figures/`` folder (next to the ``lora_np`` package)."""
+FIGURE_DIR_ENV = "LORA_NP_FIGURE_DIR"
+"""The environment variable that chooses where :func:`save_figure` writes."""
 
 STYLE = {
     "figure.figsize": (7.0, 4.2),
@@ -49,8 +53,15 @@ def use_style() -> None:
     mpl.rcParams.update(STYLE)
 
 
+def figure_dir() -> Path:
+    """Where :func:`save_figure` writes by default, decided at each call: ``$LORA_NP_FIGURE_DIR``
+    when set and not empty, else ``figures/`` under the current working folder."""
+    chosen = os.environ.get(FIGURE_DIR_ENV, "").strip()
+    return Path(chosen).expanduser() if chosen else Path.cwd() / "figures"
+
+
 def save_figure(fig, name: str, folder=None) -> Path:
-    """Write ``fig`` to ``figures/<name>.png`` (dpi 110, tight bounding box) and return the path.
+    """Write ``fig`` to ``<folder>/<name>.png`` (dpi 110, tight bounding box); return the path.
 
     The file is written to a temporary name in the same folder and then renamed, so a reader
     never sees half a PNG. The folder is created when missing.
@@ -58,7 +69,8 @@ def save_figure(fig, name: str, folder=None) -> Path:
     Args:
         fig: a matplotlib Figure.
         name: file name without extension, e.g. ``"01_spectrum"`` (no folders).
-        folder: where to write (default: the repository's ``figures/``).
+        folder: where to write (default: :func:`figure_dir`, i.e. ``$LORA_NP_FIGURE_DIR`` or
+            ``./figures``).
     """
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(
@@ -66,7 +78,7 @@ def save_figure(fig, name: str, folder=None) -> Path:
         )
     if name.endswith(".png"):
         name = name[: -len(".png")]
-    folder = Path(folder) if folder is not None else FIGURES_DIR
+    folder = Path(folder) if folder is not None else figure_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.png"
     buffer = io.BytesIO()

@@ -346,4 +346,3 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["01_test.png"]  # no temp file left
     with pytest.raises(ValueError, match="plain file name"):
         plotting.save_figure(fig, "../escape", folder=tmp_path)
-    assert plotting.FIGURES_DIR.name == "figures" and plotting.FIGURES_DIR.parent.name != "lora_np"
