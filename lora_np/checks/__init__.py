@@ -10,5 +10,11 @@ library for its reference answers, and nothing in the library imports it).
 """
 
 from ._harness import ExerciseError, passing_or_reference
+from .autodiff import check_topological_order, check_unbroadcast
 
-__all__ = ["ExerciseError", "passing_or_reference"]
+__all__ = [
+    "ExerciseError",
+    "check_topological_order",
+    "check_unbroadcast",
+    "passing_or_reference",
+]
