@@ -10,6 +10,8 @@ library for its reference answers, and nothing in the library imports it).
 """
 
 from ._harness import ExerciseError, passing_or_reference
+from .layer import check_lora_forward, check_lora_grads, check_merge
+from .low_rank import check_best_rank_approximation, check_eckart_young_error
 from .autodiff import check_topological_order, check_unbroadcast
 
 __all__ = [
