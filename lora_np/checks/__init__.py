@@ -13,9 +13,15 @@ from ._harness import ExerciseError, passing_or_reference
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
 from .autodiff import check_topological_order, check_unbroadcast
+from .initialisation import check_init_lora, check_pissa_init
+from .scaling import check_adam_first_update, check_lora_scaling
 
 __all__ = [
     "ExerciseError",
+    "check_adam_first_update",
+    "check_init_lora",
+    "check_lora_scaling",
+    "check_pissa_init",
     "check_topological_order",
     "check_unbroadcast",
     "passing_or_reference",
