@@ -29,10 +29,12 @@ from .autograd import Tensor
 
 def _module_of(array):
     """The array library an array belongs to: host NumPy or the CuPy backend."""
-    if backend.array_module(array) == "cupy":
-        if backend.name != "cupy":
+    kind = backend.array_module(array)
+    if kind != "numpy":  # a device array (CuPy, or the numpy-strict test backend)
+        if backend.name != kind:
             raise TypeError(
-                "got a CuPy array while the NumPy backend is in use; call to_numpy() first"
+                f"got a {kind} array while the {backend.name} backend is in use; "
+                "call to_numpy() first"
             )
         return backend.xp
     return backend.np
@@ -42,7 +44,7 @@ def _matrix(M, label: str = "M"):
     """``M`` as a 2-D floating-point array (Tensors give their data) and its array module."""
     if isinstance(M, Tensor):
         M = M.data
-    if backend.array_module(M) != "cupy":
+    if backend.array_module(M) == "numpy":  # host data; device arrays stay where they are
         M = backend.np.asarray(M)
     if M.ndim != 2:
         raise ValueError(f"{label} must be a 2-D matrix, got an array of shape {tuple(M.shape)}")
@@ -101,7 +103,7 @@ def energy_rank(M_or_singular_values, share: float = 0.9) -> int:
     values = M_or_singular_values
     if isinstance(values, Tensor):
         values = values.data
-    if backend.array_module(values) != "cupy":
+    if backend.array_module(values) == "numpy":
         values = backend.np.asarray(values, dtype="float64")
     if values.ndim == 2:
         values = singular_values(values)

@@ -51,7 +51,7 @@ def _to_array(data, dtype=None):
     xp = backend.xp
     if isinstance(data, Tensor):
         data = data.data
-    if backend.name == "numpy" and backend.array_module(data) == "cupy":
+    if backend.name == "numpy" and backend.array_module(data) != "numpy":
         data = data.get()  # an explicit construction may move data from the GPU to the host
     try:
         # A copy, as torch.tensor() makes: training a Parameter must not change the caller's

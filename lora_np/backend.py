@@ -21,7 +21,9 @@ import numpy
 np = numpy
 """Host NumPy, whatever the backend: synthetic data, files and plots live on the host."""
 
-BACKENDS = ("numpy", "cupy")
+BACKENDS = ("numpy", "cupy", "numpy-strict")
+"""``numpy-strict`` is a test backend: NumPy arrays that refuse to mix with host NumPy as CuPy's
+do (``lora_np.backend_strict``), to prove on a CPU that a code path is safe on a GPU."""
 
 xp = numpy
 """The array module that does the computing: ``numpy`` or ``cupy``."""
@@ -67,7 +69,12 @@ def set_backend(backend_name: str) -> None:
         raise ValueError(
             f"unknown backend {backend_name!r}; expected one of {', '.join(map(repr, BACKENDS))}"
         )
-    module = numpy if backend_name == "numpy" else _load_cupy()
+    if backend_name == "numpy-strict":
+        from . import backend_strict
+
+        module = backend_strict.xp
+    else:
+        module = numpy if backend_name == "numpy" else _load_cupy()
     xp, name = module, backend_name
     _rng = xp.random.default_rng(_seed)
 
@@ -87,16 +94,22 @@ def is_gpu_available() -> bool:
 
 
 def array_module(array) -> str:
-    """``"numpy"`` or ``"cupy"``: which library an array belongs to."""
-    return "cupy" if type(array).__module__.startswith("cupy") else "numpy"
+    """``"numpy"``, ``"cupy"`` or ``"numpy-strict"``: which backend an array belongs to.
+
+    Anything but ``"numpy"`` is a device array: it must be copied to the host explicitly
+    (:func:`to_numpy`)."""
+    module = type(array).__module__
+    if module.startswith("cupy"):
+        return "cupy"
+    return "numpy-strict" if module == "lora_np.backend_strict" else "numpy"
 
 
 def to_numpy(array):
     """A host NumPy array from a NumPy or CuPy array (or anything ``numpy.asarray`` accepts)."""
     if hasattr(array, "numpy") and callable(array.numpy):  # a Tensor
         array = array.data
-    if array_module(array) == "cupy":
-        return array.get()
+    if array_module(array) != "numpy":
+        return array.get()  # the one explicit copy from the device (CuPy's or the strict test one)
     return numpy.asarray(array)
 
 

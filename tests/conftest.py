@@ -3,8 +3,8 @@
 - Tests marked ``crosscheck`` compare lora_np against PyTorch/PEFT. Without PyTorch they are
   skipped, except under ``LORA_NP_CROSSCHECK=1`` (what ``make crosscheck`` sets): there a
   missing PyTorch stops the run with an error, so a cross-check can never pass by skipping.
-- ``backend_name`` runs a test once per array backend: ``"numpy"`` always, ``"cupy"`` only
-  when CuPy sees a GPU.
+- ``backend_name`` runs a test once per array backend: ``"numpy"`` and ``"numpy-strict"``
+  always, ``"cupy"`` only when CuPy sees a GPU.
 - Tests marked ``gpu`` are skipped with a reason when no GPU is usable.
 """
 
@@ -89,7 +89,9 @@ def peft():
 
 def pytest_generate_tests(metafunc):
     if "backend_name" in metafunc.fixturenames:
-        names = ["numpy", "cupy"] if _gpu_available() else ["numpy"]
+        # numpy-strict: NumPy arrays that refuse host NumPy as CuPy's do (lora_np.backend_strict),
+        # so every backend test also proves its path GPU-safe on a CPU.
+        names = ["numpy", "numpy-strict"] + (["cupy"] if _gpu_available() else [])
         metafunc.parametrize("backend_name", names, indirect=True, ids=names)
 
 

@@ -67,7 +67,7 @@ def as_array(value: Any, name: str, case: str, shape: Sequence[int] | None = Non
     """The learner's output as a host float array of ``shape``, or an error that says what it was."""
     if hasattr(value, "numpy") and callable(value.numpy):  # a Tensor: accept it, read its data
         value = value.numpy()
-    if backend.array_module(value) == "cupy":
+    if backend.array_module(value) != "numpy":  # a device array
         value = backend.to_numpy(value)
     if value is None:
         raise ExerciseError(f"{name} returned None on {case}: did you forget `return`?")
