@@ -1,0 +1,274 @@
+"""The two editions (tools/editions.py, tools/run_edition.py): the exercise convention is kept,
+the teacher's edition shows every checker passing, the student edition fails only where the
+learner has work to do.
+
+Runs on the course notebooks and on ``fixtures/editions_demo.ipynb``, a tiny notebook with two
+exercises, so the tools are proven even while the course has few exercises. The student run
+executes every selected notebook once, in parallel (about the course's own run time).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import editions  # noqa: E402
+import run_edition  # noqa: E402
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "editions_demo.ipynb"
+NOTEBOOKS = [*editions.select([]), FIXTURE]
+IDS = [path.stem for path in NOTEBOOKS]
+
+
+def read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def with_source(index: int, source: str, cell_type: str = "code"):
+    """The fixture with cell ``index`` replaced by a new cell holding ``source``."""
+    nb = read(FIXTURE)
+    make = nbformat.v4.new_code_cell if cell_type == "code" else nbformat.v4.new_markdown_cell
+    nb.cells[index] = make(source)
+    return nb
+
+
+# ---------------------------------------------------------------- the convention, every notebook
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_follows_the_exercise_convention(path):
+    """Markers balanced and inside the function; each solution followed by its one-statement
+    checker of that function; no use of the function below before `passing_or_reference`."""
+    editions.find_exercises(read(path), path)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_teacher_edition_stores_each_checkers_success_line(path):
+    """Strict nbval re-runs the teacher's edition and compares with these stored outputs, so a
+    stored success line means the checker passes on the solution."""
+    nb = read(path)
+    for exercise in editions.find_exercises(nb, path):
+        outputs = nb.cells[exercise.checker_cell].outputs
+        texts = [output.get("text", "") for output in outputs]
+        success = editions.SUCCESS_LINE.pattern.format(name=exercise.name)
+        assert len(outputs) == 1 and outputs[0].output_type == "stream", (
+            f"{editions.where(path, nb, exercise.checker_cell)}: expected one printed line, "
+            f"found {[output.output_type for output in outputs]}"
+        )
+        assert editions.re.fullmatch(success + r"\n?", texts[0]), (
+            f"{editions.where(path, nb, exercise.checker_cell)}: stored output {texts[0]!r} is "
+            f"not the checker's success line"
+        )
+
+
+def test_fixture_has_its_two_exercises():
+    found = editions.find_exercises(read(FIXTURE), FIXTURE)
+    assert [(e.name, e.solution_cell, e.checker_cell) for e in found] == [
+        ("double", 3, 4),
+        ("row_norms", 8, 9),
+    ]
+
+
+# ---------------------------------------------------------------- the student edition, on paper
+
+
+def test_student_edition_stubs_solutions_and_clears_outputs():
+    teacher = read(FIXTURE)
+    before = copy.deepcopy(teacher)
+    student = editions.student_notebook(teacher, FIXTURE)
+    assert teacher == before, "the teacher's notebook must not change"
+    assert [cell.id for cell in student.cells] == [cell.id for cell in teacher.cells]
+    for index, (old, new) in enumerate(zip(teacher.cells, student.cells)):
+        if new.cell_type == "code":
+            assert new.outputs == [] and new.execution_count is None, f"cell {index}"
+        if index not in (3, 8):
+            assert new.source == old.source, f"cell {index} changed"
+    stub = student.cells[8].source.splitlines()
+    assert stub == [
+        "def row_norms(M):",
+        '    """Euclidean norm of each row: M (n, k) -> (n,)."""',
+        "    # YOUR CODE HERE",
+        "    raise NotImplementedError()",
+    ]
+    assert "SOLUTION" not in nbformat.writes(student)
+    assert "np.sqrt" not in student.cells[8].source
+
+
+def test_stub_keeps_code_around_the_marked_region():
+    source = (
+        "def f(x):\n"
+        '    """Doc."""\n'
+        "    y = x + 1  # given\n"
+        "    ### BEGIN SOLUTION\n"
+        "    for i in range(3):\n"
+        "        y = y * 2\n"
+        "    ### END SOLUTION\n"
+        "    return y"
+    )
+    assert editions.solution_function(source, "here") == "f"
+    assert editions.stub_source(source).splitlines() == [
+        "def f(x):",
+        '    """Doc."""',
+        "    y = x + 1  # given",
+        "    # YOUR CODE HERE",
+        "    raise NotImplementedError()",
+        "    return y",
+    ]
+
+
+MALFORMED = {
+    "begin without end": (
+        3,
+        "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x",
+        "unbalanced markers",
+    ),
+    "end without begin": (
+        3,
+        "def double(x):\n    return 2 * x\n    ### END SOLUTION",
+        "unbalanced markers",
+    ),
+    "nested begin": (
+        3,
+        "def double(x):\n    ### BEGIN SOLUTION\n    ### BEGIN SOLUTION\n    return 2 * x\n"
+        "    ### END SOLUTION",
+        "unbalanced markers",
+    ),
+    "markers at the top level": (
+        3,
+        "def double(x):\n    y = 2 * x\n### BEGIN SOLUTION\n    return y\n### END SOLUTION",
+        "outside the body of `double`",
+    ),
+    "markers before the docstring": (
+        3,
+        'def double(x):\n    ### BEGIN SOLUTION\n    """Doc."""\n    return 2 * x\n'
+        "    ### END SOLUTION",
+        "outside the body of `double`",
+    ),
+    "markers deeper than the body": (
+        3,
+        "def double(x):\n    if True:\n        ### BEGIN SOLUTION\n        return 2 * x\n"
+        "        ### END SOLUTION",
+        "outside the body of `double`",
+    ),
+    "code beside the function": (
+        3,
+        "scale = 2\n\n\ndef double(x):\n    ### BEGIN SOLUTION\n    return scale * x\n"
+        "    ### END SOLUTION",
+        "holds only the function",
+    ),
+    "a marker that is not exactly one": (
+        3,
+        "def double(x):\n    # BEGIN SOLUTION here\n    return 2 * x\n    ### END SOLUTION",
+        "a marker is a line of its own",
+    ),
+    "markers in markdown": (2, "### BEGIN SOLUTION\ntext\n### END SOLUTION", "code cell"),
+    "checker with two statements": (
+        4,
+        "ln.checks.check_double(double)\nprint('done')",
+        "exactly one statement",
+    ),
+    "checker inside another call": (4, "print(ln.checks.check_double(double))", "one statement"),
+    "checker of another name": (4, "ln.checks.check_row_norms(double)", "checks `row_norms`"),
+    "checker of another function": (4, "ln.checks.check_double(row_norms)", "with `row_norms`"),
+    "no checker after the solution": (4, "print(double(1.0))", "followed by its checker"),
+    "use before rebinding": (
+        6,
+        'print(double(2.0))\ndouble = ln.checks.passing_or_reference(double, "double")',
+        "uses `double` before rebinding",
+    ),
+    "defined above the exercise": (1, "def double(x):\n    return x + x", "above its exercise"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_malformed_notebook_is_refused_naming_notebook_and_cell(case):
+    index, source, message = MALFORMED[case]
+    cell_type = "markdown" if case == "markers in markdown" else "code"
+    nb = with_source(index, source, cell_type)
+    with pytest.raises(editions.EditionError) as err:
+        editions.student_notebook(nb, FIXTURE)
+    assert message in str(err.value)
+    assert str(err.value).startswith("editions_demo.ipynb cell ")
+
+
+def test_a_checker_without_its_solution_is_refused():
+    nb = read(FIXTURE)
+    nb.cells.insert(1, nbformat.v4.new_code_cell("ln.checks.check_double(double)"))
+    with pytest.raises(editions.EditionError, match="right after the solution cell"):
+        editions.find_exercises(nb, FIXTURE)
+
+
+def test_rebinding_and_unrelated_cells_are_accepted():
+    nb = read(FIXTURE)
+    # a later cell may shadow the name with something else, or never use it
+    nb.cells.append(nbformat.v4.new_code_cell("double = 3\nprint(double)"))
+    assert len(editions.find_exercises(nb, FIXTURE)) == 2
+
+
+def test_write_student_edition_keeps_learners_work_and_writes_nothing_when_refusing(tmp_path):
+    out = tmp_path / "student"
+    assert editions.write_student_edition([FIXTURE], out) == ["editions_demo.ipynb: written"]
+    target = out / FIXTURE.name
+    assert editions.write_student_edition([FIXTURE], out) == ["editions_demo.ipynb: up to date"]
+    edited = target.read_text().replace("# YOUR CODE HERE", "return 2 * x  # mine")
+    target.write_text(edited)
+    (line,) = editions.write_student_edition([FIXTURE], out)
+    assert "KEPT" in line and target.read_text() == edited
+    editions.write_student_edition([FIXTURE], out, force=True)
+    assert "# mine" not in target.read_text()
+
+    broken = tmp_path / "00_broken.ipynb"
+    nbformat.write(with_source(4, "ln.checks.check_double(double); print(1)"), broken)
+    before = sorted(path.name for path in out.iterdir())
+    with pytest.raises(editions.EditionError, match="00_broken.ipynb cell 4"):
+        editions.write_student_edition([FIXTURE, broken], out, force=True)
+    assert sorted(path.name for path in out.iterdir()) == before
+
+
+def test_command_line_refuses_with_a_clear_error(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nbformat.write(with_source(4, "x = 1\nln.checks.check_double(double)"), folder / "00_x.ipynb")
+    monkeypatch.setattr(editions, "NOTEBOOKS", folder)
+    monkeypatch.setattr(editions, "select", lambda patterns: sorted(folder.glob("*.ipynb")))
+    assert editions.main(["student", "--out", str(tmp_path / "out")]) == 1
+    assert "error: 00_x.ipynb cell 4" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the student edition, executed
+
+
+def _selected_student_paths(request) -> list[Path]:
+    """The notebooks whose student-run test is selected in this session (all by default)."""
+    chosen = [
+        item.callspec.params["path"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_student_edition_fails_only_in_checkers"
+    ]
+    return chosen or NOTEBOOKS
+
+
+@pytest.fixture(scope="module")
+def student_run(request, tmp_path_factory):
+    """Build the student edition of the selected notebooks and run them all once, in parallel."""
+    out = tmp_path_factory.mktemp("student")
+    paths = _selected_student_paths(request)
+    editions.write_student_edition(paths, out)
+    results = run_edition.run_all([out / path.name for path in paths])
+    return out, results
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_student_edition_fails_only_in_checkers(student_run, path):
+    """Every checker fails on its stub with "not written yet"; no other cell raises."""
+    out, results = student_run
+    errors, _seconds = results[path.name]
+    found = run_edition.problems(out / path.name, errors)
+    assert not found, "\n".join(found)
