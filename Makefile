@@ -5,7 +5,11 @@
 #                    dependencies, BLAS variables unset (what CI runs after make test)
 #   make store-outputs  maintainers: rerun the notebooks in place and rewrite figures/
 #   make crosscheck  compare against PyTorch/PEFT (installs torch==2.13.0 and peft)
-#   make lab         open the notebooks in JupyterLab
+#   make lab         open the student edition in JupyterLab (runs make student first)
+#   make student     write the student edition (solutions stubbed, outputs cleared) to
+#                    build/student/; keeps notebooks you edited (FORCE=1 replaces them)
+#   make assignments teachers: nbgrader release versions in build/nbgrader/ (installs
+#                    the teach extra; TEACHING.md)
 #   make bench       benchmarks (against PyTorch, so installs the crosscheck extra)
 #   make pretrain    pretrain the tiny GPT used by the later notebooks
 #   make experiments rerun the long experiments whose results notebooks 05, 07, 08 load
@@ -72,8 +76,22 @@ test-matrix: $(VENV)/.matrix
 crosscheck: $(VENV)/.crosscheck
 	LORA_NP_CROSSCHECK=1 $(BIN)/pytest tests -q -m crosscheck
 
-lab: $(VENV)/.installed
-	$(BIN)/jupyter lab notebooks
+.PHONY: student assignments
+
+# The student edition is generated from the stored notebooks (the teacher's edition), never
+# edited by hand; tools/editions.py refuses a notebook that breaks the exercise convention.
+student: $(VENV)/.installed
+	$(BIN)/python tools/editions.py student $(if $(FORCE),--force)
+
+lab: student
+	$(BIN)/jupyter lab build/student
+
+$(VENV)/.teach: $(VENV)/.installed
+	$(BIN)/python -m pip install -e ".[teach]"
+	touch $@
+
+assignments: $(VENV)/.teach
+	$(BIN)/python tools/assignments.py build $(if $(EXCHANGE),--exchange $(EXCHANGE))
 
 # OPENBLAS_CORETYPE is unset only here, for benchmark timing on the course machine.
 bench: $(VENV)/.crosscheck

@@ -18,8 +18,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+import assignments  # noqa: E402
 import editions  # noqa: E402
 import run_edition  # noqa: E402
+import study_times  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "editions_demo.ipynb"
 NOTEBOOKS = [*editions.select([]), FIXTURE]
@@ -240,6 +242,58 @@ def test_command_line_refuses_with_a_clear_error(tmp_path, capsys, monkeypatch):
     assert editions.main(["student", "--out", str(tmp_path / "out")]) == 1
     assert "error: 00_x.ipynb cell 4" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- nbgrader's source, on paper
+
+
+def test_nbgrader_source_marks_solutions_checkers_and_locks_the_rest():
+    teacher = read(FIXTURE)
+    source = assignments.nbgrader_notebook(teacher, FIXTURE)
+    assert "nbgrader" not in nbformat.writes(teacher), "the stored notebook must stay plain"
+    meta = [cell.metadata["nbgrader"] for cell in source.cells]
+    assert meta[3] | {} == {
+        "grade": False,
+        "grade_id": "solution_double",
+        "locked": False,
+        "schema_version": 3,
+        "solution": True,
+        "task": False,
+    }
+    assert meta[4]["grade"] and meta[4]["locked"] and not meta[4]["solution"]
+    assert (meta[4]["points"], meta[4]["grade_id"]) == (1, "check_double")
+    assert meta[9]["grade_id"] == "check_row_norms"
+    others = [m for i, m in enumerate(meta) if i not in (3, 4, 8, 9)]
+    assert all(m["locked"] and not m["grade"] and not m["solution"] for m in others)
+    grade_ids = [m["grade_id"] for m in meta]
+    assert len(set(grade_ids)) == len(grade_ids)
+    assert all(cell.outputs == [] for cell in source.cells if cell.cell_type == "code")
+    assert source.cells[3].source == teacher.cells[3].source  # nbgrader strips the solution
+
+
+def test_solved_submission_has_the_solutions_without_markers():
+    teacher = read(FIXTURE)
+    released = editions.student_notebook(teacher, FIXTURE)
+    for index, cell in enumerate(assignments.nbgrader_notebook(teacher, FIXTURE).cells):
+        released.cells[index].metadata["nbgrader"] = cell.metadata["nbgrader"]
+    assignments._solved(released, teacher, FIXTURE)
+    assert "return 2 * x" in released.cells[3].source
+    assert "SOLUTION" not in released.cells[3].source + released.cells[8].source
+    assert "NotImplementedError" not in released.cells[8].source
+
+
+# ---------------------------------------------------------------- study times
+
+
+def test_study_time_counts_reading_and_exercise_minutes():
+    time = study_times.study_time(read(FIXTURE))
+    assert (time["exercises"], time["exercise_minutes"]) == (2, 7)
+    assert time["total_minutes"] % 5 == 0 and time["total_minutes"] >= 7
+
+
+def test_readme_and_teaching_state_the_current_study_times(capsys):
+    """README.md and TEACHING.md carry the table tools/study_times.py computes."""
+    assert study_times.main(["--check"]) == 0, capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the student edition, executed

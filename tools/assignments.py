@@ -1,0 +1,293 @@
+"""nbgrader assignments from the teacher's notebooks (``make assignments``), and the CI check that
+grades two submissions end to end.
+
+The stored notebooks carry no nbgrader metadata; this tool adds it while it copies them into an
+nbgrader course directory: each solution cell ``solution: true, grade: false``; each checker cell
+``grade: true, locked: true, points: 1``; every other cell locked, so autograde puts back the
+original of any cell a student changed. Then nbgrader's own ``generate_assignment`` writes the
+release versions (the same stubs as the student edition of ``make student``). One notebook is one
+assignment, named like the notebook (``02_lora_layer``).
+
+Usage::
+
+    python tools/assignments.py build [NN ...] [--course build/nbgrader] [--exchange DIR]
+    python tools/assignments.py ci [NN ...] [--course build/nbgrader-ci]
+
+``ci`` builds a fresh course directory, releases the assignments through a local exchange folder,
+has two students fetch and submit them (``solved``: the teacher's solutions typed into the
+released notebook; ``untouched``: the notebook as released), collects, autogrades and generates
+feedback, then reads the scores from nbgrader's gradebook: full marks and zero, or exit 1.
+(``nbgrader validate`` exits 0 even when tests fail, so it is never trusted here.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import editions  # noqa: E402  (a sibling script, not an installed package)
+
+COURSE_DIR = editions.ROOT / "build" / "nbgrader"
+CI_COURSE_DIR = editions.ROOT / "build" / "nbgrader-ci"
+COURSE_ID = "lora-np"
+CELL_TIMEOUT_S = 900  # nbgrader's default is 30 s per cell; the course trains small models
+SCHEMA_VERSION = 3  # nbgrader 0.9's cell metadata schema
+
+CONFIG = """\
+# Written by tools/assignments.py for nbgrader {version}; rebuilt by `make assignments`.
+c = get_config()  # noqa: F821 (nbgrader provides it)
+c.CourseDirectory.root = {root!r}
+c.CourseDirectory.course_id = {course_id!r}
+# A folder students and teacher can both reach (a shared drive, or this machine): release,
+# fetch, submit and collect go through it. Without one, hand out release/ and put returned
+# notebooks into submitted/<student>/<assignment>/ yourself (see TEACHING.md).
+c.Exchange.root = {exchange!r}
+c.Execute.timeout = {timeout}
+c.ClearSolutions.code_stub = {{"python": {stub!r}}}
+"""
+
+
+def _cell_metadata(grade_id: str, *, solution=False, grade=False, locked=False, points=None):
+    meta = {
+        "grade": grade,
+        "grade_id": grade_id,
+        "locked": locked,
+        "schema_version": SCHEMA_VERSION,
+        "solution": solution,
+        "task": False,
+    }
+    if points is not None:
+        meta["points"] = points
+    return meta
+
+
+def nbgrader_notebook(nb, path: Path | str):
+    """A copy of a teacher's notebook with nbgrader's cell metadata and no outputs."""
+    exercises = editions.find_exercises(nb, path)
+    solutions = {e.solution_cell: e.name for e in exercises}
+    checkers = {e.checker_cell: e.name for e in exercises}
+    source = nbformat.from_dict(nbformat.reads(nbformat.writes(nb), as_version=4))
+    for index, cell in enumerate(source.cells):
+        if index in solutions:
+            meta = _cell_metadata(f"solution_{solutions[index]}", solution=True)
+        elif index in checkers:
+            meta = _cell_metadata(f"check_{checkers[index]}", grade=True, locked=True, points=1)
+        else:
+            meta = _cell_metadata(f"cell_{cell.id}", locked=True)
+        cell.metadata["nbgrader"] = meta
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    grade_ids = [cell.metadata["nbgrader"]["grade_id"] for cell in source.cells]
+    if len(set(grade_ids)) != len(grade_ids):
+        raise editions.EditionError(f"{Path(path).name}: cell ids repeat; re-save the notebook")
+    source.metadata.setdefault(
+        "kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"}
+    )
+    return source
+
+
+def nbgrader(course: Path, *args: str, cwd: Path | None = None) -> str:
+    """Run one nbgrader command (from ``cwd``, default the course directory); its log on failure."""
+    command = [sys.executable, "-m", "nbgrader", *args]
+    done = subprocess.run(command, cwd=cwd or course, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(
+            f"`nbgrader {' '.join(args)}` failed (exit {done.returncode}):\n"
+            f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+    return done.stdout + done.stderr
+
+
+def _require_nbgrader() -> str:
+    try:
+        import nbgrader
+    except ImportError:
+        raise SystemExit(
+            "nbgrader is not installed: run `make assignments`, or "
+            "`.venv/bin/pip install -e '.[teach]'`"
+        ) from None
+    # nbgrader runs the `alembic` command for its gradebook: the environment's scripts must be on
+    # PATH even when this runs as .venv/bin/python without an activated environment.
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    return nbgrader.__version__
+
+
+def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = None) -> list[str]:
+    """Write the course directory's config and source/, run generate_assignment; the ids.
+
+    Every notebook is converted before anything is written, so a malformed one leaves the course
+    directory as it was.
+    """
+    version = _require_nbgrader()
+    sources = {
+        path.stem: nbgrader_notebook(nbformat.read(path, as_version=4), path) for path in paths
+    }
+    course.mkdir(parents=True, exist_ok=True)
+    exchange = exchange or course / "exchange"
+    exchange.mkdir(parents=True, exist_ok=True)
+    config = CONFIG.format(
+        version=version,
+        root=str(course.resolve()),
+        course_id=COURSE_ID,
+        exchange=str(exchange.resolve()),
+        timeout=CELL_TIMEOUT_S,
+        stub="\n".join(editions.STUB_LINES),
+    )
+    (course / "nbgrader_config.py").write_text(config)
+    for assignment, nb in sources.items():
+        folder = course / "source" / assignment
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        nbformat.write(nb, folder / f"{assignment}.ipynb")
+        nbgrader(course, "generate_assignment", assignment, "--force")
+        _check_release_matches_student_edition(course, assignment, paths)
+    return list(sources)
+
+
+def _check_release_matches_student_edition(course: Path, assignment: str, paths) -> None:
+    """The released notebook's code is the student edition's, cell for cell: one source."""
+    (teacher,) = [path for path in paths if path.stem == assignment]
+    student = editions.student_notebook(nbformat.read(teacher, as_version=4), teacher)
+    release = nbformat.read(course / "release" / assignment / f"{assignment}.ipynb", as_version=4)
+    ours = [cell.source for cell in student.cells]
+    theirs = [cell.source for cell in release.cells]
+    if ours != theirs:
+        first = (
+            next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+            if len(ours) == len(theirs)
+            else "count"
+        )
+        raise SystemExit(
+            f"{assignment}: nbgrader's release differs from the student edition (cell {first})"
+        )
+
+
+def _solved(released, teacher, path) -> None:
+    """Type the teacher's solutions into a released notebook, as a student who solved it would."""
+    answers = {
+        f"solution_{e.name}": teacher.cells[e.solution_cell].source
+        for e in editions.find_exercises(teacher, path)
+    }
+    for cell in released.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in answers:
+            lines = answers[grade_id].split("\n")
+            cell.source = "\n".join(
+                line for line in lines if line.strip() not in (editions.BEGIN, editions.END)
+            )
+
+
+def _errors_outside_checkers(graded: Path, label: str) -> list[str]:
+    """Cells other than graded checkers that raised during autograde: each one is a failure."""
+    nb = nbformat.read(graded, as_version=4)
+    return [
+        f"{label}: cell {index} raised {output.ename}: {output.evalue}"
+        for index, cell in enumerate(nb.cells)
+        if not cell.metadata.get("nbgrader", {}).get("grade")
+        for output in cell.get("outputs", [])
+        if output.output_type == "error"
+    ]
+
+
+def ci(paths: list[Path], course: Path = CI_COURSE_DIR) -> int:
+    """The whole classroom path on two submissions; 0 when the gradebook shows the right scores."""
+    from nbgrader.api import Gradebook
+
+    start = time.perf_counter()
+    shutil.rmtree(course, ignore_errors=True)
+    assignments = build(paths, course)
+    exchange = str((course / "exchange").resolve())
+    student_flags = [f"--Exchange.root={exchange}", f"--course={COURSE_ID}"]
+    for assignment in assignments:
+        nbgrader(course, "release_assignment", assignment, "--force")
+    teachers = {path.stem: (path, nbformat.read(path, as_version=4)) for path in paths}
+    for student in ("solved", "untouched"):
+        home = course / "students" / student  # the student's own folder, elsewhere in real life
+        home.mkdir(parents=True)
+        for assignment in assignments:
+            nbgrader(course, "fetch_assignment", assignment, *student_flags, cwd=home)
+            if student == "solved":
+                target = home / assignment / f"{assignment}.ipynb"
+                released = nbformat.read(target, as_version=4)
+                _solved(released, teachers[assignment][1], teachers[assignment][0])
+                nbformat.write(released, target)
+            nbgrader(course, "submit", assignment, *student_flags, f"--student={student}", cwd=home)
+    for assignment in assignments:
+        nbgrader(course, "collect", assignment)
+        nbgrader(course, "autograde", assignment)
+        nbgrader(course, "generate_feedback", assignment)
+
+    failures = []
+    print(f"{'assignment':<22} {'solved':>8} {'untouched':>10} {'max':>5}")
+    with Gradebook(f"sqlite:///{(course / 'gradebook.db').resolve()}") as gradebook:
+        for assignment in assignments:
+            n_exercises = len(editions.find_exercises(*reversed(teachers[assignment])))
+            scores = {
+                student: gradebook.find_submission(assignment, student)
+                for student in ("solved", "untouched")
+            }
+            solved, untouched = scores["solved"], scores["untouched"]
+            print(
+                f"{assignment:<22} {solved.score:>8.0f} {untouched.score:>10.0f} "
+                f"{solved.max_score:>5.0f}"
+            )
+            if not solved.max_score == solved.score == n_exercises:
+                failures.append(
+                    f"{assignment}: the solved submission scored {solved.score:g} of "
+                    f"{solved.max_score:g}; expected {n_exercises} of {n_exercises}"
+                )
+            if untouched.score != 0:
+                failures.append(
+                    f"{assignment}: the untouched submission scored {untouched.score:g}; expected 0"
+                )
+            for student in scores:
+                graded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
+                failures += _errors_outside_checkers(graded, f"{assignment} ({student})")
+                feedback = course / "feedback" / student / assignment / f"{assignment}.html"
+                if not feedback.exists():
+                    failures.append(f"{assignment}: no feedback for {student} at {feedback}")
+    for line in failures:
+        print(f"FAILED {line}", file=sys.stderr)
+    print(
+        f"nbgrader end to end: {len(assignments)} assignments, 2 submissions, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["build", "ci"])
+    parser.add_argument("notebooks", nargs="*", help="numbers or names (default: all)")
+    parser.add_argument("--course", type=Path, help="the nbgrader course directory")
+    parser.add_argument(
+        "--exchange", type=Path, help="a folder shared with students (default: COURSE/exchange)"
+    )
+    args = parser.parse_args(argv)
+    paths = editions.select(args.notebooks)
+    try:
+        if args.command == "ci":
+            return ci(paths, args.course or CI_COURSE_DIR)
+        course = args.course or COURSE_DIR
+        for assignment in build(paths, course, args.exchange):
+            print(f"{assignment}: release/{assignment}/{assignment}.ipynb")
+        print(f"nbgrader course directory: {course} (see TEACHING.md)")
+    except editions.EditionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
