@@ -13,6 +13,8 @@
 #   make bench       benchmarks (against PyTorch, so installs the crosscheck extra)
 #   make pretrain    pretrain the tiny GPT used by the later notebooks
 #   make experiments rerun the long experiments whose results notebooks 05, 07, 08 load
+#   make site        build the course website into build/site/ from the stored notebooks
+#   make site-test   test build/site/ in headless Chromium; screenshots in build/site-test/
 #   make clean       remove .venv and caches
 
 PYTHON ?= python3
@@ -107,6 +109,21 @@ experiments: $(VENV)/.installed
 	@set -e; for script in experiments/[0-9]*.py; do \
 		echo "== $$script"; OPENBLAS_NUM_THREADS=1 $(BIN)/python $$script; \
 	done
+
+# The website renders the stored notebooks without running them. When `make student` exists,
+# its student edition is built first so that each page can link it.
+.PHONY: site site-test
+$(VENV)/.site: $(VENV)/.installed
+	$(BIN)/python -m pip install -e ".[site]"
+	touch $@
+
+site: $(VENV)/.site
+	@if $(MAKE) -n student >/dev/null 2>&1; then $(MAKE) student; fi
+	$(BIN)/python tools/build_site.py
+
+site-test: $(VENV)/.site
+	$(BIN)/pytest tests/test_site.py -q -p no:cacheprovider
+	$(BIN)/python tools/check_site.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

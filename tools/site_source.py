@@ -1,7 +1,7 @@
 """Turn the course's stored files into the website's Sphinx sources, and read what a page must show.
 
 Pure text and notebook transforms, shared by ``tools/build_site.py`` (which stages the sources)
-and ``tools/test_site.py`` (which checks the built pages against the notebooks). Nothing here
+and ``tools/check_site.py`` (which checks the built pages against the notebooks). Nothing here
 imports Sphinx or a browser, so the unit tests run in the plain dev environment.
 
 The stored notebooks are never changed: the site renders a *copy* in which
