@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,25 @@ def run(command: list[str], log, env=None) -> int:
     ).returncode
 
 
-def test_configuration(uv: str, python: str, version: str, resolution: str) -> tuple[str, str]:
+def declared_requirements() -> list[str]:
+    """The runtime and [dev] requirements exactly as pyproject.toml states them."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + project["optional-dependencies"]["dev"]
+
+
+def build_wheel(uv: str) -> Path:
+    """lora-np as a wheel, built once: installed from it, as a learner's `pip install .` would."""
+    out = BUILD / "wheel"
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(
+        [uv, "build", "--wheel", "--quiet", "--out-dir", str(out), str(ROOT)], check=True, cwd=ROOT
+    )
+    return next(out.glob("lora_np-*.whl"))
+
+
+def test_configuration(
+    uv: str, wheel: Path, python: str, version: str, resolution: str
+) -> tuple[str, str]:
     """Build one environment and test the course in it: (status, detail)."""
     name = f"py{version}-{resolution}"
     venv = BUILD / name
@@ -73,8 +92,11 @@ def test_configuration(uv: str, python: str, version: str, resolution: str) -> t
         if run([uv, "venv", "--quiet", "--python", python, str(venv)], log):
             return "FAILED", f"could not create the environment (see {log_path})"
         venv_python = str(venv / "bin" / "python")
-        install = [uv, "pip", "install", "--python", venv_python, ".[dev]"]
+        install = [uv, "pip", "install", "--python", venv_python, f"{wheel}[dev]"]
         if resolution == "lowest":
+            # Our own requirements named on the command line become "direct", so uv takes the
+            # lowest release of each that has a wheel here; their dependencies stay newest.
+            install += declared_requirements()
             install += ["--resolution", "lowest-direct", "--only-binary", ":all:"]
         if run(install, log):
             return "FAILED", f"install failed (see {log_path})"
@@ -126,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     unset = ", ".join(f"{k} (was {os.environ[k]!r})" for k in BLAS_OVERRIDES if k in os.environ)
     print(f"BLAS variables unset for the runs: {unset or 'none were set'}")
+    wheel = build_wheel(uv)
     rows, failed = [], False
     for config in wanted:
         version, _, resolution = config.partition("-")
@@ -136,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"{config}: {python} ...", flush=True)
         start = time.perf_counter()
-        status, detail = test_configuration(uv, python, version, resolution)
+        status, detail = test_configuration(uv, wheel, python, version, resolution)
         seconds = time.perf_counter() - start
         print(f"  {status} in {seconds:.0f} s  {detail}", flush=True)
         rows.append((config, status, f"{seconds:.0f} s  {detail}"))
