@@ -10,14 +10,17 @@ library for its reference answers, and nothing in the library imports it).
 """
 
 from ._harness import ExerciseError, passing_or_reference
-from .layer import check_lora_forward, check_lora_grads, check_merge
-from .low_rank import check_best_rank_approximation, check_eckart_young_error
+from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
 from .initialisation import check_init_lora, check_pissa_init
+from .layer import check_lora_forward, check_lora_grads, check_merge
+from .low_rank import check_best_rank_approximation, check_eckart_young_error
 from .scaling import check_adam_first_update, check_lora_scaling
 
 __all__ = [
     "ExerciseError",
+    "check_causal_attention",
+    "check_split_heads",
     "check_adam_first_update",
     "check_init_lora",
     "check_lora_scaling",
