@@ -25,6 +25,13 @@ def best_by_eigenvectors(M, r):
     return M32 @ top @ top.T
 
 
+def best_by_left_eigenvectors(M, r):
+    """Correct, written differently: eigenvectors of M M^T, sign-flipped, as U_r U_r^T M."""
+    values, vectors = np.linalg.eigh(M @ M.T)  # ascending
+    top = -vectors[:, np.argsort(values)[::-1][:r]]  # (d, r), every sign flipped
+    return top @ (top.T @ M)
+
+
 def best_by_loops(M, r):
     """Correct, written with an explicit sum of rank-one layers."""
     U, S, Vt = np.linalg.svd(np.asarray(M, dtype=np.float64))
@@ -39,6 +46,7 @@ def test_the_library_and_independent_solutions_pass(capsys):
     assert "all 6 checks passed" in capsys.readouterr().out
     check_best_rank_approximation(best_by_eigenvectors, quiet=True)
     check_best_rank_approximation(best_by_loops, quiet=True)
+    check_best_rank_approximation(best_by_left_eigenvectors, quiet=True)
     check_best_rank_approximation(_svd_top, quiet=True)
 
 
