@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import types
 
-import numpy
-from numpy.lib.mixins import NDArrayOperatorsMixin
+from .backend import np as numpy  # host NumPy: backend.py stays the only module importing it
+
+NDArrayOperatorsMixin = numpy.lib.mixins.NDArrayOperatorsMixin
 
 _REFUSED = (
     "Implicit conversion to a NumPy array is not allowed (the numpy-strict backend refuses it "
