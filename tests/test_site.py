@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -135,6 +137,7 @@ def test_readme_becomes_the_home_page_with_links_and_a_table_of_contents():
     readme = (
         "# Course\n\n| `00_autodiff` | autodiff |\n\nSee [the notebook](notebooks/00_autodiff.ipynb),"
         " [the guide](TEACHING.md), [results](benchmarks/RESULTS.md) and [web](https://x.org).\n"
+        "Back to [the top](README.md#course).\n"
     )
     index = site_source.readme_to_index(readme, ["00_autodiff"], ["TEACHING"])
     assert "| [`00_autodiff`](00_autodiff.ipynb) | autodiff |" in index
@@ -142,6 +145,7 @@ def test_readme_becomes_the_home_page_with_links_and_a_table_of_contents():
     assert "[the guide](TEACHING.md)" in index
     assert "results (`benchmarks/RESULTS.md`)" in index  # no page for it on the site
     assert "[web](https://x.org)" in index
+    assert "[the top](index.md#course)" in index
     assert index.endswith("```{toctree}\n:hidden:\n:maxdepth: 1\n\n00_autodiff\nTEACHING\n```\n")
 
 
@@ -221,3 +225,12 @@ def test_every_check_fails_on_a_broken_page(tmp_path):
         assert needle in text, f"{needle!r} not in:\n{text}"
     assert "[phone]: page scrolls sideways: 2008 px wide on a 390 px wide screen" in text
     assert report.failed == 4 and report.passed == 0  # missing page, 2 sizes, the links
+
+
+def test_the_built_site_is_never_tracked_by_git():
+    root = TOOLS.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in ["build/site/index.html", "build/site-src/conf.py", "build/site-test/x.png"]:
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
+        assert ignored.returncode == 0, f"{path} is not ignored by git"

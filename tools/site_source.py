@@ -80,7 +80,7 @@ def is_solution_cell(cell: dict) -> bool:
     """True for a code cell holding an exercise solution (a line ``### BEGIN SOLUTION``)."""
     if cell.get("cell_type") != "code":
         return False
-    return any(line.strip() == _SOLUTION_MARK for line in _source(cell).splitlines())
+    return any(line.strip() == _SOLUTION_MARK for line in cell_source(cell).splitlines())
 
 
 def prepare_notebook(nb: dict) -> dict:
@@ -94,7 +94,7 @@ def prepare_notebook(nb: dict) -> dict:
     out = copy.deepcopy(nb)
     for cell in out["cells"]:
         if cell.get("cell_type") == "markdown":
-            cell["source"] = details_to_dropdowns(_source(cell))
+            cell["source"] = details_to_dropdowns(cell_source(cell))
         elif is_solution_cell(cell):
             metadata = cell.setdefault("metadata", {})
             tags = metadata.setdefault("tags", [])
@@ -109,7 +109,7 @@ def prepare_notebook(nb: dict) -> dict:
 def count_details(nb: dict) -> int:
     """How many ``<details>`` blocks the notebook's markdown cells hold (outside code fences)."""
     return sum(
-        len(_DETAILS_OPEN.findall(_outside_fences(_source(c))))
+        len(_DETAILS_OPEN.findall(_outside_fences(cell_source(c))))
         for c in nb["cells"]
         if c.get("cell_type") == "markdown"
     )
@@ -129,7 +129,7 @@ def notebook_headings(nb: dict) -> list[str]:
     for cell in nb["cells"]:
         if cell.get("cell_type") != "markdown":
             continue
-        text = _outside_fences(_source(cell))
+        text = _outside_fences(cell_source(cell))
         text = _strip_details(text)
         for line in text.splitlines():
             match = _HEADING.match(line)
@@ -168,7 +168,7 @@ def readme_to_index(readme: str, pages: Iterable[str], extra_pages: Iterable[str
 
 def link_pages(markdown: str, pages: Iterable[str]) -> str:
     """Point Markdown links at files that are pages of the site (``notebooks/03_x.ipynb``,
-    ``TEACHING.md``) to those pages, and turn relative links to anything else (a file of the
+    ``TEACHING.md``, the README as the home page) to those pages, and turn relative links to anything else (a file of the
     repository the site does not hold) into plain text with the path as code.
     """
     pages = set(pages)
@@ -179,6 +179,9 @@ def link_pages(markdown: str, pages: Iterable[str]) -> str:
             return match.group(0)  # a URL with a scheme, or an anchor on the same page
         path, _, anchor = target.partition("#")
         stem = path.rsplit("/", 1)[-1]
+        if stem == "README.md":  # the README is the home page
+            stem = "index.md"
+            pages.add("index")
         for suffix in (".ipynb", ".md"):
             if stem.endswith(suffix) and stem[: -len(suffix)] in pages:
                 page = stem[: -len(suffix)]
@@ -189,7 +192,8 @@ def link_pages(markdown: str, pages: Iterable[str]) -> str:
     return re.sub(r"(?<!!)\[([^\]\n]*)\]\(([^)\s]+)\)", relink, markdown)
 
 
-def _source(cell: dict) -> str:
+def cell_source(cell: dict) -> str:
+    """A cell's source as one string (nbformat stores a string or a list of lines)."""
     source = cell.get("source", "")
     return "".join(source) if isinstance(source, list) else source
 
