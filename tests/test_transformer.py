@@ -148,13 +148,20 @@ def test_save_load_round_trip_is_exact(model, tmp_path):
     assert meta["note"] == "hi" and json.loads(meta["config"])["n_embd"] == SMALL.n_embd
 
 
-def test_checkpoint_for_another_config_names_the_key_and_shapes(model, tmp_path):
+def test_checkpoint_for_another_config_names_the_fields(model, tmp_path):
     path = model.save(tmp_path / "m.safetensors")
-    other = GPTConfig(vocab_size=48, block_size=24, n_embd=32, n_head=2, n_layer=2)
-    with pytest.raises(
-        ValueError, match=r"tok_emb.weight has shape \(48, 16\) in the file but \(48, 32\)"
-    ):
+    other = GPTConfig(vocab_size=48, block_size=24, n_embd=32, n_head=2, n_layer=3)
+    with pytest.raises(ValueError, match=r"n_embd: 16 vs 32; n_layer: 2 vs 3"):
         GPT.load(path, config=other)
+
+
+def test_weights_that_do_not_fit_the_files_own_config_are_refused(model, tmp_path):
+    from lora_np.io import save_weights
+
+    wider = GPTConfig(**{**vars(SMALL), "n_embd": 32})
+    path = save_weights(model, tmp_path / "m.safetensors", {"config": json.dumps(vars(wider))})
+    with pytest.raises(ValueError, match=r"does not fit its own config.*tok_emb.weight"):
+        GPT.load(path)
 
 
 def test_corrupt_and_truncated_checkpoints_are_refused(model, tmp_path):
@@ -206,7 +213,7 @@ def test_config_accepts_numpy_numbers_and_stores_python_ones():
     assert config == GPTConfig(n_embd=32, n_head=2, dropout=0.5)
 
 
-@pytest.mark.parametrize("field, value", [("n_head", 4), ("dropout", 0.1), ("n_layer", 2)])
+@pytest.mark.parametrize("field, value", [("n_head", 4), ("dropout", 0.1), ("n_layer", 3)])
 def test_load_with_another_config_names_the_field_and_both_values(model, tmp_path, field, value):
     path = model.save(tmp_path / "m.safetensors")
     other = GPTConfig(**{**vars(SMALL), field: value})
