@@ -17,7 +17,7 @@ import numbers
 from . import backend
 
 
-def is_number(value) -> bool:
+def _is_number(value) -> bool:
     """A real number (Python's or NumPy's scalar types), not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -29,13 +29,13 @@ def check_learning_rate(lr) -> float:
     ``float32_array * np.float64(lr)`` differently from ``float32_array * lr``, and a
     run should not change its last bits because its rate passed through here.
     """
-    if not (is_number(lr) and math.isfinite(lr) and lr >= 0):
+    if not (_is_number(lr) and math.isfinite(lr) and lr >= 0):
         raise ValueError(f"learning rate must be a finite number >= 0, got {lr!r}")
     return lr
 
 
 def _check_weight_decay(weight_decay) -> float:
-    if not (is_number(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
+    if not (_is_number(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     return weight_decay
 
@@ -88,7 +88,7 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, lr)
-        if not (is_number(momentum) and 0.0 <= momentum < 1.0):
+        if not (_is_number(momentum) and 0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         self.momentum, self.weight_decay = momentum, _check_weight_decay(weight_decay)
 
@@ -124,10 +124,10 @@ class Adam(Optimizer):
         if not (
             isinstance(betas, tuple | list)
             and len(betas) == 2
-            and all(is_number(b) and 0.0 <= b < 1.0 for b in betas)
+            and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
         ):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        if not (is_number(eps) and math.isfinite(eps) and eps > 0):
+        if not (_is_number(eps) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
         self.betas, self.eps = betas, eps
         self.weight_decay = _check_weight_decay(weight_decay)
@@ -190,7 +190,7 @@ def clip_grad_norm_(params, max_norm: float) -> float:
     Returns the norm before clipping (as PyTorch does). ``max_norm`` must be > 0: a negative
     one would flip every gradient's sign, and 0 would stop learning.
     """
-    if not (is_number(max_norm) and max_norm > 0):
+    if not (_is_number(max_norm) and max_norm > 0):
         raise ValueError(f"max_norm must be a number > 0, got {max_norm!r}")
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:

@@ -245,19 +245,6 @@ def _progress_bar(settings: TrainSettings):
     )
 
 
-def _empty_history() -> dict:
-    return {
-        "step": [],
-        "loss": [],
-        "lr": [],
-        "grad_norm": [],
-        "eval_step": [],
-        "eval": [],
-        "train_seconds": 0.0,
-        "steps_done": 0,
-    }
-
-
 def _rolled_back(history: dict, steps_done: int) -> dict:
     """``history`` without what the undone update added (its evaluation)."""
     history["steps_done"] = steps_done
@@ -355,7 +342,8 @@ class _Run:
     def __init__(self, model, batches, settings: TrainSettings, params, optimizer, eval_fn):
         self.model, self.batches, self.settings = model, batches, settings
         self.params, self.optimizer, self.eval_fn = params, optimizer, eval_fn
-        self.history = _empty_history()
+        self.history = {"step": [], "loss": [], "lr": [], "grad_norm": [], "eval_step": []}
+        self.history.update(eval=[], train_seconds=0.0, steps_done=0)
         self.last_good = _LastGood(params, optimizer)
         self.bar = None
 
