@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import backend
+from .transformer import generate_tokens
 
 # ----------------------------------------------------------------------------------------------
 # The tokenizer: one token per character, a fixed vocabulary of 40 symbols.
@@ -407,59 +408,28 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers for ``prompts`` of any lengths, ``batch_size`` prompts per forward pass.
 
-    Prompts are right-padded into one ``(B, T)`` array; every row keeps its own write position.
-    Because attention is causal, the padding to the right of a row's position never changes
-    that row's logits (up to float rounding: BLAS rounds another matrix shape differently), so
-    one batched forward pass serves prompts of different lengths. A
-    row stops at its END token (which is kept in the answer); generation stops when every
-    row has stopped or after ``max_new_tokens`` tokens.
+    Each answer runs up to and including the END token, or is cut after ``max_new_tokens``
+    tokens. Prompts of different lengths share one batch: the loop
+    (:func:`lora_np.transformer.generate_tokens`) right-pads them and keeps a write position
+    per row, which causal attention makes safe. Only the tokenizer's symbols are written (a
+    model may have spare ids).
 
     ``model(idx)`` must return ``(logits, loss)`` with logits ``(B, T, vocab)``.
     """
-    from .autograd import no_grad  # imported here: data.py is usable without the engine
-
-    np = backend.np
-    block_size = getattr(getattr(model, "config", None), "block_size", None)
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    encoded = [encode(p) for p in prompts]
+    for prompt, ids in zip(prompts, encoded):
+        if not ids:
+            raise ValueError(f"prompt {prompt!r} is empty; a prompt needs at least one token")
     answers: list[str] = []
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        for first in range(0, len(prompts), batch_size):
-            chunk = [encode(p) for p in prompts[first : first + batch_size]]
-            lengths = np.array([len(c) for c in chunk])  # (B,)
-            total = int(lengths.max()) + max_new_tokens
-            if block_size is not None and total > block_size:
-                raise ValueError(
-                    f"a prompt of {int(lengths.max())} tokens plus {max_new_tokens} new tokens needs "
-                    f"{total} positions, more than the model's block_size {block_size}"
-                )
-            buf = np.full((len(chunk), total), PAD_ID, dtype=np.int64)  # (B, T_max)
-            for b, c in enumerate(chunk):
-                buf[b, : len(c)] = c
-            pos = lengths - 1  # (B,) position of each row's last token
-            done = np.zeros(len(chunk), dtype=bool)  # (B,)
-            rows = np.arange(len(chunk))
-            with no_grad():
-                for _ in range(max_new_tokens):
-                    width = int(pos[~done].max()) + 1
-                    logits, _ = model(backend.xp.asarray(buf[:, :width]))  # (B, width, vocab)
-                    read = np.where(done, np.minimum(pos, width - 1), pos)  # stopped rows: anywhere
-                    at = (backend.xp.asarray(rows), backend.xp.asarray(read))
-                    last = backend.to_numpy(logits.data[at])  # (B, vocab) at each row's position
-                    # only the tokenizer's symbols can be written (a model may have spare ids)
-                    nxt = last[:, : len(VOCAB)].argmax(axis=-1)  # (B,)
-                    nxt = np.where(done, PAD_ID, nxt)
-                    buf[rows, pos + 1] = nxt
-                    pos = np.where(done, pos, pos + 1)
-                    done |= nxt == END_ID
-                    if done.all():
-                        break
-            for b, c in enumerate(chunk):
-                answers.append(decode(buf[b, len(c) : pos[b] + 1]).rstrip(PAD))
-    finally:
-        if was_training and hasattr(model, "train"):
-            model.train()
+    for first in range(0, len(encoded), batch_size):
+        chunk = encoded[first : first + batch_size]
+        tokens, last = generate_tokens(
+            model, chunk, max_new_tokens, stop_id=END_ID, pad_id=PAD_ID, vocab_limit=len(VOCAB)
+        )
+        for b, ids in enumerate(chunk):
+            answers.append(decode(tokens[b, len(ids) : last[b] + 1]).rstrip(PAD))
     return answers
 
 

@@ -12,22 +12,57 @@ step.
 from __future__ import annotations
 
 import math
+import numbers
 
 from . import backend
 
 
+def _is_number(value) -> bool:
+    """A real number (Python's or NumPy's scalar types), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_learning_rate(lr) -> float:
+    """``lr`` itself, or a ValueError: a learning rate is a finite number >= 0.
+
+    NumPy scalars are kept as they are (not turned into Python floats): NumPy types
+    ``float32_array * np.float64(lr)`` differently from ``float32_array * lr``, and a
+    run should not change its last bits because its rate passed through here.
+    """
+    if not (_is_number(lr) and math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"learning rate must be a finite number >= 0, got {lr!r}")
+    return lr
+
+
+def _check_weight_decay(weight_decay) -> float:
+    if not (_is_number(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    return weight_decay
+
+
 class Optimizer:
-    """Keeps the parameters to update and their per-parameter state."""
+    """Keeps the parameters to update and their per-parameter state.
+
+    ``lr`` may be changed between steps (a schedule does); every new value is checked, so a
+    NaN or negative learning rate never reaches the weights.
+    """
 
     def __init__(self, params, lr: float):
         self.params = list(params)
         if not self.params:
             raise ValueError("the optimiser got an empty parameter list")
-        if not (isinstance(lr, int | float) and lr >= 0 and math.isfinite(lr)):
-            raise ValueError(f"learning rate must be a finite number >= 0, got {lr!r}")
         self.lr = lr
         self.state: dict[int, dict] = {}  # id(param) -> its state arrays
         self.step_count = 0
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next :meth:`step` uses."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self._lr = check_learning_rate(value)
 
     def zero_grad(self) -> None:
         """Forget every parameter's gradient (set it to None)."""
@@ -53,9 +88,9 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, lr)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.momentum, self.weight_decay = momentum, weight_decay
+        if not (_is_number(momentum) and 0.0 <= momentum < 1.0):
+            raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
+        self.momentum, self.weight_decay = momentum, _check_weight_decay(weight_decay)
 
     def step(self) -> None:
         self.step_count += 1
@@ -86,11 +121,16 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
     ):
         super().__init__(params, lr)
-        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+        if not (
+            isinstance(betas, tuple | list)
+            and len(betas) == 2
+            and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)
+        ):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
-        if eps <= 0 or weight_decay < 0:
-            raise ValueError(f"need eps > 0 and weight_decay >= 0, got {eps}, {weight_decay}")
-        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
+        if not (_is_number(eps) and math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+        self.betas, self.eps = betas, eps
+        self.weight_decay = _check_weight_decay(weight_decay)
 
     def step(self) -> None:
         xp = backend.xp
@@ -147,8 +187,11 @@ class AdamW(Adam):
 def clip_grad_norm_(params, max_norm: float) -> float:
     """Scale all gradients together so their global L2 norm is at most ``max_norm``.
 
-    Returns the norm before clipping (as PyTorch does).
+    Returns the norm before clipping (as PyTorch does). ``max_norm`` must be > 0: a negative
+    one would flip every gradient's sign, and 0 would stop learning.
     """
+    if not (_is_number(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a number > 0, got {max_norm!r}")
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0

@@ -13,8 +13,9 @@ equal mixture of the pretraining tasks in :mod:`lora_np.data`, then writes
 The same seed on the same machine, with the same number of BLAS threads, gives the same
 weights, bit for bit (data come from a seeded host generator, initialisation from
 ``backend.manual_seed``; a different thread count sums matrix products in another order, so
-the last bits differ). The shipped file was made with ``OPENBLAS_NUM_THREADS=1``; a rerun
-that way reproduces it exactly. Both files are written atomically and only after training
+the last bits differ). The command line runs on one BLAS thread
+(``backend.set_blas_threads(1)``, change it with ``--blas-threads``), as the shipped file was
+made. Both files are written atomically and only after training
 finished without error. It takes about 10 minutes on one core of a laptop-class CPU.
 """
 
@@ -114,7 +115,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", type=Path, default=CHECKPOINT_DIR)
     parser.add_argument("--name", default="tiny_gpt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--blas-threads", type=int, default=1, help="BLAS threads (1 reproduces the shipped file)"
+    )
     args = parser.parse_args(argv)
+    backend.set_blas_threads(args.blas_threads)
 
     started = time.perf_counter()
     model, history = pretrain(

@@ -7,23 +7,39 @@ evaluation, a history for plots, a progress bar, and a guard against NaN or infi
     history["loss"][-1], history["eval"][-1]
 
 Only parameters that require a gradient are optimised, so the same loop does full
-fine-tuning and LoRA (freeze the base first). A loss that is not finite stops training with
-a FloatingPointError naming the step *before* the optimiser touches the weights, so the
-model keeps the last finite state.
+fine-tuning and LoRA (freeze the base first). Every setting is checked before the first
+step (:class:`TrainSettings`), so a bad one never changes the model.
+
+The NaN guard: a loss that is not finite at step ``s`` means the update of step ``s - 1`` went
+wrong (too high a learning rate, most often). The loop keeps a copy of the weights and the
+optimiser state from before each update, puts them back, and raises :class:`TrainingDiverged`
+(a FloatingPointError) holding the history up to the last finite loss. The model then holds the
+weights that gave that loss, and the optimiser the state that goes with them, as if training had
+stopped one step earlier. The copy costs one pass over the trained weights and their optimiser
+state per step; it is what makes a failed run safe to keep using.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
-from . import optim
+from tqdm.std import tqdm  # the plain text bar: never warns, works in a terminal and a notebook
 
-try:  # a progress bar if tqdm is installed; the loop works without it
-    from tqdm.auto import tqdm as _tqdm
-except ImportError:  # pragma: no cover - tqdm is a listed dependency
-    _tqdm = None
+from . import backend, optim
+
+SCHEDULES = ("constant", "cosine")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def lr_at(
@@ -39,6 +55,8 @@ def lr_at(
     Linear warm-up over ``warmup_steps``, then ``"constant"`` or ``"cosine"`` decay down to
     ``min_lr_ratio * lr`` at the last step.
     """
+    if not (_is_int(warmup_steps) and warmup_steps >= 0):
+        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if schedule == "constant":
@@ -50,11 +68,190 @@ def lr_at(
     raise ValueError(f"unknown schedule {schedule!r}; expected 'constant' or 'cosine'")
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """The settings of one :func:`train` run (see its docstring), all checked when made."""
+
+    steps: int
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.99)
+    grad_clip: float | None = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    eval_every: int | None = None
+    log_every: int = 1
+    max_seconds: float | None = None
+    progress: bool = True
+    desc: str = "train"
+
+    def __post_init__(self):
+        def bad(name, expected):
+            return ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+        if not (_is_int(self.steps) and self.steps >= 0):
+            raise bad("steps", "an int >= 0")
+        try:
+            optim.check_learning_rate(self.lr)
+        except ValueError as err:
+            raise ValueError(f"lr: {err}") from None
+        wd = self.weight_decay
+        if not (_is_number(wd) and math.isfinite(wd) and wd >= 0):
+            raise bad("weight_decay", "a finite number >= 0")
+        betas_ok = isinstance(self.betas, tuple | list) and len(self.betas) == 2
+        if not (betas_ok and all(_is_number(b) and 0 <= b < 1 for b in self.betas)):
+            raise bad("betas", "two numbers in [0, 1)")
+        if self.grad_clip is not None and not (_is_number(self.grad_clip) and self.grad_clip > 0):
+            raise bad("grad_clip", "a number > 0 or None (no clipping)")
+        if not (_is_int(self.warmup_steps) and self.warmup_steps >= 0):
+            raise bad("warmup_steps", "an int >= 0")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"one of {SCHEDULES}")
+        if self.eval_every is not None and not (_is_int(self.eval_every) and self.eval_every >= 1):
+            raise bad("eval_every", "an int >= 1 or None")
+        if not (_is_int(self.log_every) and self.log_every >= 1):
+            raise bad("log_every", "an int >= 1")
+        if self.max_seconds is not None and not (
+            _is_number(self.max_seconds) and self.max_seconds >= 0
+        ):
+            raise bad("max_seconds", "a number >= 0 or None")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step`` under this schedule (see :func:`lr_at`)."""
+        return lr_at(step, self.steps, self.lr, self.warmup_steps, self.schedule)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradient norm stopped being finite.
+
+    ``step`` is the step where it happened; ``history`` is the history up to the last finite
+    loss, which is also where the model's weights and the optimiser's state were put back.
+    """
+
+    def __init__(self, message: str, step: int, history: dict):
+        super().__init__(message)
+        self.step, self.history = step, history
+
+
+class _LastGood:
+    """A copy of the trained weights and the optimiser state from before the latest update.
+
+    The copies go into buffers kept from step to step, so taking one allocates nothing after
+    the first step.
+    """
+
+    def __init__(self, params, optimizer):
+        self.params, self.optimizer = params, optimizer
+        self.weights: list = [None] * len(params)
+        self.state: dict[int, dict] = {}
+        self.step_count = optimizer.step_count
+
+    @staticmethod
+    def _copy(array, buffer):
+        if buffer is not None and buffer.shape == array.shape and buffer.dtype == array.dtype:
+            backend.xp.copyto(buffer, array)
+            return buffer
+        return array.copy()
+
+    def save(self) -> None:
+        self.weights = [self._copy(p.data, w) for p, w in zip(self.params, self.weights)]
+        state = {}
+        for key, entry in self.optimizer.state.items():
+            old = self.state.get(key, {})
+            state[key] = {
+                name: self._copy(value, old.get(name)) if hasattr(value, "shape") else value
+                for name, value in entry.items()
+            }
+        self.state, self.step_count = state, self.optimizer.step_count
+
+    def restore(self) -> None:
+        for p, saved in zip(self.params, self.weights):
+            if saved is not None:
+                p.data = saved.copy()
+        live = self.optimizer.state
+        for key in list(live):
+            if key not in self.state:
+                del live[key]  # state the undone step created
+        for key, entry in self.state.items():
+            live[key] = {
+                name: value.copy() if hasattr(value, "shape") else value
+                for name, value in entry.items()
+            }
+        self.optimizer.step_count = self.step_count
+
+
 def _next_batch(batches, step: int):
     """The batch for ``step``: from an iterator, or by calling ``batches(step)``."""
     if callable(batches) and not isinstance(batches, Iterator):
         return batches(step)
     return next(batches)
+
+
+def _trained_params(model, params) -> list:
+    """What to optimise: ``params``, or every parameter of ``model`` that requires a grad."""
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    params = list(params)
+    if not params:
+        raise ValueError("nothing to train: no parameter requires a gradient")
+    return params
+
+
+def _check_not_merged(model) -> None:
+    """Refuse a model with a merged LoRA adapter: its forward pass reads the merged weight, so
+    the adapter's A and B would get no gradient. Any module with ``merged = True`` counts."""
+    named_modules = getattr(model, "named_modules", None)
+    for name, module in named_modules() if named_modules else ():
+        if getattr(module, "merged", False) is True:
+            raise RuntimeError(
+                f"{name or 'the model'} has a merged LoRA adapter, so training would not reach "
+                "it: unmerge first (lora.unmerge_adapter(model)), train, then merge again"
+            )
+
+
+def _grad_norm(params, grad_clip) -> float:
+    """The global gradient norm, clipping the gradients to ``grad_clip`` when it is given."""
+    if grad_clip is not None:
+        return optim.clip_grad_norm_(params, grad_clip)
+    return math.sqrt(sum(float((p.grad * p.grad).sum()) for p in params if p.grad is not None))
+
+
+def _all_finite(params) -> bool:
+    xp = backend.xp
+    return all(bool(xp.isfinite(p.data).all()) for p in params)
+
+
+def _short(result) -> str:
+    """A compact text of an eval result for the progress bar."""
+    if isinstance(result, dict):
+        return " ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+        )
+    return f"{result:.3g}" if isinstance(result, float) else str(result)
+
+
+def _progress_bar(settings: TrainSettings):
+    """A text bar (tqdm) that redraws every ~5 % of the steps, not on a timer, so a notebook
+    stores the same frames on every run; None when ``progress`` is off."""
+    if not settings.progress:
+        return None
+    return tqdm(
+        total=settings.steps,
+        desc=settings.desc,
+        leave=True,  # the finished bar stays: nbval keeps only a stream's last frame, masked
+        mininterval=0,
+        maxinterval=float("inf"),
+        miniters=max(1, settings.steps // 20),
+    )
+
+
+def _rolled_back(history: dict, steps_done: int) -> dict:
+    """``history`` without what the undone update added (its evaluation)."""
+    history["steps_done"] = steps_done
+    while history["eval_step"] and history["eval_step"][-1] > steps_done:
+        history["eval_step"].pop()
+        history["eval"].pop()
+    return history
 
 
 def train(
@@ -85,16 +282,18 @@ def train(
             ``data.batches(...)``), or a function ``step -> (idx, targets)``.
         steps: how many optimiser steps.
         lr: peak learning rate (after ``warmup_steps``), see :func:`lr_at` and ``schedule``.
+            Checked (finite, >= 0) even when ``optimizer`` is given, since it sets that
+            optimiser's rate at every step.
         params: what to optimise; default: every parameter of ``model`` that requires a grad.
         optimizer: use this optimiser instead of a fresh ``AdamW(params, lr, betas,
             weight_decay=weight_decay)``; its ``lr`` is still set by the schedule.
-        grad_clip: clip the global gradient norm to this (None: no clipping).
+        grad_clip: clip the global gradient norm to this (> 0; None: no clipping).
         eval_every, eval_fn: call ``eval_fn(model)`` (a number or a dict of numbers) before the
             first step, every ``eval_every`` steps and after the last step.
         log_every: record loss, lr and gradient norm every this many steps.
         max_seconds: stop early (after a whole step) once this much training time has passed;
             evaluation time is not counted.
-        progress: show a tqdm progress bar (turn it off for stable notebook output).
+        progress: show a text progress bar on stderr (off: nothing is printed).
 
     Returns:
         ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...],
@@ -102,107 +301,146 @@ def train(
         the model is left in training mode.
 
     Raises:
-        FloatingPointError: the loss or the gradient norm was NaN or infinite at some step;
-            the message names the step, and no optimiser step was taken from that state.
+        ValueError, TypeError: a bad setting, before anything changes.
+        RuntimeError: a LoRA adapter of ``model`` is merged (unmerge first).
+        TrainingDiverged: a FloatingPointError; the loss or the gradient norm was NaN or
+            infinite. The model and the optimiser are back at the last finite loss, and the
+            error's ``history`` runs up to it. Any other error (in ``eval_fn``, say) leaves
+            the model in the train or eval mode it had when ``train`` was called.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if eval_every is not None and (eval_every < 1 or eval_fn is None):
+    settings = TrainSettings(
+        steps=steps,
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=betas,
+        grad_clip=grad_clip,
+        warmup_steps=warmup_steps,
+        schedule=schedule,
+        eval_every=eval_every,
+        log_every=log_every,
+        max_seconds=max_seconds,
+        progress=progress,
+        desc=desc,
+    )
+    if eval_every is not None and eval_fn is None:
         raise ValueError(f"eval_every={eval_every} needs a positive number and an eval_fn")
-    if params is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-    params = list(params)
-    if not params:
-        raise ValueError("nothing to train: no parameter requires a gradient")
+    params = _trained_params(model, params)
+    _check_not_merged(model)
     if optimizer is None:
         optimizer = optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    was_training = model.training
+    try:
+        return _Run(model, batches, settings, params, optimizer, eval_fn).run()
+    except BaseException:
+        model.train(was_training)
+        raise
 
-    history = {
-        "step": [],
-        "loss": [],
-        "lr": [],
-        "grad_norm": [],
-        "eval_step": [],
-        "eval": [],
-        "train_seconds": 0.0,
-        "steps_done": 0,
-    }
 
-    def run_eval(step: int):
-        model.eval()  # no dropout while scoring
-        result = eval_fn(model)
-        history["eval_step"].append(step)
-        history["eval"].append(result)
-        model.train()
+class _Run:
+    """One call of :func:`train`: the loop, its history and its guard."""
+
+    def __init__(self, model, batches, settings: TrainSettings, params, optimizer, eval_fn):
+        self.model, self.batches, self.settings = model, batches, settings
+        self.params, self.optimizer, self.eval_fn = params, optimizer, eval_fn
+        self.history = {"step": [], "loss": [], "lr": [], "grad_norm": [], "eval_step": []}
+        self.history.update(eval=[], train_seconds=0.0, steps_done=0)
+        self.last_good = _LastGood(params, optimizer)
+        self.bar = None
+
+    def evaluate(self, step: int):
+        self.model.eval()  # no dropout while scoring
+        result = self.eval_fn(self.model)
+        self.history["eval_step"].append(step)
+        self.history["eval"].append(result)
+        self.model.train()
         return result
 
-    model.train()
-    if eval_fn is not None and eval_every is not None:
-        run_eval(0)
-    bar = _tqdm(total=steps, desc=desc, disable=not progress, leave=False) if _tqdm else None
-    seconds = 0.0
-    step = 0
-    try:
-        for step in range(steps):
-            started = time.perf_counter()
-            rate = lr_at(step, steps, lr, warmup_steps, schedule)
-            optimizer.lr = rate
-            idx, targets = _next_batch(batches, step)
-            optimizer.zero_grad()
-            _, loss = model(idx, targets)
-            loss_value = float(loss.item())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"the loss became {loss_value} at step {step} (lr {rate:.3g}); no update was "
-                    "made from that state: try a lower learning rate or gradient clipping"
-                )
-            loss.backward()
-            if grad_clip is not None:
-                norm = optim.clip_grad_norm_(params, grad_clip)
-            else:
-                norm = math.sqrt(
-                    sum(float((p.grad * p.grad).sum()) for p in params if p.grad is not None)
-                )
-            if not math.isfinite(norm):
-                raise FloatingPointError(
-                    f"the gradient norm became {norm} at step {step} (loss {loss_value:.4g}); no "
-                    "update was made from that state"
-                )
-            optimizer.step()
-            seconds += time.perf_counter() - started
-            history["steps_done"] = step + 1
-            if step % log_every == 0 or step == steps - 1:
-                history["step"].append(step)
-                history["loss"].append(loss_value)
-                history["lr"].append(rate)
-                history["grad_norm"].append(norm)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            done = step == steps - 1 or (max_seconds is not None and seconds >= max_seconds)
-            if (
-                eval_fn is not None
-                and eval_every is not None
-                and ((step + 1) % eval_every == 0 or done)
-            ):
-                result = run_eval(step + 1)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_value:.4f}", eval=_short(result), refresh=False)
-            if done:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-        history["train_seconds"] = seconds
-    if eval_fn is not None and eval_every is None:
-        run_eval(history["steps_done"])
-    return history
+    def diverged(self, message: str, step: int, undo: bool) -> TrainingDiverged:
+        """Put the last finite state back (``undo``: the latest update made things worse)."""
+        done = self.history["steps_done"]
+        if undo and done > 0:
+            self.last_good.restore()
+            done -= 1
+            message += (
+                f"; the weights and optimiser state from before step {done}'s update (the last "
+                "finite loss) were restored"
+            )
+        message += ": try a lower learning rate or gradient clipping"
+        return TrainingDiverged(message, step, _rolled_back(self.history, done))
 
+    def step(self, step: int) -> tuple[float, float, float]:
+        """One optimiser step: (learning rate, loss before the update, gradient norm)."""
+        rate = self.settings.lr_at(step)
+        self.optimizer.lr = rate
+        idx, targets = _next_batch(self.batches, step)
+        self.optimizer.zero_grad()
+        _, loss = self.model(idx, targets)
+        loss_value = float(loss.item())
+        if not math.isfinite(loss_value):
+            raise self.diverged(
+                f"the loss became {loss_value} at step {step} (lr {rate:.3g})", step, undo=True
+            )
+        loss.backward()
+        norm = _grad_norm(self.params, self.settings.grad_clip)
+        if not math.isfinite(norm):
+            raise self.diverged(
+                f"the gradient norm became {norm} at step {step} (loss {loss_value:.4g}); no "
+                "update was made from that state",
+                step,
+                undo=False,
+            )
+        self.last_good.save()
+        self.optimizer.step()
+        self.history["steps_done"] = step + 1
+        return rate, loss_value, norm
 
-def _short(result) -> str:
-    """A compact text of an eval result for the progress bar."""
-    if isinstance(result, dict):
-        return " ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
-        )
-    return f"{result:.3g}" if isinstance(result, float) else str(result)
+    def log(self, step: int, rate: float, loss_value: float, norm: float) -> None:
+        if step % self.settings.log_every == 0 or step == self.settings.steps - 1:
+            self.history["step"].append(step)
+            self.history["loss"].append(loss_value)
+            self.history["lr"].append(rate)
+            self.history["grad_norm"].append(norm)
+
+    def run(self) -> dict:
+        settings, history = self.settings, self.history
+        scheduled_eval = self.eval_fn is not None and settings.eval_every is not None
+        self.model.train()
+        if scheduled_eval:
+            self.evaluate(0)
+        self.bar = _progress_bar(settings)
+        seconds = 0.0
+        try:
+            for step in range(settings.steps):
+                started = time.perf_counter()
+                rate, loss_value, norm = self.step(step)
+                seconds += time.perf_counter() - started
+                self.log(step, rate, loss_value, norm)
+                if self.bar is not None:
+                    self.bar.update(1)
+                    self.bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                done = step == settings.steps - 1 or (
+                    settings.max_seconds is not None and seconds >= settings.max_seconds
+                )
+                if done and not _all_finite(self.params):
+                    # no next forward pass will see these weights: check them directly
+                    raise self.diverged(
+                        f"the weights are not finite after the last update (step {step}, lr "
+                        f"{rate:.3g})",
+                        step,
+                        undo=True,
+                    )
+                if scheduled_eval and ((step + 1) % settings.eval_every == 0 or done):
+                    result = self.evaluate(step + 1)
+                    if self.bar is not None:
+                        self.bar.set_postfix(
+                            loss=f"{loss_value:.4f}", eval=_short(result), refresh=False
+                        )
+                if done:
+                    break
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            history["train_seconds"] = seconds
+        if self.eval_fn is not None and settings.eval_every is None:
+            self.evaluate(history["steps_done"])
+        return history

@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import backend, io, nn
 from . import functional as F
 from .autograd import Tensor, no_grad
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class CausalSelfAttention(nn.Module):
@@ -93,18 +102,32 @@ class GPTConfig:
     dropout: float = 0.0  # dropout after attention, the MLP and the embeddings (0 = off)
 
     def __post_init__(self):
+        # NumPy numbers are accepted and stored as Python ones, so asdict() stays JSON
         for name in ("vocab_size", "block_size", "n_embd", "n_head", "n_layer"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+            if type(value) is not int:
+                object.__setattr__(self, name, int(value))
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 f"each head needs n_embd / n_head channels (try n_head in "
                 f"{[h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0 and h <= 16]})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        dropout = self.dropout
+        if not (_is_number(dropout) and 0.0 <= dropout < 1.0):
+            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {dropout!r}")
+        if type(dropout) not in (int, float):
+            object.__setattr__(self, "dropout", float(dropout))
+
+    def differences(self, other: GPTConfig) -> list[str]:
+        """``"field: mine vs other's"`` for every field where the two configs differ."""
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
 
     @classmethod
     def from_dict(cls, values: dict) -> GPTConfig:
@@ -204,38 +227,15 @@ class GPT(nn.Module):
         Greedy (the most likely token) when ``temperature`` is 0, the default; otherwise sample
         from softmax(logits / temperature), keeping only the ``top_k`` most likely tokens if
         given, with a host generator seeded by ``seed``. Rows longer than ``block_size`` are
-        cropped to their last ``block_size`` tokens before each step, as in nanoGPT. For rows
-        of different lengths that stop at an end token, see ``data.generate_answers``.
+        cropped to their last ``block_size`` tokens before each step, as in nanoGPT. The loop
+        is :func:`generate_tokens`, which also serves prompts of different lengths that stop at
+        an end token (``data.generate_answers``).
         """
-        np = backend.np
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        out = backend.to_numpy(self._check_idx(idx)).astype(np.int64)  # (B, T), on the host
-        rng = np.random.default_rng(seed)
-        was_training = self.training
-        self.eval()
-        try:
-            with no_grad():
-                for _ in range(max_new_tokens):
-                    context = out[:, -self.config.block_size :]  # (B, <= block_size)
-                    logits, _ = self(backend.xp.asarray(context))
-                    last = backend.to_numpy(logits.data[:, -1, :]).astype(np.float64)  # (B, V)
-                    if temperature == 0:
-                        nxt = last.argmax(axis=-1)  # (B,)
-                    else:
-                        last = last / temperature
-                        if top_k is not None:
-                            kth = np.sort(last, axis=-1)[:, -min(top_k, last.shape[-1])][:, None]
-                            last = np.where(last < kth, -np.inf, last)
-                        probs = np.exp(last - last.max(axis=-1, keepdims=True))
-                        probs /= probs.sum(axis=-1, keepdims=True)  # (B, V)
-                        nxt = np.array([rng.choice(len(p), p=p) for p in probs])  # (B,)
-                    out = np.concatenate([out, nxt[:, None]], axis=1)  # (B, T + 1)
-        finally:
-            self.train(was_training)
-        return out
+        ids = backend.to_numpy(self._check_idx(idx)).astype(backend.np.int64)  # (B, T), host
+        tokens, _ = generate_tokens(
+            self, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed
+        )
+        return tokens
 
     # ------------------------------------------------------------------ saving and loading
     def save(self, path, metadata: dict | None = None) -> Path:
@@ -251,10 +251,13 @@ class GPT(nn.Module):
     def load(cls, path, config: GPTConfig | None = None) -> GPT:
         """A GPT with the weights of a file written by :meth:`save`.
 
-        The config comes from the file; if ``config`` is given and differs, the error names the
-        first parameter whose shape differs (the file's shape and the config's). A corrupt or
-        truncated file raises ValueError; nothing is built from a file that fails a check.
+        The config comes from the file; a ``config`` given as well must equal it (the error
+        names every field that differs, with both values). A corrupt or truncated file, or one
+        whose weights do not fit its config, raises ValueError; nothing is built from a file
+        that fails a check.
         """
+        if config is not None and not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig or None, got {type(config).__name__}")
         tensors, meta = io.read_weights(path)
         if "config" not in meta:
             raise ValueError(
@@ -264,24 +267,123 @@ class GPT(nn.Module):
             file_config = GPTConfig.from_dict(json.loads(meta["config"]))
         except (ValueError, TypeError) as err:
             raise ValueError(f"{path} holds an unreadable GPT config: {err}") from err
-        model = cls(config or file_config)
-        expected = {name: p.shape for name, p in model.named_parameters()}
-        for name, shape in expected.items():
-            if name in tensors and tuple(tensors[name].shape) != tuple(shape):
-                raise ValueError(
-                    f"checkpoint {path} is for another config: {name} has shape "
-                    f"{tuple(tensors[name].shape)} in the file but {tuple(shape)} in the model "
-                    f"(file config {file_config}, model config {model.config})"
-                )
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
+        if config is not None and config != file_config:
             raise ValueError(
-                f"checkpoint {path} does not fit the model: missing {missing or 'none'}, "
-                f"unexpected {unexpected or 'none'}"
+                f"{path} holds a GPT of another config (file vs given): "
+                + "; ".join(file_config.differences(config))
             )
-        model.load_state_dict(tensors)
+        model = cls(file_config)
+        try:
+            model.load_state_dict(tensors)  # checks names and shapes, all before any change
+        except nn.StateDictError as err:
+            raise ValueError(f"checkpoint {path} does not fit its own config: {err}") from err
         return model
+
+
+def _check_generation(max_new_tokens, temperature, top_k) -> None:
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not (_is_number(temperature) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
+        raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+
+
+def generate_tokens(
+    model,
+    prompts,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop_id: int | None = None,
+    pad_id: int = 0,
+    vocab_limit: int | None = None,
+):
+    """The generation loop: extend each prompt token by token -> (tokens, last).
+
+    ``prompts`` is a sequence of B token-id sequences, each of length >= 1; they may differ in
+    length. They are right-padded with ``pad_id`` into ``tokens`` (B, longest +
+    max_new_tokens), where each row keeps its own write position: because attention is causal,
+    the padding right of a row's position never changes that row's logits (up to float
+    rounding: BLAS rounds another matrix shape differently), so one forward pass per step serves
+    them all. ``last`` (B,) is the index of each row's last written token.
+
+    Each step reads the logits at every row's position, picks the next token (greedy when
+    ``temperature`` is 0, else sampled from softmax(logits / temperature) over the ``top_k``
+    most likely, with a host generator seeded by ``seed``; only ids below ``vocab_limit`` if
+    given) and writes it. A row stops after writing ``stop_id`` (kept); the loop stops when
+    every row has stopped or after ``max_new_tokens`` steps. When the rows would outgrow the
+    model's ``block_size``, prompts of one length are cropped to their last ``block_size``
+    tokens (as nanoGPT does); prompts of different lengths are an error, since a shared crop
+    would cut their contexts differently.
+
+    ``model(idx)`` must return ``(logits, loss)`` with logits (B, T, V); it runs in eval mode
+    without a graph, and gets its train/eval mode back afterwards.
+    """
+    np = backend.np
+    _check_generation(max_new_tokens, temperature, top_k)
+    rows_in = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
+    lengths = np.array([len(p) for p in rows_in], dtype=np.int64)  # (B,)
+    if len(rows_in) and lengths.min() == 0:
+        raise ValueError(f"prompt {int(lengths.argmin())} is empty: each needs >= 1 token")
+    B = len(rows_in)
+    longest = int(lengths.max()) if B else 0
+    tokens = np.full((B, longest + max_new_tokens), pad_id, dtype=np.int64)  # (B, T_max)
+    for b, p in enumerate(rows_in):
+        tokens[b, : len(p)] = p
+    last = lengths - 1  # (B,) position of each row's last token
+    if B == 0 or max_new_tokens == 0:
+        return tokens, last
+    block_size = getattr(getattr(model, "config", None), "block_size", None)
+    if block_size is not None and tokens.shape[1] > block_size and lengths.min() != longest:
+        raise ValueError(
+            f"a prompt of {longest} tokens plus {max_new_tokens} new tokens needs "
+            f"{tokens.shape[1]} positions, more than the model's block_size {block_size}"
+        )
+    rng = np.random.default_rng(seed)
+    done = np.zeros(B, dtype=bool)  # (B,)
+    rows = np.arange(B)
+    was_training = getattr(model, "training", None)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with no_grad():
+            for _ in range(max_new_tokens):
+                width = int(last[~done].max()) + 1
+                start = 0 if block_size is None else max(0, width - block_size)
+                logits, _ = model(backend.xp.asarray(tokens[:, start:width]))  # (B, W, V)
+                read = np.where(done, width - 1, last) - start  # a stopped row's is not used
+                at = (backend.xp.asarray(rows), backend.xp.asarray(read))
+                scores = backend.to_numpy(logits.data[at])[:, :vocab_limit]  # (B, V)
+                nxt = _pick(scores, temperature, top_k, rng)  # (B,)
+                nxt = np.where(done, pad_id, nxt)
+                tokens[rows, last + 1] = nxt
+                last = np.where(done, last, last + 1)
+                if stop_id is not None:
+                    done |= nxt == stop_id
+                    if done.all():
+                        break
+    finally:
+        if was_training is not None and hasattr(model, "train"):
+            model.train(was_training)
+    return tokens, last
+
+
+def _pick(scores, temperature: float, top_k: int | None, rng):
+    """The next token of every row from its scores (B, V): argmax, or a draw from
+    softmax(scores / temperature) over the ``top_k`` best (in float64, on the host)."""
+    np = backend.np
+    if temperature == 0:
+        return scores.argmax(axis=-1)  # (B,)
+    scores = scores.astype(np.float64) / temperature
+    if top_k is not None:
+        kth = np.sort(scores, axis=-1)[:, -min(top_k, scores.shape[-1])][:, None]
+        scores = np.where(scores < kth, -np.inf, scores)
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)  # (B, V)
+    return np.array([rng.choice(len(p), p=p) for p in probs])  # (B,)
 
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"

@@ -180,3 +180,23 @@ def test_exact_match_counts_only_exact_answers():
     assert data.exact_match(_Oracle(examples, wrong_after=1), "swp", n=30) == 0.0
     result = data.evaluate(_Oracle(examples), "swp", n=5)
     assert result["exact_match"] == 1.0 and len(result["examples"]) == 5
+
+
+@pytest.mark.parametrize(
+    "prompts, kwargs, match",
+    [
+        (["cpy:ab="], {"max_new_tokens": 2.5}, "max_new_tokens"),
+        (["cpy:ab="], {"max_new_tokens": "3"}, "max_new_tokens"),
+        (["cpy:ab="], {"max_new_tokens": None}, "max_new_tokens"),
+        (["cpy:ab="], {"max_new_tokens": 3, "batch_size": 0}, "batch_size"),
+        (["cpy:ab=", ""], {"max_new_tokens": 3}, "empty"),
+    ],
+)
+def test_generate_answers_names_bad_arguments(prompts, kwargs, match):
+    examples = data.make_examples("cpy", 4, seed=0)
+    with pytest.raises((ValueError, TypeError), match=match):
+        data.generate_answers(_Oracle(examples), prompts, **kwargs)
+
+
+def test_generate_answers_of_no_prompts_is_empty():
+    assert data.generate_answers(_Oracle([]), [], max_new_tokens=3) == []

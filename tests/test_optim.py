@@ -216,3 +216,45 @@ def test_optimisers_on_every_backend(backend_name):
     np.testing.assert_allclose(history[:, 0, 0], expected, rtol=1e-12)
     p.grad = backend.xp.full((2, 3), 10.0)
     assert optim.clip_grad_norm_([p], 1.0) == pytest.approx(math.sqrt(600))
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+@pytest.mark.parametrize("lr", [np.float32(0.1), np.float64(0.1), np.int64(1)])
+def test_numpy_scalar_learning_rates_are_accepted(cls, lr):
+    p = param([1.0, -2.0])
+    opt = cls([p], lr=lr)
+    assert opt.lr == lr
+    run(opt, p, 1)
+    assert np.all(np.isfinite(p.data))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, float("inf"), "0.1", True])
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_bad_weight_decay_is_named(cls, bad):
+    with pytest.raises((ValueError, TypeError)) as info:
+        cls([param([1.0])], lr=0.1, weight_decay=bad)
+    assert "weight_decay" in str(info.value) and repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1e-8, "1e-8"])
+def test_bad_eps_is_named(bad):
+    with pytest.raises((ValueError, TypeError), match="eps"):
+        optim.Adam([param([1.0])], eps=bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, None])
+def test_setting_a_bad_learning_rate_later_is_refused(bad):
+    opt = optim.SGD([param([1.0])], lr=0.1)
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.lr = bad
+    assert opt.lr == 0.1
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0, float("nan"), "1", None])
+def test_clip_max_norm_must_be_positive(bad):
+    p = param([3.0, 4.0])
+    (p * p).sum().backward()
+    grad = p.grad.copy()
+    with pytest.raises((ValueError, TypeError), match="max_norm"):
+        optim.clip_grad_norm_([p], bad)
+    assert np.array_equal(p.grad, grad)

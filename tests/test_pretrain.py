@@ -26,9 +26,12 @@ def test_short_pretraining_is_reproducible():
     assert not all(np.array_equal(pa[n].data, pc[n].data) for n in pa)
 
 
-def test_command_line_writes_weights_and_json(tmp_path, capsys):
+def test_command_line_writes_weights_and_json(tmp_path, capsys, monkeypatch):
+    threads = []
+    monkeypatch.setattr(pretrain.backend, "set_blas_threads", threads.append)
     args = ["--steps", "2", "--batch-size", "4", "--warmup-steps", "1", "--eval-n", "2"]
     assert pretrain.main([*args, "--out-dir", str(tmp_path), "--name", "t", "--no-progress"]) == 0
+    assert threads == [1]  # one BLAS thread, as the shipped file was made, without env vars
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.safetensors"]
     info = json.loads((tmp_path / "t.json").read_text())
     assert info["settings"]["steps"] == 2
@@ -61,3 +64,8 @@ def test_shipped_base_scores_what_its_json_says(shipped):
     for task in data.DOWNSTREAM_TASKS:  # what LoRA has to teach it: the base fails these
         assert info["exact_match"][task] <= 0.2, task
         assert data.exact_match(model, task, n=n) <= 0.25, task
+
+
+def test_pretraining_shows_a_progress_bar_by_default(capsys):
+    pretrain.pretrain(steps=2, batch_size=4, config=TINY, warmup_steps=1)
+    assert "pretrain: 100%|" in capsys.readouterr().err

@@ -148,13 +148,20 @@ def test_save_load_round_trip_is_exact(model, tmp_path):
     assert meta["note"] == "hi" and json.loads(meta["config"])["n_embd"] == SMALL.n_embd
 
 
-def test_checkpoint_for_another_config_names_the_key_and_shapes(model, tmp_path):
+def test_checkpoint_for_another_config_names_the_fields(model, tmp_path):
     path = model.save(tmp_path / "m.safetensors")
-    other = GPTConfig(vocab_size=48, block_size=24, n_embd=32, n_head=2, n_layer=2)
-    with pytest.raises(
-        ValueError, match=r"tok_emb.weight has shape \(48, 16\) in the file but \(48, 32\)"
-    ):
+    other = GPTConfig(vocab_size=48, block_size=24, n_embd=32, n_head=2, n_layer=3)
+    with pytest.raises(ValueError, match=r"n_embd: 16 vs 32; n_layer: 2 vs 3"):
         GPT.load(path, config=other)
+
+
+def test_weights_that_do_not_fit_the_files_own_config_are_refused(model, tmp_path):
+    from lora_np.io import save_weights
+
+    wider = GPTConfig(**{**vars(SMALL), "n_embd": 32})
+    path = save_weights(model, tmp_path / "m.safetensors", {"config": json.dumps(vars(wider))})
+    with pytest.raises(ValueError, match=r"does not fit its own config.*tok_emb.weight"):
+        GPT.load(path)
 
 
 def test_corrupt_and_truncated_checkpoints_are_refused(model, tmp_path):
@@ -179,3 +186,85 @@ def test_checkpoints_are_standard_safetensors_files(model, tmp_path):
     theirs = st.load_file(str(path))
     for name, p in model.named_parameters():
         assert np.array_equal(theirs[name], p.data), name
+
+
+# ------------------------------------------------------------------------ bad settings
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("dropout", "0.1"),
+        ("dropout", float("nan")),
+        ("dropout", 1.0),
+        ("dropout", True),
+        ("n_head", 2.0),
+        ("n_layer", "4"),
+        ("vocab_size", 0),
+    ],
+)
+def test_config_names_the_bad_field(field, bad):
+    with pytest.raises((ValueError, TypeError)) as info:
+        GPTConfig(**{field: bad})
+    assert f"GPTConfig.{field}" in str(info.value) and repr(bad) in str(info.value)
+
+
+def test_config_accepts_numpy_numbers_and_stores_python_ones():
+    config = GPTConfig(n_embd=np.int64(32), n_head=np.int32(2), dropout=np.float32(0.5))
+    assert type(config.n_embd) is int and type(config.dropout) is float
+    assert config == GPTConfig(n_embd=32, n_head=2, dropout=0.5)
+
+
+@pytest.mark.parametrize("field, value", [("n_head", 4), ("dropout", 0.1), ("n_layer", 3)])
+def test_load_with_another_config_names_the_field_and_both_values(model, tmp_path, field, value):
+    path = model.save(tmp_path / "m.safetensors")
+    other = GPTConfig(**{**vars(SMALL), field: value})
+    with pytest.raises(ValueError) as info:
+        GPT.load(path, config=other)
+    message = str(info.value)
+    assert field in message
+    assert repr(getattr(SMALL, field)) in message and repr(value) in message
+    assert GPT.load(path, config=SMALL).config == SMALL  # the same config is fine
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_new_tokens": 2.5}, "max_new_tokens"),
+        ({"max_new_tokens": "3"}, "max_new_tokens"),
+        ({"max_new_tokens": None}, "max_new_tokens"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"max_new_tokens": 2, "temperature": float("nan")}, "temperature"),
+        ({"max_new_tokens": 2, "temperature": -1.0}, "temperature"),
+        ({"max_new_tokens": 2, "temperature": "1"}, "temperature"),
+        ({"max_new_tokens": 2, "temperature": 1.0, "top_k": 0}, "top_k"),
+        ({"max_new_tokens": 2, "temperature": 1.0, "top_k": -3}, "top_k"),
+        ({"max_new_tokens": 2, "temperature": 1.0, "top_k": 2.5}, "top_k"),
+    ],
+)
+def test_generate_names_bad_arguments(model, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        model.generate(_idx(B=2, T=3), **kwargs)
+
+
+def test_generate_refuses_an_empty_prompt(model):
+    with pytest.raises(ValueError, match="empty"):
+        model.generate(np.zeros((2, 0), dtype=np.int64), 3)
+
+
+def test_generate_and_generate_answers_agree(model):
+    """One generation loop: greedy GPT.generate writes what generate_answers writes."""
+    ln.manual_seed(3)
+    m = GPT(GPTConfig(vocab_size=40, block_size=32, n_embd=16, n_head=2, n_layer=1))
+    prompts = ["rev:abcd=", "cpy:wxyz="]
+    out = m.generate(np.array([data.encode(p) for p in prompts]), 6)
+    answers = data.generate_answers(m, prompts, max_new_tokens=6)
+    for row, prompt, answer in zip(out, prompts, answers):
+        written = data.decode(row[len(prompt) :])
+        stop = written.find(data.END)
+        assert answer == (written if stop < 0 else written[: stop + 1])
+
+
+def test_generate_crops_to_block_size_and_is_reproducible(model):
+    out = model.generate(_idx(B=2, T=20), 10, temperature=0.8, top_k=5, seed=1)
+    assert out.shape == (2, 30)
+    again = model.generate(_idx(B=2, T=20), 10, temperature=0.8, top_k=5, seed=1)
+    assert np.array_equal(out, again)
