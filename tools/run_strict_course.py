@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 CELL_TIMEOUT_S = 900
+TRACE_LINES = 12  # frame lines of the failing cell's traceback, printed (outermost first)
 
 
 def select(patterns: list[str]) -> list[Path]:
@@ -64,6 +66,14 @@ def run(path: Path, workdir: Path) -> tuple[float, str | None]:
         cell = notebook.cells[running[0]] if 0 <= running[0] < len(notebook.cells) else None
         first = cell.source.strip().splitlines()[0] if cell and cell.source.strip() else ""
         detail = f"{err.ename}: {err.evalue}" if isinstance(err, CellExecutionError) else str(err)
+        if isinstance(err, CellExecutionError):  # the frames that say which line mixed the two
+            trace = re.sub(r"\x1b\[[0-9;]*m", "", err.traceback).splitlines()
+            frames = [
+                line.strip()
+                for line in trace
+                if line.startswith(("Cell In[", "File ")) or line.lstrip().startswith("--->")
+            ]
+            detail += "\n    " + "\n    ".join(frames[:TRACE_LINES])
         return time.perf_counter() - start, f"cell {running[0]} ({first!r}): {detail}"
     return time.perf_counter() - start, None
 
