@@ -22,6 +22,8 @@ from . import (
     nn,
     optim,
     plotting,
+    results,
+    svd_rank,
     train,
     transformer,
 )
@@ -49,7 +51,9 @@ __all__ = [
     "no_grad",
     "optim",
     "plotting",
+    "results",
     "set_backend",
+    "svd_rank",
     "to_numpy",
     "train",
     "transformer",
