@@ -36,6 +36,10 @@ def reference_init_lora(d: int, k: int, r: int, rng) -> tuple:
     so the library's random stream is left exactly where it was.
     """
     seed = int(rng.integers(2**63))
+    if backend.get_backend() != "numpy":  # a GPU generator has no NumPy state to lend
+        bound = 1.0 / math.sqrt(k)  # the same recipe as LoRALinear's "kaiming", on the host
+        A = np.random.default_rng(seed).uniform(-bound, bound, size=(r, k))
+        return A, np.zeros((d, r))
     generator = backend.rng()
     saved = generator.bit_generator.state
     try:
