@@ -8,9 +8,10 @@ code path that would break on a GPU breaks here too, on any machine, in CI:
 * ``numpy.asarray(x)``, ``numpy.array(x)`` and anything that converts implicitly (matplotlib,
   ``np.mean`` of a list of arrays, ``float(np_array @ x)``) raise ``TypeError``, as CuPy's
   ``__array__`` does ("Implicit conversion to a NumPy array is not allowed");
-* a ufunc or operator that mixes a strict array with a plain ``ndarray`` raises ``TypeError``
-  (CuPy: "Unsupported type <class 'numpy.ndarray'>"), and so does a NumPy function called
-  with both (CuPy's ``__array_function__`` does not accept host arrays);
+* a ufunc or operator that mixes a strict array with a plain ``ndarray`` or a list raises
+  ``TypeError`` (CuPy: "Unsupported type <class 'numpy.ndarray'>"), so does a NumPy function
+  called with both kinds of array (CuPy's ``__array_function__`` does not accept host arrays),
+  and so does ``x[i] = host_array_or_list`` (CuPy refuses it too);
 * what CuPy allows works: Python and NumPy scalars with strict arrays; NumPy functions on
   strict arrays alone (they dispatch to the backend, as NumPy functions on CuPy arrays
   dispatch to CuPy); ``float(x)``, ``int(x)``, ``bool(x)`` of a one-element array; ``len``,
@@ -61,6 +62,21 @@ def _unwrap(value, what, allow_host: bool = False):
     return value
 
 
+_SCALARS = (bool, int, float, complex)
+
+
+def _ufunc_operands(inputs, what):
+    """CuPy's ufuncs take device arrays and scalars only: no host arrays, no lists."""
+    for value in inputs:
+        if isinstance(value, numpy.ndarray):
+            raise _mixed(what)
+        if not isinstance(value, (StrictArray, numpy.generic, *_SCALARS)) and value is not None:
+            raise TypeError(
+                f"{what}: unsupported operand type {type(value).__name__} (CuPy's ufuncs take "
+                "arrays of the backend and scalars only); wrap it with lora_np.backend.xp.asarray"
+            )
+
+
 def _wrap(value):
     """Strict arrays for the ndarrays (and NumPy scalars, as 0-d arrays) in ``value``."""
     if isinstance(value, numpy.ndarray):
@@ -106,7 +122,12 @@ class StrictArray(NDArrayOperatorsMixin):
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         what = f"numpy.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
-        args = _unwrap(inputs, what)
+        # ufunc.at(target, indices, values): the indices may be host integers, as in indexing
+        _ufunc_operands(inputs[:1] + inputs[2:] if method == "at" else inputs, what)
+        if method == "at":
+            args = (_unwrap(inputs[0], what), _index(inputs[1]), *_unwrap(inputs[2:], what))
+        else:
+            args = _unwrap(inputs, what)
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = _unwrap(out, what)
@@ -155,6 +176,8 @@ class StrictArray(NDArrayOperatorsMixin):
         return _wrap(self._a[_index(key)])
 
     def __setitem__(self, key, value):
+        # CuPy takes a device array or a scalar here, not host arrays or lists
+        _ufunc_operands((value,), "ndarray.__setitem__")
         self._a[_index(key)] = _unwrap(value, "ndarray.__setitem__")
 
     def __len__(self):
@@ -219,12 +242,31 @@ class _Namespace(types.ModuleType):
         attr = getattr(self._inner, name)
         if isinstance(attr, types.ModuleType):
             wrapped = _Namespace(attr, f"{self.__name__}.{name}")
+        elif isinstance(attr, numpy.ufunc):
+            wrapped = _StrictUfunc(attr)
         elif isinstance(attr, type) or not callable(attr):
             wrapped = attr  # dtypes (xp.float32), constants (xp.inf, xp.newaxis)
         else:
             wrapped = _wrapped_callable(attr, name)
         setattr(self, name, wrapped)  # cache
         return wrapped
+
+
+class _StrictUfunc:
+    """``xp.exp`` and friends: the NumPy ufunc with CuPy's operand rules."""
+
+    def __init__(self, ufunc):
+        self._u = ufunc
+        self.__name__ = ufunc.__name__
+
+    def __call__(self, *args, **kwargs):
+        if any(isinstance(a, StrictArray) for a in args):
+            return self._u(*args, **kwargs)  # through StrictArray.__array_ufunc__
+        _ufunc_operands(args, f"xp.{self.__name__}")  # scalars alone: a 0-d backend array
+        return _wrap(self._u(*args, **kwargs))
+
+    def __getattr__(self, name):  # .at, .reduce, .outer, nin, ...
+        return getattr(self._u, name)
 
 
 class _StrictGenerator:

@@ -64,6 +64,16 @@ def test_mixing_with_a_host_array_is_refused(a, mix):
         mix(a, np.ones((2, 2), dtype=np.float32))
 
 
+@pytest.mark.parametrize(
+    "call",
+    [lambda s: s + [1.0, 2.0], lambda s: xp.exp([1.0, 2.0]), lambda s: xp.maximum(s, [0.0, 0.0])],
+    ids=["operator", "xp-ufunc", "xp-ufunc-mixed"],
+)
+def test_ufuncs_refuse_lists_as_cupy_does(a, call):
+    with pytest.raises(TypeError, match="unsupported operand type list"):
+        call(a)
+
+
 def test_in_place_and_out_refuse_host_arrays(a):
     h = np.ones((2, 2), dtype=np.float32)
     with pytest.raises(TypeError):
@@ -72,6 +82,8 @@ def test_in_place_and_out_refuse_host_arrays(a):
         np.add(a, a, out=h)
     with pytest.raises(TypeError):
         a[0] = np.array([5.0, 6.0])
+    with pytest.raises(TypeError):
+        a[0] = [5.0, 6.0]
 
 
 def test_what_goes_through_xp_stays_strict(a):
@@ -109,6 +121,8 @@ def test_scalars_and_explicit_exits(a):
     assert float(total) == 10.0 and int(a[0, 1]) == 2 and bool(a[1, 1] > 3)
     assert f"{total:.2f}" == "10.00" and a.item(0) == 1.0 and a.tolist()[1] == [3.0, 4.0]
     assert len(a) == 2 and [row.shape for row in a] == [(2,), (2,)]
+    e = xp.exp(0.0)  # a ufunc on a scalar alone: a 0-d backend array, as cupy.exp(0.0)
+    assert isinstance(e, StrictArray) and e.ndim == 0 and float(e) == 1.0
     host = a.get()
     assert type(host) is np.ndarray and host.dtype == np.float32
     host[0, 0] = 99  # a copy
@@ -124,7 +138,10 @@ def test_indexing_and_scatter(a):
     assert a.get().tolist() == [[5.0, 6.0], [3.0, 7.0]]
     target = xp.zeros(3)
     np.add.at(target, xp.asarray([0, 0, 2]), xp.asarray([1.0, 2.0, 3.0]))
-    assert target.get().tolist() == [3.0, 0.0, 3.0]
+    np.add.at(target, np.array([1]), xp.asarray([1.0]))  # host indices: allowed, as indexing
+    with pytest.raises(TypeError):
+        np.add.at(target, xp.asarray([1]), np.array([1.0]))
+    assert target.get().tolist() == [3.0, 1.0, 3.0]
 
 
 def test_copy_and_pickle_keep_the_type(a):
