@@ -16,6 +16,7 @@ from .initialisation import check_init_lora, check_pissa_init
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
 from .scaling import check_adam_first_update, check_lora_scaling
+from .svd import check_energy_rank, check_subspace_similarity
 
 __all__ = [
     "ExerciseError",
@@ -27,6 +28,8 @@ __all__ = [
     "check_pissa_init",
     "check_best_rank_approximation",
     "check_eckart_young_error",
+    "check_energy_rank",
+    "check_subspace_similarity",
     "check_lora_forward",
     "check_lora_grads",
     "check_merge",
