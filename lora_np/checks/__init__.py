@@ -10,6 +10,7 @@ library for its reference answers, and nothing in the library imports it).
 """
 
 from ._harness import ExerciseError, passing_or_reference
+from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
 from .initialisation import check_init_lora, check_pissa_init
@@ -20,6 +21,8 @@ from .svd import check_energy_rank, check_subspace_similarity
 
 __all__ = [
     "ExerciseError",
+    "check_mixed_lora_forward",
+    "check_quantize_blockwise",
     "check_causal_attention",
     "check_split_heads",
     "check_adam_first_update",
