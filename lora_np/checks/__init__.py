@@ -13,6 +13,7 @@ from ._harness import ExerciseError, passing_or_reference
 from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
+from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
@@ -24,6 +25,8 @@ __all__ = [
     "check_mixed_lora_forward",
     "check_quantize_blockwise",
     "check_causal_attention",
+    "check_count_trainable",
+    "check_optimizer_state_bytes",
     "check_split_heads",
     "check_adam_first_update",
     "check_init_lora",
