@@ -10,6 +10,7 @@ executes every selected notebook once, in parallel (about the course's own run t
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def test_teacher_edition_stores_each_checkers_success_line(path):
             f"{editions.where(path, nb, exercise.checker_cell)}: expected one printed line, "
             f"found {[output.output_type for output in outputs]}"
         )
-        assert editions.re.fullmatch(success + r"\n?", texts[0]), (
+        assert re.fullmatch(success + r"\n?", texts[0]), (
             f"{editions.where(path, nb, exercise.checker_cell)}: stored output {texts[0]!r} is "
             f"not the checker's success line"
         )

@@ -13,10 +13,11 @@ Usage::
     python tools/assignments.py build [NN ...] [--course build/nbgrader] [--exchange DIR]
     python tools/assignments.py ci [NN ...] [--course build/nbgrader-ci]
 
-``ci`` builds a fresh course directory, releases the assignments through a local exchange folder,
-has two students fetch and submit them (``solved``: the teacher's solutions typed into the
-released notebook; ``untouched``: the notebook as released), collects, autogrades and generates
-feedback, then reads the scores from nbgrader's gradebook: full marks and zero, or exit 1.
+``ci`` takes each notebook through its own fresh course directory under ``build/nbgrader-ci/``,
+in parallel: release through a local exchange folder; two students fetch and submit it
+(``solved``: the teacher's solutions typed into the released notebook; ``untouched``: the
+notebook as released); collect, autograde, generate feedback; then the scores are read from
+nbgrader's gradebook: full marks and zero, or exit 1. No cell but a checker may raise.
 (``nbgrader validate`` exits 0 even when tests fail, so it is never trusted here.)
 """
 
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -51,6 +53,8 @@ c.CourseDirectory.course_id = {course_id!r}
 # notebooks into submitted/<student>/<assignment>/ yourself (see TEACHING.md).
 c.Exchange.root = {exchange!r}
 c.Execute.timeout = {timeout}
+# A checker cell a student deleted is put back (and run) at autograde, not silently lost.
+c.OverwriteCells.add_missing_cells = True
 c.ClearSolutions.code_stub = {{"python": {stub!r}}}
 """
 
@@ -123,16 +127,17 @@ def _require_nbgrader() -> str:
     return nbgrader.__version__
 
 
-def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = None) -> list[str]:
-    """Write the course directory's config and source/, run generate_assignment; the ids.
+def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = None) -> dict:
+    """Write the course directory's config and source/, run generate_assignment.
+
+    Returns {assignment id: (path, the teacher's notebook as read)}.
 
     Every notebook is converted before anything is written, so a malformed one leaves the course
     directory as it was.
     """
     version = _require_nbgrader()
-    sources = {
-        path.stem: nbgrader_notebook(nbformat.read(path, as_version=4), path) for path in paths
-    }
+    teachers = {path.stem: (path, nbformat.read(path, as_version=4)) for path in paths}
+    sources = {name: nbgrader_notebook(nb, path) for name, (path, nb) in teachers.items()}
     course.mkdir(parents=True, exist_ok=True)
     exchange = exchange or course / "exchange"
     exchange.mkdir(parents=True, exist_ok=True)
@@ -151,14 +156,13 @@ def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = 
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / f"{assignment}.ipynb")
         nbgrader(course, "generate_assignment", assignment, "--force")
-        _check_release_matches_student_edition(course, assignment, paths)
-    return list(sources)
+        _check_release_matches_student_edition(course, assignment, *teachers[assignment])
+    return teachers
 
 
-def _check_release_matches_student_edition(course: Path, assignment: str, paths) -> None:
-    """The released notebook's code is the student edition's, cell for cell: one source."""
-    (teacher,) = [path for path in paths if path.stem == assignment]
-    student = editions.student_notebook(nbformat.read(teacher, as_version=4), teacher)
+def _check_release_matches_student_edition(course: Path, assignment: str, path, teacher) -> None:
+    """The released notebook is the student edition, cell for cell: one source, one stub."""
+    student = editions.student_notebook(teacher, path)
     release = nbformat.read(course / "release" / assignment / f"{assignment}.ipynb", as_version=4)
     ours = [cell.source for cell in student.cells]
     theirs = [cell.source for cell in release.cells]
@@ -200,67 +204,75 @@ def _errors_outside_checkers(graded: Path, label: str) -> list[str]:
     ]
 
 
-def ci(paths: list[Path], course: Path = CI_COURSE_DIR) -> int:
-    """The whole classroom path on two submissions; 0 when the gradebook shows the right scores."""
+def grade_one(path: Path, course: Path) -> tuple[str, list[str]]:
+    """One notebook through the whole classroom path in its own course directory.
+
+    Returns a table row (solved, untouched and maximum score, seconds) and the failures.
+    """
     from nbgrader.api import Gradebook
 
     start = time.perf_counter()
-    shutil.rmtree(course, ignore_errors=True)
-    assignments = build(paths, course)
+    ((assignment, (_, teacher)),) = build([path], course).items()
     exchange = str((course / "exchange").resolve())
     student_flags = [f"--Exchange.root={exchange}", f"--course={COURSE_ID}"]
-    for assignment in assignments:
-        nbgrader(course, "release_assignment", assignment, "--force")
-    teachers = {path.stem: (path, nbformat.read(path, as_version=4)) for path in paths}
+    nbgrader(course, "release_assignment", assignment, "--force")
     for student in ("solved", "untouched"):
         home = course / "students" / student  # the student's own folder, elsewhere in real life
         home.mkdir(parents=True)
-        for assignment in assignments:
-            nbgrader(course, "fetch_assignment", assignment, *student_flags, cwd=home)
-            if student == "solved":
-                target = home / assignment / f"{assignment}.ipynb"
-                released = nbformat.read(target, as_version=4)
-                _solved(released, teachers[assignment][1], teachers[assignment][0])
-                nbformat.write(released, target)
-            nbgrader(course, "submit", assignment, *student_flags, f"--student={student}", cwd=home)
-    for assignment in assignments:
-        nbgrader(course, "collect", assignment)
-        nbgrader(course, "autograde", assignment)
-        nbgrader(course, "generate_feedback", assignment)
+        nbgrader(course, "fetch_assignment", assignment, *student_flags, cwd=home)
+        if student == "solved":
+            target = home / assignment / f"{assignment}.ipynb"
+            released = nbformat.read(target, as_version=4)
+            _solved(released, teacher, path)
+            nbformat.write(released, target)
+        nbgrader(course, "submit", assignment, *student_flags, f"--student={student}", cwd=home)
+    nbgrader(course, "collect", assignment)
+    nbgrader(course, "autograde", assignment)
+    nbgrader(course, "generate_feedback", assignment)
 
-    failures = []
-    print(f"{'assignment':<22} {'solved':>8} {'untouched':>10} {'max':>5}")
+    n_exercises = len(editions.find_exercises(teacher, path))
     with Gradebook(f"sqlite:///{(course / 'gradebook.db').resolve()}") as gradebook:
-        for assignment in assignments:
-            n_exercises = len(editions.find_exercises(*reversed(teachers[assignment])))
-            scores = {
-                student: gradebook.find_submission(assignment, student)
-                for student in ("solved", "untouched")
-            }
-            solved, untouched = scores["solved"], scores["untouched"]
-            print(
-                f"{assignment:<22} {solved.score:>8.0f} {untouched.score:>10.0f} "
-                f"{solved.max_score:>5.0f}"
-            )
-            if not solved.max_score == solved.score == n_exercises:
-                failures.append(
-                    f"{assignment}: the solved submission scored {solved.score:g} of "
-                    f"{solved.max_score:g}; expected {n_exercises} of {n_exercises}"
-                )
-            if untouched.score != 0:
-                failures.append(
-                    f"{assignment}: the untouched submission scored {untouched.score:g}; expected 0"
-                )
-            for student in scores:
-                graded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
-                failures += _errors_outside_checkers(graded, f"{assignment} ({student})")
-                feedback = course / "feedback" / student / assignment / f"{assignment}.html"
-                if not feedback.exists():
-                    failures.append(f"{assignment}: no feedback for {student} at {feedback}")
+        solved = gradebook.find_submission(assignment, "solved")
+        untouched = gradebook.find_submission(assignment, "untouched")
+        scores = (solved.score, untouched.score, solved.max_score)
+    failures = []
+    if not scores[2] == scores[0] == n_exercises:
+        failures.append(
+            f"{assignment}: the solved submission scored {scores[0]:g} of {scores[2]:g}; "
+            f"expected {n_exercises} of {n_exercises}"
+        )
+    if scores[1] != 0:
+        failures.append(f"{assignment}: the untouched submission scored {scores[1]:g}; expected 0")
+    for student in ("solved", "untouched"):
+        graded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
+        failures += _errors_outside_checkers(graded, f"{assignment} ({student})")
+        feedback = course / "feedback" / student / assignment / f"{assignment}.html"
+        if not feedback.exists():
+            failures.append(f"{assignment}: no feedback for {student} at {feedback}")
+    seconds = time.perf_counter() - start
+    row = f"{assignment:<22} {scores[0]:>7g} {scores[1]:>10g} {scores[2]:>4g} {seconds:>8.0f}"
+    return row, failures
+
+
+def ci(paths: list[Path], course: Path = CI_COURSE_DIR, workers: int | None = None) -> int:
+    """Every notebook through the classroom path (in parallel, one course directory each); 0
+    when every gradebook shows full marks for the solved submission and zero for the other."""
+    start = time.perf_counter()
+    shutil.rmtree(course, ignore_errors=True)
+    workers = workers or max(1, min(len(paths), os.cpu_count() or 1))
+    order = sorted(paths, key=lambda path: -path.stat().st_size)  # the long ones first
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {path: pool.submit(grade_one, path, course / path.stem) for path in order}
+        results = [futures[path].result() for path in paths]
+    print(f"{'assignment':<22} {'solved':>7} {'untouched':>10} {'max':>4} {'seconds':>8}")
+    failures = []
+    for row, found in results:
+        print(row)
+        failures += found
     for line in failures:
         print(f"FAILED {line}", file=sys.stderr)
     print(
-        f"nbgrader end to end: {len(assignments)} assignments, 2 submissions, "
+        f"nbgrader end to end: {len(paths)} assignments x 2 submissions, {workers} in parallel, "
         f"{time.perf_counter() - start:.0f} s"
     )
     return 1 if failures else 0
