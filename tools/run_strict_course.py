@@ -10,7 +10,7 @@ refuse silent conversion to NumPy the way CuPy's do (``lora_np/backend_strict.py
 that hands a backend array to NumPy, or mixes one with a host array, fails here as it would on
 a GPU. Outputs are not compared and nothing in the repository is written: the notebooks run
 from a temporary folder, which also receives their figures (``LORA_NP_FIGURE_DIR``). The first
-failing cell of each notebook is reported; the exit status is 1 when any notebook failed.
+failing cell of each notebook is reported (every failing cell with ``--keep-going``); the exit status is 1 when any notebook failed.
 """
 
 from __future__ import annotations
@@ -48,14 +48,32 @@ def select(patterns: list[str]) -> list[Path]:
     return chosen
 
 
-def run(path: Path, workdir: Path) -> tuple[float, str | None]:
-    """Execute one notebook under the strict backend; (seconds, failure or None)."""
+def frames_of(traceback: str) -> str:
+    """The frame lines of a traceback (which line mixed the two kinds of array), outermost first."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", traceback).splitlines()
+    kept = [
+        line.strip()
+        for line in lines
+        if line.startswith(("Cell In[", "File ")) or line.lstrip().startswith("--->")
+    ]
+    return "\n    " + "\n    ".join(kept[:TRACE_LINES])
+
+
+def describe(notebook, index: int) -> str:
+    cell = notebook.cells[index] if 0 <= index < len(notebook.cells) else None
+    first = cell.source.strip().splitlines()[0] if cell and cell.source.strip() else ""
+    return f"cell {index} ({first!r})"
+
+
+def run(path: Path, workdir: Path, keep_going: bool = False) -> tuple[float, list[str]]:
+    """Execute one notebook under the strict backend; (seconds, failures)."""
     notebook = nbformat.read(path, as_version=4)
     running = [-1]
     client = NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT_S,
         kernel_name="python3",
+        allow_errors=keep_going,
         resources={"metadata": {"path": str(workdir)}},
         on_cell_start=lambda cell, cell_index: running.__setitem__(0, cell_index),
     )
@@ -63,24 +81,30 @@ def run(path: Path, workdir: Path) -> tuple[float, str | None]:
     try:
         client.execute()
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as err:
-        cell = notebook.cells[running[0]] if 0 <= running[0] < len(notebook.cells) else None
-        first = cell.source.strip().splitlines()[0] if cell and cell.source.strip() else ""
         detail = f"{err.ename}: {err.evalue}" if isinstance(err, CellExecutionError) else str(err)
-        if isinstance(err, CellExecutionError):  # the frames that say which line mixed the two
-            trace = re.sub(r"\x1b\[[0-9;]*m", "", err.traceback).splitlines()
-            frames = [
-                line.strip()
-                for line in trace
-                if line.startswith(("Cell In[", "File ")) or line.lstrip().startswith("--->")
-            ]
-            detail += "\n    " + "\n    ".join(frames[:TRACE_LINES])
-        return time.perf_counter() - start, f"cell {running[0]} ({first!r}): {detail}"
-    return time.perf_counter() - start, None
+        if isinstance(err, CellExecutionError):
+            detail += frames_of(err.traceback)
+        return time.perf_counter() - start, [f"{describe(notebook, running[0])}: {detail}"]
+    failures = []
+    for index, cell in enumerate(notebook.cells):  # with --keep-going: every failing cell
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                trace = "\n".join(output.get("traceback", []))
+                failures.append(
+                    f"{describe(notebook, index)}: {output.ename}: {output.evalue}"
+                    + frames_of(trace)
+                )
+    return time.perf_counter() - start, failures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="*", help="numbers or names (default: all)")
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every cell and report every failing one (later ones may follow from the first)",
+    )
     args = parser.parse_args(argv)
     paths = select(args.notebooks)
     failures = 0
@@ -91,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["LORA_NP_FIGURE_DIR"] = str(workdir / "figures")
         for path in paths:
             print(f"{path.name} on numpy-strict ...", flush=True)
-            seconds, error = run(path, workdir)
-            if error:
+            seconds, errors = run(path, workdir, keep_going=args.keep_going)
+            if errors:
                 failures += 1
-                print(f"  FAILED after {seconds:.0f} s in {error}", flush=True)
+                for error in errors:
+                    print(f"  FAILED (after {seconds:.0f} s) in {error}", flush=True)
             else:
                 print(f"  ok in {seconds:.0f} s", flush=True)
     print(f"{len(paths) - failures} of {len(paths)} notebooks ran on the numpy-strict backend")
