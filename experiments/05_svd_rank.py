@@ -7,7 +7,7 @@ scores 0% on), all from the shipped base ``transformer.load_pretrained()``:
    only what the task asked for), from which ΔW of every block Linear is stored in float16;
    two more seeds of it (data order) are scored and summarised in the JSON, not stored;
 2. LoRA on q and v with r = 8 (seed 0), r = 64 (seed 0) and r = 64 (seed 1), stored as
-   PEFT-layout adapter folders (``lora_np.io.save_adapter``).
+   PEFT-layout adapter folders (``lora_np.lora.save_adapter``).
 
 It also scores the model with every block matrix replaced by W0 + (the best rank-r
 approximation of ΔW) for r in RANKS, the other (non-matrix) parameters kept fine-tuned.
@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from safetensors.numpy import save as safetensors_bytes  # noqa: E402
 
 import lora_np as ln  # noqa: E402
-from lora_np import analysis, data, io, lora, train, transformer  # noqa: E402
+from lora_np import analysis, data, lora, serialization, train, transformer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON_PATH = RESULTS / "05_svd_rank.json"
@@ -107,8 +107,8 @@ def train_lora(r: int, seed: int, steps: int = LORA["steps"], eval_every=None):
 
 
 def save_arrays(path: Path, arrays: dict) -> None:
-    """Write name -> host array to a safetensors file, atomically (io.atomic_write)."""
-    io.atomic_write(
+    """Write name -> host array to a safetensors file, atomically (serialization.atomic_write)."""
+    serialization.atomic_write(
         path, safetensors_bytes({n: np.ascontiguousarray(a) for n, a in arrays.items()})
     )
 
@@ -117,14 +117,14 @@ def load_full_ft_deltas(folder: Path = RESULTS) -> dict:
     """name -> ΔW (float64 array) of every block Linear, read from the float16 files."""
     deltas = {}
     for i in range(4):
-        tensors, _ = io.read_weights(folder / f"05_full_ft_delta_layer{i}.safetensors")
+        tensors, _ = serialization.read_weights(folder / f"05_full_ft_delta_layer{i}.safetensors")
         deltas.update({name: tensors[name].astype(np.float64) for name in tensors})
     return {name: deltas[name] for name in matrix_names() if name in deltas}  # model order
 
 
 def load_full_ft_other(folder: Path = RESULTS) -> dict:
     """name -> fine-tuned array of every parameter that is not a block Linear weight."""
-    tensors, _ = io.read_weights(folder / "05_full_ft_other.safetensors")
+    tensors, _ = serialization.read_weights(folder / "05_full_ft_other.safetensors")
     return tensors
 
 
@@ -237,7 +237,7 @@ def main() -> None:
     results["lora"] = {}
     for tag, (r, seed) in LORA_RUNS.items():
         model, history = train_lora(r, seed, eval_every=LORA["eval_every"])
-        folder = io.save_adapter(model, RESULTS / f"05_lora_{tag}")
+        folder = lora.save_adapter(model, RESULTS / f"05_lora_{tag}")
         results["lora"][tag] = {
             "r": r,
             "seed": seed,

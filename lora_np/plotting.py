@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .io import atomic_write
+from .serialization import atomic_write
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 """The repository's ``figures/`` folder (next to the ``lora_np`` package)."""

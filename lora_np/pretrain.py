@@ -28,7 +28,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import backend, data, io
+from . import backend, data
+from . import serialization as io  # lead: rename io. -> serialization. in the body
 from .train import train
 from .transformer import CHECKPOINT_DIR, GPT, GPTConfig
 

@@ -19,8 +19,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import backend, io, nn
+from . import backend, nn
 from . import functional as F
+from . import serialization as io  # lead: rename io. -> serialization. in the body
 from .autograd import Tensor, no_grad
 
 

@@ -1,4 +1,4 @@
-"""Saving and loading: adapters in PEFT's layout, and whole models. No pickle anywhere.
+"""Adapters in PEFT's file layout: ``save_adapter`` / ``load_adapter``.
 
 An adapter is a folder, as PEFT's ``save_pretrained`` writes it::
 
@@ -12,22 +12,21 @@ can be loaded under any name. Only A and B are stored: kilobytes where the model
 A folder saved here loads into PEFT for a PyTorch model with the same module names, and one
 PEFT saved loads here (``tests/crosscheck/test_lora_peft.py`` checks both ways).
 
-Every file is written to a temporary name in its folder and then renamed (``os.replace``), so a
-crash never leaves half a file under the real name. Loading reads with ``safetensors`` (plain
-arrays, no code) and checks everything before it changes the model.
+Loading checks everything before it changes the model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from . import backend, nn
-from .lora import DEFAULT_ADAPTER, LoRALinear, _matches, lora_layers
+from .. import backend, nn
+from ..serialization import atomic_write, read_safetensors, safetensors_bytes
+from .layer import LoRALinear
+from .targeting import lora_layers, matches, set_submodule
+from .validation import DEFAULT_ADAPTER, check_adapter_name, check_alpha, check_rank
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -35,92 +34,6 @@ PREFIX = "base_model.model."
 """What PEFT puts in front of a module's name in a saved adapter."""
 
 _KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<which>[AB])\.weight$")
-
-
-# ============================================================================ files
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A reader (or a crash) never sees a half-written file: the rename is atomic.
-    """
-    path = Path(path)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temp_name, 0o644)  # mkstemp makes 0600; a saved file should be readable
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
-
-
-def _read_safetensors(path: Path) -> dict:
-    """name -> host NumPy array, with a clear error for a missing, truncated or corrupt file."""
-    from safetensors.numpy import load
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        return load(path.read_bytes())
-    except Exception as err:  # safetensors raises its own SafetensorError
-        raise ValueError(
-            f"{path} is truncated or corrupt, not a readable safetensors file ({err})"
-        ) from None
-
-
-def _safetensors_bytes(arrays: dict, metadata: dict | None = None) -> bytes:
-    from safetensors.numpy import save
-
-    host = {name: backend.np.ascontiguousarray(backend.to_numpy(a)) for name, a in arrays.items()}
-    return save(host, metadata=metadata)
-
-
-# ============================================================================ whole models
-
-
-def save_weights(model: nn.Module, path, metadata: dict | None = None) -> Path:
-    """Write every parameter of ``model`` to one safetensors file (atomically), keyed by name.
-
-    ``metadata`` (str -> str) goes into the file's header beside ``"format"``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format": "lora_np", **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    atomic_write(path, _safetensors_bytes(model.state_dict(), header))
-    return path
-
-
-def read_weights(path) -> tuple[dict, dict]:
-    """``({name: host array}, metadata)`` from a safetensors file, without pickle.
-
-    A missing file raises FileNotFoundError; a truncated or corrupt one a ValueError that
-    names it. Nothing is returned from a file that fails.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    tensors = _read_safetensors(path)
-    with safe_open(path, framework="numpy") as handle:  # header only: the data is read above
-        metadata = dict(handle.metadata() or {})
-    return tensors, metadata
-
-
-def load_weights(model: nn.Module, path, strict: bool = True) -> None:
-    """Load a file written by :func:`save_weights` into ``model``.
-
-    Missing or unexpected names (when ``strict``) and shape mismatches are all reported in one
-    error before any parameter changes (``Module.load_state_dict``).
-    """
-    model.load_state_dict(_read_safetensors(Path(path)), strict=strict)
-
-
-# ============================================================================ adapters: saving
 
 
 def _short_targets(model: nn.Module, layer_names: list) -> list:
@@ -131,7 +44,7 @@ def _short_targets(model: nn.Module, layer_names: list) -> list:
     candidates = [
         n for n in candidates if not any(n.startswith(p + ".") for p, _ in lora_layers(model))
     ]
-    selected = {n for n in candidates if any(_matches(n, leaf) for leaf in leaves)}
+    selected = {n for n in candidates if any(matches(n, leaf) for leaf in leaves)}
     return leaves if selected == set(layer_names) else sorted(layer_names)
 
 
@@ -209,7 +122,7 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.B.data  # (d, r)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / WEIGHTS_NAME, _safetensors_bytes(tensors, {"format": "pt"}))
+    atomic_write(folder / WEIGHTS_NAME, safetensors_bytes(tensors, {"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     atomic_write(folder / CONFIG_NAME, text.encode("utf-8"))
     return folder
@@ -262,7 +175,7 @@ def _targeted(model: nn.Module, target_modules) -> list:
         if isinstance(target_modules, str):
             hit = re.fullmatch(target_modules, name) is not None  # PEFT: a string is a regex
         else:
-            hit = any(_matches(name, t) for t in target_modules)
+            hit = any(matches(name, t) for t in target_modules)
         if hit:
             names.append(name)
     return names
@@ -284,10 +197,8 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     if not folder.is_dir():
         raise FileNotFoundError(f"adapter folder {folder} does not exist")
     config = _read_config(folder / CONFIG_NAME)
-    tensors = _read_safetensors(folder / WEIGHTS_NAME)
-    from .lora import _check_adapter_name, _check_alpha, _check_rank
-
-    _check_adapter_name(adapter_name)
+    tensors = read_safetensors(folder / WEIGHTS_NAME)
+    check_adapter_name(adapter_name)
     modules = dict(model.named_modules())
     lora_names = [n for n, _ in lora_layers(model)]
 
@@ -357,8 +268,8 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     for name, module, r, alpha, _, _ in plan:
         base = module.base if isinstance(module, LoRALinear) else module
         try:
-            _check_rank(r, base.out_features, base.in_features)
-            _check_alpha(alpha)
+            check_rank(r, base.out_features, base.in_features)
+            check_alpha(alpha)
         except ValueError as err:
             raise ValueError(f"cannot load {folder}: {name}: {err}") from None
 
@@ -372,8 +283,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             layer.add_adapter(adapter_name, r, alpha, **options)
         else:
             layer = LoRALinear(module, r, alpha, adapter_name=adapter_name, **options)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, layer)
+            set_submodule(model, name, layer)
         adapter = layer.adapters[adapter_name]
         adapter.A.data = backend.xp.asarray(A, dtype=layer.base.weight.dtype)
         adapter.B.data = backend.xp.asarray(B, dtype=layer.base.weight.dtype)
