@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from .. import backend
-from .layer import LoRALinear
+from .layer import LoRAAdapter, LoRALinear
 from .targeting import lora_layers_or_error
 from .validation import check_adapter_name, check_rank
 
@@ -49,11 +50,23 @@ def combine_adapters(
 
     Args:
         target: a LoRALinear or a model (every LoRA layer must hold all ``names``).
+        names: adapter names (a single name is one adapter).
+        weights: one finite real number per name.
+        rank: only for "svd": an integer 1 <= rank <= min(d, k).
+    Raises:
+        RuntimeError while a layer is merged; ValueError for bad arguments. Nothing changes
+        on an error.
     Returns:
         The names of the layers changed ("" for a single layer).
     """
     layers = [("", target)] if isinstance(target, LoRALinear) else lora_layers_or_error(target)
-    names, weights = list(names), [float(w) for w in weights]
+    names = [names] if isinstance(names, str) else list(names)
+    weights = [weights] if isinstance(weights, numbers.Real) else list(weights)
+    if not all(isinstance(w, numbers.Real) and not isinstance(w, bool) for w in weights):
+        raise ValueError(f"combine_adapters: weights must be real numbers, got {weights}")
+    weights = [float(w) for w in weights]
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"combine_adapters: weights must be finite, got {weights}")
     if not names or len(names) != len(weights):
         raise ValueError(f"need one weight per adapter, got names {names} and weights {weights}")
     if how not in ("cat", "linear", "svd"):
@@ -63,8 +76,11 @@ def combine_adapters(
             f"'linear' takes square roots of the weights; they must be >= 0, got {weights}"
         )
     check_adapter_name(new_name)
+    if rank is not None and how != "svd":
+        raise ValueError(f"rank is only used by how='svd', got rank={rank!r} with how={how!r}")
     plans = []
     for layer_name, layer in layers:
+        layer._require_unmerged(f"combine adapters in {layer_name or 'this layer'}")
         ranks = [layer.adapters[n].r for n in names]  # KeyError if missing
         if new_name in layer.adapters:
             raise ValueError(
@@ -72,11 +88,21 @@ def combine_adapters(
             )
         if how == "linear" and len(set(ranks)) != 1:
             raise ValueError(f"'linear' needs adapters of equal rank, got ranks {ranks}")
-        new_rank = {"cat": sum(ranks), "linear": ranks[0], "svd": rank or max(ranks)}[how]
+        new_rank = {
+            "cat": sum(ranks),
+            "linear": ranks[0],
+            "svd": max(ranks) if rank is None else rank,
+        }[how]
         check_rank(new_rank, layer.out_features, layer.in_features)
         plans.append((layer, new_rank))
     for layer, new_rank in plans:
         A, B = _combined_weights(layer, names, weights, how, new_rank)
-        adapter = layer.add_adapter(new_name, new_rank, float(new_rank))  # alpha = r: scaling 1
-        adapter.A.data, adapter.B.data = A.astype(adapter.A.dtype), B.astype(adapter.B.dtype)
+        dtype = layer.base.weight.dtype
+        # Built directly from A and B (alpha = r: scaling 1): add_adapter would draw a random
+        # A from the global generator only to throw it away, shifting every later seeded draw.
+        adapter = LoRAAdapter(
+            A.astype(dtype), B.astype(dtype), float(new_rank), False, 0.0, "kaiming"
+        )
+        adapter.requires_grad_(False)
+        setattr(layer.adapters, new_name, adapter)
     return [n for n, _ in layers]

@@ -267,11 +267,9 @@ class LoRALinear(nn.Module):
     ) -> LoRAAdapter:
         """Add a new adapter (frozen and inactive until ``set_adapter(name)``).
 
-        "pissa" rewrites the base weight, so it is only allowed while the layer is unmerged.
+        "pissa" rewrites the base weight, so it is only allowed as the layer's first adapter.
         """
         self._check_new_adapter(name, r, alpha, rslora, init, dropout)
-        if init == "pissa":
-            self._require_unmerged("add a 'pissa' adapter")
         r, alpha = int(r), float(alpha)
         s = scaling(alpha, r, rslora)
         A, B, residual = _initial_weights(self.base.weight.data, r, s, init)
@@ -289,6 +287,17 @@ class LoRALinear(nn.Module):
         check_rank(r, self.base.out_features, self.base.in_features)
         check_alpha(alpha)
         check_options(init, dropout, rslora)
+        if init == "pissa":
+            self._require_unmerged("add a 'pissa' adapter")
+            if len(self.adapters):
+                # PiSSA moves W0's top-r part from the base weight into A and B; with other
+                # adapters present that would change what every one of them computes.
+                raise ValueError(
+                    f"a 'pissa' adapter rewrites the base weight into its residual, which would "
+                    f"change the outputs of the adapters already here ({self.adapters.names()}); "
+                    "'pissa' can only be a layer's first adapter (LoRALinear or inject with "
+                    "init='pissa')"
+                )
 
     def set_adapter(self, name: str) -> None:
         """Make ``name`` the active adapter: used in forward, the only one that trains."""

@@ -40,8 +40,6 @@ def add_adapter(
     for layer_name, layer in layers:
         try:
             layer._check_new_adapter(name, r, alpha, **options)
-            if options["init"] == "pissa":
-                layer._require_unmerged("add a 'pissa' adapter")
         except (ValueError, RuntimeError) as err:
             raise type(err)(f"{layer_name}: {err}") from None
     for _, layer in layers:

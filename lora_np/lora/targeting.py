@@ -132,8 +132,9 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
     """
     if bias not in ("none", "all", "lora_only"):
         raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {bias!r}")
+    layers = lora_layers_or_error(model)  # without LoRA, freezing would leave nothing to train
     model.requires_grad_(False)
-    for _, layer in lora_layers(model):
+    for _, layer in layers:
         layer.active.requires_grad_(True)
         if bias == "lora_only" and layer.base.bias is not None:
             layer.base.bias.requires_grad_(True)

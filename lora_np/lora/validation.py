@@ -10,12 +10,21 @@ from __future__ import annotations
 import math
 import numbers
 
+from .. import nn
+
 INITS = ("kaiming", "gaussian", "pissa")
 """Valid values of ``init``. For experiments with other starts (both zero, both random), set
 ``layer.A.data`` and ``layer.B.data`` by hand after construction."""
 
 DEFAULT_ADAPTER = "default"
-_RESERVED_NAMES = ("training",)  # attribute names a Module already uses
+# Adapters are attributes of a Module (so parameters are named adapters.<name>.A): a name
+# that is already an attribute would hide a method (named_children, train, ...) and break the
+# model for good. Refused: every attribute of nn.Module, ``training`` (set per instance) and
+# ``names`` (the adapter container's own method).
+_RESERVED_NAMES = frozenset(name for name in dir(nn.Module) if not name.startswith("_")) | {
+    "training",
+    "names",
+}
 
 
 def scaling(alpha: float, r: int, rslora: bool = False) -> float:
@@ -55,15 +64,15 @@ def check_options(init, dropout, rslora) -> None:
 
 
 def check_adapter_name(name) -> str:
-    if (
-        not isinstance(name, str)
-        or not name
-        or "." in name
-        or name.startswith("_")
-        or name in _RESERVED_NAMES
-    ):
+    """An adapter name: a non-empty string, no dots, no leading '_', not a Module attribute."""
+    if not isinstance(name, str) or not name or "." in name or name.startswith("_"):
         raise ValueError(
-            f"adapter name must be a non-empty string without dots, not starting with '_' and "
-            f"not {_RESERVED_NAMES}; got {name!r}"
+            f"adapter name must be a non-empty string without dots, not starting with '_'; "
+            f"got {name!r}"
+        )
+    if name in _RESERVED_NAMES:
+        raise ValueError(
+            f"adapter name {name!r} is already an attribute of a Module (it would hide "
+            f"{name!r}); choose another name"
         )
     return name
