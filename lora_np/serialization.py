@@ -8,6 +8,7 @@ no code). Everything that saves (models, adapters, figures) builds on this modul
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -89,3 +90,49 @@ def load_weights(model: nn.Module, path, strict: bool = True) -> None:
     error before any parameter changes (``Module.load_state_dict``).
     """
     model.load_state_dict(read_safetensors(Path(path)), strict=strict)
+
+
+def atomic_write_folder(folder, files: dict) -> Path:
+    """Replace the files ``files`` (name -> bytes) in ``folder`` all together, or not at all.
+
+    The new files are written into a fresh temporary folder beside ``folder`` (with copies of
+    any other files already in ``folder``, such as a README), and the two folders are then
+    swapped by two renames: the old folder steps aside, the new one takes its name, the old
+    one is deleted. When anything fails, the old folder is put back, so readers see either
+    the old set of files or the new one, never a mix (a folder of an adapter's weights beside
+    another adapter's config would load without error and match neither). Only a crash of the
+    whole machine between the two renames can leave the old folder under its temporary
+    ``.<name>.old-*`` name, complete.
+
+    Returns:
+        ``folder`` as a Path.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+    retired = None
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes 0700; a saved folder should be readable
+        if folder.is_dir():
+            for existing in folder.iterdir():
+                if existing.name not in files and existing.is_file():
+                    shutil.copy2(existing, staging / existing.name)
+        for name, data in files.items():
+            atomic_write(staging / name, data)
+        if folder.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.rename(folder, retired / folder.name)
+        try:
+            os.rename(staging, folder)
+        except BaseException:
+            if retired is not None:
+                os.rename(retired / folder.name, folder)  # put the old folder back
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if retired is not None and not (retired / folder.name).exists():
+            shutil.rmtree(retired, ignore_errors=True)
+        raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+    return folder

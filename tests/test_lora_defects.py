@@ -118,3 +118,59 @@ def test_pissa_as_the_first_adapter_still_works():
         reference = model(x).numpy()
         lora.inject(model, ["q"], r=2, alpha=4, init="pissa")
         np.testing.assert_allclose(model(x).numpy(), reference, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ 1: save is all or nothing
+def _saved_pair(tmp_path):
+    old = make_net()
+    lora.inject(old, ["q", "v"], r=2, alpha=4)
+    randomise_B(old, seed=3)
+    folder = lora.save_adapter(old, tmp_path / "adapter")
+    (folder / "README.md").write_text("notes")
+    new = make_net(seed=5)
+    lora.inject(new, ["q"], r=3, alpha=6, rslora=True)
+    randomise_B(new, seed=4)
+    return old, new, folder
+
+
+def _loaded_B(folder):
+    fresh = make_net()
+    lora.load_adapter(fresh, folder)
+    return {n: layer.B.data.copy() for n, layer in lora.lora_layers(fresh)}
+
+
+@pytest.mark.parametrize("fail_at", range(1, 8))
+def test_a_save_that_fails_at_any_rename_leaves_the_old_adapter(tmp_path, monkeypatch, fail_at):
+    import os
+
+    from lora_np import serialization
+
+    old, new, folder = _saved_pair(tmp_path)
+    expected = _loaded_B(folder)
+    calls = {"n": 0}
+
+    def failing(real):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == fail_at:
+                raise OSError("disk full (simulated)")
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(serialization.os, "replace", failing(os.replace))
+    monkeypatch.setattr(serialization.os, "rename", failing(os.rename))
+    try:
+        lora.save_adapter(new, folder)
+    except OSError:
+        pass
+    monkeypatch.undo()
+    loaded = _loaded_B(folder)
+    if calls["n"] < fail_at:  # the save made fewer renames than this: it succeeded
+        assert sorted(loaded) == ["blocks.0.q", "blocks.1.q"]
+    else:
+        assert loaded.keys() == expected.keys()
+        for name in expected:
+            np.testing.assert_array_equal(loaded[name], expected[name])
+    assert (folder / "README.md").read_text() == "notes"  # other files survive either way
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary folder left

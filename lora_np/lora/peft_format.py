@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import backend, nn
-from ..serialization import atomic_write, read_safetensors, safetensors_bytes
+from ..serialization import atomic_write_folder, read_safetensors, safetensors_bytes
 from .layer import LoRALinear
 from .targeting import lora_layers, matches, set_submodule
 from .validation import DEFAULT_ADAPTER, check_adapter_name, check_alpha, check_rank
@@ -120,12 +120,14 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             adapter = layer.adapters[adapter_name]
             tensors[f"{PREFIX}{name}.lora_A.weight"] = adapter.A.data  # (r, k)
             tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.B.data  # (d, r)
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / WEIGHTS_NAME, safetensors_bytes(tensors, {"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    atomic_write(folder / CONFIG_NAME, text.encode("utf-8"))
-    return folder
+    # Both files or neither: a folder with new weights beside the old config would load
+    # without error and match neither adapter.
+    files = {
+        WEIGHTS_NAME: safetensors_bytes(tensors, {"format": "pt"}),
+        CONFIG_NAME: text.encode("utf-8"),
+    }
+    return atomic_write_folder(Path(path), files)
 
 
 # ============================================================================ adapters: loading
