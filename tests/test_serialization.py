@@ -347,3 +347,89 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     with pytest.raises(ValueError, match="plain file name"):
         plotting.save_figure(fig, "../escape", folder=tmp_path)
     assert plotting.FIGURES_DIR.name == "figures" and plotting.FIGURES_DIR.parent.name != "lora_np"
+
+
+# ----------------------------------------------------------------------------- strict config
+def _with_config(tmp_path, **changes):
+    folder = _saved(tmp_path)
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    return folder
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("use_rslora", "false", "use_rslora must be true or false"),
+        ("use_rslora", 0, "use_rslora must be true or false"),
+        ("inference_mode", "yes", "inference_mode must be true or false"),
+        ("target_modules", 5, "target_modules must be"),
+        ("target_modules", ["q", 3], "target_modules must be"),
+        ("rank_pattern", [1], "rank_pattern must map"),
+        ("alpha_pattern", {"q": "big"}, "alpha_pattern"),
+        ("r", "2", "'r' must be"),
+        ("r", True, "'r' must be"),
+        ("lora_alpha", "4", "lora_alpha must be"),
+        ("lora_dropout", "0.1", "lora_dropout must be"),
+        ("layers_to_transform", "0", "layers_to_transform must be"),
+        ("exclude_modules", 3, "exclude_modules must be"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_refused(tmp_path, key, value, message):
+    folder = _with_config(tmp_path, **{key: value})
+    model = make_net()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        lora.load_adapter(model, folder)
+    assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "bad"),
+    [
+        ("target_modules", "(", "target_modules"),
+        ("exclude_modules", "[", "exclude_modules"),
+        ("rank_pattern", {"q(": 2}, "rank_pattern"),
+    ],
+)
+def test_a_bad_regex_is_named(tmp_path, key, value, bad):
+    folder = _with_config(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=rf"{bad}.*not a valid regular expression"):
+        lora.load_adapter(make_net(), folder)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"target_modules": ["q"]},  # the file also holds v
+        {"exclude_modules": ["v"]},
+        {"layers_to_transform": [0]},  # the file also holds block 1
+    ],
+)
+def test_a_config_that_selects_other_layers_than_the_file_holds_is_an_error(tmp_path, changes):
+    folder = _with_config(tmp_path, **changes)
+    model = make_net()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="not selected by the config"):
+        lora.load_adapter(model, folder)
+    assert_unchanged(before, model)
+
+
+def test_layers_to_transform_that_agrees_with_the_file_loads(tmp_path):
+    model = make_net()
+    lora.inject(model, ["blocks.0.q", "blocks.0.v"], r=2, alpha=4)
+    folder = lora.save_adapter(model, tmp_path / "a")
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["target_modules"], config["layers_to_transform"] = ["q", "v"], [0]
+    path.write_text(json.dumps(config))
+    assert lora.load_adapter(make_net(), folder) == ["blocks.0.q", "blocks.0.v"]

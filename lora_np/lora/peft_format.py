@@ -134,6 +134,7 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
 
 
 def _read_config(path: Path) -> dict:
+    """The config as a dict, every entry lora_np reads checked for its JSON type."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (an adapter folder needs {CONFIG_NAME})")
     try:
@@ -147,6 +148,10 @@ def _read_config(path: Path) -> dict:
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise ValueError(f"{path} has no {key!r} entry")
+    try:
+        _check_config_types(config)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     unsupported = {
         k: config.get(k) for k in ("use_dora", "fan_in_fan_out", "lora_bias") if config.get(k)
     }
@@ -157,6 +162,68 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _is_names(x) -> bool:
+    """A regex string, or a list of module names (PEFT's two forms of target_modules)."""
+    return isinstance(x, str) or (isinstance(x, list) and all(isinstance(t, str) for t in x))
+
+
+def _check_regex(pattern: str, key: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{key} {pattern!r} is not a valid regular expression ({err})") from None
+
+
+def _check_config_types(config: dict) -> None:
+    """JSON types as PEFT writes them: bools are true/false (``"false"`` is not False), ranks
+    are integers, and every regex compiles. Raises ValueError naming the entry."""
+    for key in ("use_rslora", "use_dora", "fan_in_fan_out", "lora_bias", "inference_mode"):
+        if key in config and not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be true or false, got {config[key]!r}")
+    if not _is_int(config["r"]):
+        raise ValueError(f"'r' must be a whole number, got {config['r']!r}")
+    if not _is_number(config["lora_alpha"]):
+        raise ValueError(f"lora_alpha must be a number, got {config['lora_alpha']!r}")
+    dropout = config.get("lora_dropout")
+    if dropout is not None and not _is_number(dropout):
+        raise ValueError(f"lora_dropout must be a number, got {dropout!r}")
+    for key in ("target_modules", "exclude_modules"):
+        value = config.get(key)
+        if value is None and key == "exclude_modules":
+            continue
+        if not _is_names(value) or value == []:
+            raise ValueError(
+                f"{key} must be a regex string or a non-empty list of module names, got {value!r}"
+            )
+        if isinstance(value, str):
+            _check_regex(value, key)
+    layers = config.get("layers_to_transform")
+    if layers is not None and not (
+        _is_int(layers) or (isinstance(layers, list) and all(_is_int(i) for i in layers))
+    ):
+        raise ValueError(f"layers_to_transform must be a layer index or a list, got {layers!r}")
+    pattern = config.get("layers_pattern")
+    if pattern is not None and not _is_names(pattern):
+        raise ValueError(f"layers_pattern must be a string or a list, got {pattern!r}")
+    for key, valid, what in (
+        ("rank_pattern", _is_int, "whole numbers"),
+        ("alpha_pattern", _is_number, "numbers"),
+    ):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict) or not all(valid(v) for v in patterns.values()):
+            raise ValueError(f"{key} must map module names to {what}, got {patterns!r}")
+        for name in patterns:
+            _check_regex(name, key)
+
+
 def _pattern_value(patterns: dict, layer_name: str, default):
     """PEFT's rank_pattern / alpha_pattern: a key matches a layer name or its dotted tail."""
     for key, value in patterns.items():
@@ -165,8 +232,42 @@ def _pattern_value(patterns: dict, layer_name: str, default):
     return default
 
 
-def _targeted(model: nn.Module, target_modules) -> list:
-    """Names of the Linear / LoRALinear layers that the config's target_modules select."""
+def _names_match(name: str, names) -> bool:
+    """PEFT's rule: a string is a regex for the whole name; a list entry matches a name that
+    equals it or ends with "." + entry."""
+    if isinstance(names, str):
+        return re.fullmatch(names, name) is not None
+    return any(matches(name, t) for t in names)
+
+
+def _layer_index(name: str, layers_pattern):
+    """The block index in ``name`` (the number after ``layers_pattern``, or after any part
+    when there is none), as PEFT finds it for ``layers_to_transform``; None if none."""
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+    for part in patterns or [r"[^.]*"]:
+        found = re.match(rf"(?:.*\.)?{part}\.(\d+)\.", name)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _selected_by_config(name: str, config: dict) -> bool:
+    """Whether the config's target_modules, exclude_modules and layers_to_transform select
+    the layer ``name``."""
+    if not _names_match(name, config["target_modules"]):
+        return False
+    excluded = config.get("exclude_modules")
+    if excluded is not None and _names_match(name, excluded):
+        return False
+    layers = config.get("layers_to_transform")
+    if layers is not None:
+        wanted = [layers] if isinstance(layers, int) else layers
+        return _layer_index(name, config.get("layers_pattern")) in wanted
+    return True
+
+
+def _targeted(model: nn.Module, config: dict) -> list:
+    """Names of the Linear / LoRALinear layers that the config selects."""
     lora_names = [n for n, _ in lora_layers(model)]
     names = []
     for name, module in model.named_modules():
@@ -174,11 +275,7 @@ def _targeted(model: nn.Module, target_modules) -> list:
             name.startswith(p + ".") for p in lora_names
         ):
             continue
-        if isinstance(target_modules, str):
-            hit = re.fullmatch(target_modules, name) is not None  # PEFT: a string is a regex
-        else:
-            hit = any(matches(name, t) for t in target_modules)
-        if hit:
+        if _selected_by_config(name, config):
             names.append(name)
     return names
 
@@ -215,7 +312,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             unexpected.append(key)
             continue
         weights.setdefault(match["layer"], {})[match["which"]] = array
-    targeted = _targeted(model, config["target_modules"])
+    targeted = _targeted(model, config)
     if not targeted and not weights:
         raise ValueError(
             f"{folder}: this adapter is for other modules; target_modules "
@@ -234,6 +331,12 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
         if w not in weights[n] and n not in targeted
     ]
     problems = []
+    not_selected = [n for n in weights if n not in targeted and len(weights[n]) == 2]
+    if not_selected and targeted:
+        problems.append(
+            f"the weights file holds layers not selected by the config's target_modules / "
+            f"exclude_modules / layers_to_transform: {', '.join(not_selected)}"
+        )
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
     if unexpected:
@@ -276,7 +379,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             raise ValueError(f"cannot load {folder}: {name}: {err}") from None
 
     options = {
-        "rslora": bool(config.get("use_rslora", False)),
+        "rslora": config.get("use_rslora", False),
         "dropout": float(config.get("lora_dropout", 0.0) or 0.0),
     }
     for name, module, r, alpha, A, B in plan:
