@@ -67,7 +67,9 @@ class Tensor(Node):
     __array_priority__ = 1000
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self.data = to_array(data, dtype)
+        self._data = to_array(data, dtype)
+        self._version = 0
+        self._saved_versions = ()
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(
                 f"only floating-point tensors can require a gradient; got dtype {self.data.dtype}"
@@ -95,17 +97,21 @@ class Tensor(Node):
         xp = backend.xp
         if type(data) is not xp.ndarray and backend.array_module(data) == backend.name:
             data = xp.asarray(data)  # reductions return NumPy scalars; keep .data an array
-        out.data = data
+        out._data = data
+        out._version = 0
         out.grad = None
         out._retain = False
         if is_grad_enabled() and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = parents
             out._backward = backward_fn
+            # what backward() compares to: a parent changed in place since is refused
+            out._saved_versions = tuple(p._version for p in parents)
         else:
             out.requires_grad = False
             out._parents = ()
             out._backward = None
+            out._saved_versions = ()
         return out
 
     def __repr__(self) -> str:

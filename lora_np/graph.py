@@ -95,7 +95,31 @@ class Node:
         parents: the nodes this one was computed from (empty for a leaf).
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_retain")
+    __slots__ = (
+        "_data",
+        "grad",
+        "requires_grad",
+        "_parents",
+        "_backward",
+        "_retain",
+        "_version",
+        "_saved_versions",
+    )
+
+    @property
+    def data(self):
+        """The array. Assigning it (``t.data = a``, ``t.data += 1``) counts as a change:
+        ``backward()`` then refuses to use a graph recorded before the change.
+
+        Writing into the array without assigning (``t.data[0] = 1``, ``out=t.data``) is not
+        seen; do such changes before the forward pass, or in ``no_grad()`` between steps.
+        """
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        self._data = value
+        self._version += 1
 
     @property
     def parents(self) -> tuple:
@@ -104,6 +128,11 @@ class Node:
         Recorded only when the op ran with grad mode on and some input required a gradient.
         """
         return self._parents
+
+    @property
+    def version(self) -> int:
+        """How many times ``.data`` has been assigned (PyTorch's ``_version``)."""
+        return self._version
 
     # ----------------------------------------------------------------------------- basics
     @property
@@ -201,12 +230,26 @@ class Node:
                 _accumulate_leaf(node, g)
             if node._backward is None:
                 continue
+            _check_versions(node)
             for parent, parent_grad in zip(node.parents, node._backward(g), strict=True):
                 if parent_grad is None or not parent.requires_grad:
                     continue
                 key = id(parent)
                 # Out of place on purpose: the same array may be handed to several parents.
                 grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
+
+
+def _check_versions(node: Node) -> None:
+    """Refuse to backpropagate through an op whose inputs changed after it ran: its backward
+    would mix the old output with the new values (a silently wrong gradient)."""
+    for parent, saved in zip(node.parents, node._saved_versions, strict=True):
+        if parent._version != saved:
+            raise RuntimeError(
+                f"a tensor of shape {parent.shape} that this graph used was changed in place "
+                f"(its .data was assigned: version {parent._version}, it was {saved} when the op "
+                "ran) after the forward pass. Compute the forward pass again after changing "
+                "it; change parameters between steps, after backward()"
+            )
 
 
 def _accumulate_leaf(node: Node, grad) -> None:

@@ -466,3 +466,27 @@ def test_no_grad_is_per_thread():
     finally:
         release.set()
         thread.join()
+
+
+# ------------------------------------------------------------------------ in-place changes
+def test_changing_data_after_the_forward_pass_is_caught_at_backward():
+    w, x = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    y = (w * x).sum()
+    w.data += 1.0  # the product's backward would use the new w: a silently wrong x.grad
+    with pytest.raises(RuntimeError, match="changed in place"):
+        y.backward()
+
+
+def test_assigning_data_after_the_forward_pass_is_caught_too():
+    w = leaf([[1.0, 2.0]])
+    y = (w @ ln.Tensor([[1.0], [1.0]])).sum()
+    w.data = np.array([[5.0, 6.0]])
+    with pytest.raises(RuntimeError, match="version"):
+        y.backward()
+
+
+def test_changing_data_before_the_forward_pass_is_fine():
+    w, x = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    w.data += 1.0
+    (w * x).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 3.0])
