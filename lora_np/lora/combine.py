@@ -8,7 +8,7 @@ import numbers
 from .. import backend
 from .layer import LoRAAdapter, LoRALinear
 from .targeting import lora_layers_or_error
-from .validation import check_adapter_name, check_rank
+from .validation import check_adapter_name, check_each, check_rank
 
 
 def _combined_weights(layer: LoRALinear, names, weights, how: str, rank):
@@ -79,13 +79,12 @@ def combine_adapters(
     if rank is not None and how != "svd":
         raise ValueError(f"rank is only used by how='svd', got rank={rank!r} with how={how!r}")
     plans = []
-    for layer_name, layer in layers:
-        layer._require_unmerged(f"combine adapters in {layer_name or 'this layer'}")
+
+    def plan(layer) -> None:
+        layer._require_unmerged("combine adapters")
         ranks = [layer.adapters[n].r for n in names]  # KeyError if missing
         if new_name in layer.adapters:
-            raise ValueError(
-                f"{layer_name or 'the layer'} already has an adapter named {new_name!r}"
-            )
+            raise ValueError(f"this layer already has an adapter named {new_name!r}")
         if how == "linear" and len(set(ranks)) != 1:
             raise ValueError(f"'linear' needs adapters of equal rank, got ranks {ranks}")
         new_rank = {
@@ -95,6 +94,8 @@ def combine_adapters(
         }[how]
         check_rank(new_rank, layer.out_features, layer.in_features)
         plans.append((layer, new_rank))
+
+    check_each(layers, plan)
     for layer, new_rank in plans:
         A, B = _combined_weights(layer, names, weights, how, new_rank)
         dtype = layer.base.weight.dtype

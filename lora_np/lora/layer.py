@@ -301,15 +301,27 @@ class LoRALinear(nn.Module):
 
     def set_adapter(self, name: str) -> None:
         """Make ``name`` the active adapter: used in forward, the only one that trains."""
-        self.adapters[name]  # KeyError listing the names if unknown
-        if name != self.active_adapter:
-            self._require_unmerged(f"switch to adapter {name!r}")
+        self._check_set_adapter(name)
         for other_name, adapter in self.adapters.named_children():
             adapter.requires_grad_(other_name == name)
         self.active_adapter = name
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter. Deleting the active one activates the first remaining adapter."""
+        self._check_delete_adapter(name)
+        delattr(self.adapters, name)
+        if name == self.active_adapter:
+            self.set_adapter(self.adapters.names()[0])
+
+    # ------------------------------------------------------------------ the checks
+    # One check per operation: the layer's method runs it before changing anything, and the
+    # model-wide functions run it on every layer first (validation.check_each).
+    def _check_set_adapter(self, name: str) -> None:
+        self.adapters[name]  # KeyError listing the names if unknown
+        if name != self.active_adapter:
+            self._require_unmerged(f"switch to adapter {name!r}")
+
+    def _check_delete_adapter(self, name: str) -> None:
         self.adapters[name]
         if len(self.adapters) == 1:
             raise ValueError(
@@ -318,14 +330,14 @@ class LoRALinear(nn.Module):
             )
         if name == self.active_adapter:
             self._require_unmerged(f"delete the active adapter {name!r}")
-        delattr(self.adapters, name)
-        if name == self.active_adapter:
-            self.set_adapter(self.adapters.names()[0])
+
+    def _check_disable(self) -> None:
+        self._require_unmerged("disable adapters")
 
     @contextlib.contextmanager
     def disable_adapters(self):
         """Inside this block the layer computes exactly its base Linear (no adapter)."""
-        self._require_unmerged("disable adapters")
+        self._check_disable()
         previous, self._disabled = self._disabled, True
         try:
             yield self

@@ -10,6 +10,7 @@ import contextlib
 
 from .. import nn
 from .targeting import lora_layers, lora_layers_or_error, matches, set_submodule
+from .validation import check_each
 
 
 def _select_layers(model: nn.Module, targets) -> list:
@@ -37,11 +38,7 @@ def add_adapter(
     options = {"rslora": False, "init": "kaiming", "dropout": 0.0} | lora_kwargs
     if set(options) != {"rslora", "init", "dropout"}:
         raise TypeError(f"unknown arguments {sorted(set(options) - {'rslora', 'init', 'dropout'})}")
-    for layer_name, layer in layers:
-        try:
-            layer._check_new_adapter(name, r, alpha, **options)
-        except (ValueError, RuntimeError) as err:
-            raise type(err)(f"{layer_name}: {err}") from None
+    check_each(layers, lambda layer: layer._check_new_adapter(name, r, alpha, **options))
     for _, layer in layers:
         layer.add_adapter(name, r, alpha, **options)
     return [n for n, _ in layers]
@@ -50,13 +47,7 @@ def add_adapter(
 def set_adapter(model: nn.Module, name: str) -> None:
     """Make ``name`` active (and the only trainable adapter) in every LoRA layer."""
     layers = lora_layers_or_error(model)
-    for layer_name, layer in layers:
-        if name not in layer.adapters:
-            raise KeyError(
-                f"no adapter named {name!r} in {layer_name!r}; it has {layer.adapter_names}"
-            )
-        if layer.merged and layer.active_adapter != name:
-            layer._require_unmerged(f"switch {layer_name!r} to adapter {name!r}")
+    check_each(layers, lambda layer: layer._check_set_adapter(name))
     for _, layer in layers:
         layer.set_adapter(name)
 
@@ -67,13 +58,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     if not layers:
         names = sorted({a for _, layer in lora_layers(model) for a in layer.adapter_names})
         raise KeyError(f"no adapter named {name!r}; the model has {names}")
-    for layer_name, layer in layers:
-        if len(layer.adapters) == 1:
-            raise ValueError(
-                f"{name!r} is the only adapter of {layer_name!r}; use lora.unload(model)"
-            )
-        if layer.active_adapter == name:
-            layer._require_unmerged(f"delete the active adapter {name!r} of {layer_name!r}")
+    check_each(layers, lambda layer: layer._check_delete_adapter(name))
     for _, layer in layers:
         layer.delete_adapter(name)
 
@@ -82,9 +67,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
 def disable_adapters(model: nn.Module):
     """Inside this block every LoRA layer computes its base Linear: the base model, exactly."""
     layers = lora_layers_or_error(model)
-    for layer_name, layer in layers:
-        if layer.merged:
-            raise RuntimeError(f"cannot disable adapters: {layer_name!r} is merged; unmerge first")
+    check_each(layers, lambda layer: layer._check_disable())
     with contextlib.ExitStack() as stack:
         for _, layer in layers:
             stack.enter_context(layer.disable_adapters())

@@ -76,3 +76,17 @@ def check_adapter_name(name) -> str:
             f"{name!r}); choose another name"
         )
     return name
+
+
+def check_each(layers, check) -> None:
+    """Run ``check(layer)`` on every ``(name, layer)`` before anything changes.
+
+    The error of the first layer that fails is raised again with that layer's name in front,
+    so a model-wide operation either passes every check or leaves every layer as it was.
+    """
+    for layer_name, layer in layers:
+        try:
+            check(layer)
+        except (ValueError, RuntimeError, KeyError) as err:
+            text = err.args[0] if err.args else str(err)
+            raise type(err)(f"{layer_name or 'the layer'}: {text}") from None
