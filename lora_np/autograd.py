@@ -26,13 +26,13 @@ import math
 import numbers
 
 from . import backend, fastpaths
-from .graph import (
-    Node,
-    check_same_backend,
-    is_grad_enabled,
-    no_grad,
-    to_array,
-    topological_order,
+from .graph import Node, check_same_backend, is_grad_enabled, no_grad, topological_order
+from .shapes import (
+    broadcast_error,
+    expand_reduced,
+    is_basic_index,
+    normalise_axes,
+    shape_of,
     unbroadcast,
 )
 
@@ -48,7 +48,8 @@ __all__ = [
 
 
 class Tensor(Node):
-    """An array that can remember how it was computed.
+    """An array that can remember how it was computed: a graph :class:`~lora_np.graph.Node`
+    (construction, ``.grad``, ``backward()``) with arithmetic.
 
     Args:
         data: anything ``numpy.asarray`` turns into a numeric array. It is copied (a NumPy
@@ -63,65 +64,6 @@ class Tensor(Node):
     """
 
     __slots__ = ()
-    # Make ``ndarray + Tensor`` call Tensor.__radd__ instead of NumPy broadcasting over objects.
-    __array_priority__ = 1000
-
-    def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self._data = to_array(data, dtype)
-        self._version = 0
-        self._saved_versions = ()
-        if requires_grad and self.data.dtype.kind != "f":
-            raise TypeError(
-                f"only floating-point tensors can require a gradient; got dtype {self.data.dtype}"
-            )
-        self.requires_grad = bool(requires_grad)
-        self.grad = None
-        self._parents = ()
-        self._backward = None
-        self._retain = False
-
-    @classmethod
-    def from_op(cls, data, parents, backward_fn) -> Tensor:
-        """An op's output: how every op in :mod:`lora_np.functional` is made, and how to add one.
-
-        Records the graph only when grad mode is on and some parent requires a gradient.
-
-        Args:
-            data: the output array.
-            parents: the input Tensors.
-            backward_fn: ``backward_fn(grad_out) -> tuple`` with one gradient (an array of
-                that parent's shape) or ``None`` per parent; it should skip the work for
-                parents with ``requires_grad=False``.
-        """
-        out = cls.__new__(cls)
-        xp = backend.xp
-        if type(data) is not xp.ndarray and backend.array_module(data) == backend.name:
-            data = xp.asarray(data)  # reductions return NumPy scalars; keep .data an array
-        out._data = data
-        out._version = 0
-        out.grad = None
-        out._retain = False
-        if is_grad_enabled() and any(p.requires_grad for p in parents):
-            out.requires_grad = True
-            out._parents = parents
-            out._backward = backward_fn
-            # what backward() compares to: a parent changed in place since is refused
-            out._saved_versions = tuple(p._version for p in parents)
-        else:
-            out.requires_grad = False
-            out._parents = ()
-            out._backward = None
-            out._saved_versions = ()
-        return out
-
-    def __repr__(self) -> str:
-        grad = ", requires_grad=True" if self.requires_grad else ""
-        body = repr(backend.to_numpy(self.data)).replace("array(", "").rstrip(")")
-        return f"Tensor({body}{grad})"
-
-    def detach(self) -> Tensor:
-        """The same data (no copy) cut from the graph: needs no gradient."""
-        return Tensor.from_op(self.data, (), None)
 
     # ----------------------------------------------------------------------------- operators
     def __add__(self, other):
@@ -246,22 +188,12 @@ def _operand(x):
     return t.data, t
 
 
-def _shape_of(value) -> tuple:
-    return getattr(value, "shape", ())
-
-
 def _binary_inputs(a, b):
     av, at = _operand(a)
     bv, bt = _operand(b)
     if hasattr(av, "shape") and hasattr(bv, "shape"):
         check_same_backend(av, bv)
     return av, at, bv, bt
-
-
-def _broadcast_error(op, av, bv, err):
-    return ValueError(
-        f"{op}: shapes {_shape_of(av)} and {_shape_of(bv)} do not broadcast together ({err})"
-    )
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -271,12 +203,12 @@ def add(a, b) -> Tensor:
     try:
         out = av + bv
     except ValueError as err:
-        raise _broadcast_error("add", av, bv, err) from None
+        raise broadcast_error("add", av, bv, err) from None
 
     def backward(g):
         return (
-            unbroadcast(g, _shape_of(av)) if at.requires_grad else None,
-            unbroadcast(g, _shape_of(bv)) if bt.requires_grad else None,
+            unbroadcast(g, shape_of(av)) if at.requires_grad else None,
+            unbroadcast(g, shape_of(bv)) if bt.requires_grad else None,
         )
 
     return Tensor.from_op(out, (at, bt), backward)
@@ -288,12 +220,12 @@ def sub(a, b) -> Tensor:
     try:
         out = av - bv
     except ValueError as err:
-        raise _broadcast_error("sub", av, bv, err) from None
+        raise broadcast_error("sub", av, bv, err) from None
 
     def backward(g):
         return (
-            unbroadcast(g, _shape_of(av)) if at.requires_grad else None,
-            unbroadcast(-g, _shape_of(bv)) if bt.requires_grad else None,
+            unbroadcast(g, shape_of(av)) if at.requires_grad else None,
+            unbroadcast(-g, shape_of(bv)) if bt.requires_grad else None,
         )
 
     return Tensor.from_op(out, (at, bt), backward)
@@ -305,12 +237,12 @@ def mul(a, b) -> Tensor:
     try:
         out = av * bv
     except ValueError as err:
-        raise _broadcast_error("mul", av, bv, err) from None
+        raise broadcast_error("mul", av, bv, err) from None
 
     def backward(g):
         return (
-            unbroadcast(g * bv, _shape_of(av)) if at.requires_grad else None,
-            unbroadcast(g * av, _shape_of(bv)) if bt.requires_grad else None,
+            unbroadcast(g * bv, shape_of(av)) if at.requires_grad else None,
+            unbroadcast(g * av, shape_of(bv)) if bt.requires_grad else None,
         )
 
     return Tensor.from_op(out, (at, bt), backward)
@@ -322,12 +254,12 @@ def div(a, b) -> Tensor:
     try:
         out = av / bv
     except ValueError as err:
-        raise _broadcast_error("div", av, bv, err) from None
+        raise broadcast_error("div", av, bv, err) from None
 
     def backward(g):
         return (
-            unbroadcast(g / bv, _shape_of(av)) if at.requires_grad else None,
-            unbroadcast(-g * out / bv, _shape_of(bv)) if bt.requires_grad else None,
+            unbroadcast(g / bv, shape_of(av)) if at.requires_grad else None,
+            unbroadcast(-g * out / bv, shape_of(bv)) if bt.requires_grad else None,
         )
 
     return Tensor.from_op(out, (at, bt), backward)
@@ -341,7 +273,7 @@ def power(a, b) -> Tensor:
     try:
         out = fastpaths.int_power(av, int(bv)) if small_int else av**bv
     except ValueError as err:
-        raise _broadcast_error("power", av, bv, err) from None
+        raise broadcast_error("power", av, bv, err) from None
 
     def backward(g):
         ga = gb = None
@@ -349,11 +281,11 @@ def power(a, b) -> Tensor:
             if small_int:
                 ga = g * bv if bv == 1 else g * (bv * fastpaths.int_power(av, int(bv) - 1))
             else:
-                ga = unbroadcast(g * bv * av ** (bv - 1), _shape_of(av))
+                ga = unbroadcast(g * bv * av ** (bv - 1), shape_of(av))
         if bt.requires_grad:
             # a Python-number base as an array of out's dtype: np.log(2) would be float64
             log_a = backend.xp.log(backend.xp.asarray(av, dtype=out.dtype))
-            gb = unbroadcast(g * out * log_a, _shape_of(bv))
+            gb = unbroadcast(g * out * log_a, shape_of(bv))
         return ga, gb
 
     return Tensor.from_op(out, (at, bt), backward)
@@ -402,43 +334,26 @@ def astype(x: Tensor, dtype) -> Tensor:
 
 
 # --------------------------------------------------------------------------- reductions
-def _normalise_axes(axis, ndim: int):
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-    return tuple(sorted(a % ndim for a in axes))
-
-
-def _expand_reduced(g, shape, axes, keepdims):
-    """Broadcast the gradient of a reduction back over the reduced axes."""
-    if not keepdims:
-        g = g.reshape([1 if i in axes else n for i, n in enumerate(shape)])
-    return backend.xp.broadcast_to(g, shape)
-
-
 def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 (torch's name)
     """Sum over ``axis`` (an int, a tuple, or None for all)."""
-    axes = _normalise_axes(axis, x.ndim)
+    axes = normalise_axes(axis, x.ndim)
     out = x.data.sum(axis=axes, keepdims=keepdims)
     shape = x.shape
-    return Tensor.from_op(out, (x,), lambda g: (_expand_reduced(g, shape, axes, keepdims),))
+    return Tensor.from_op(out, (x,), lambda g: (expand_reduced(g, shape, axes, keepdims),))
 
 
 def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Mean over ``axis`` (an int, a tuple, or None for all)."""
-    axes = _normalise_axes(axis, x.ndim)
+    axes = normalise_axes(axis, x.ndim)
     count = math.prod(x.shape[a] for a in axes)
     out = x.data.mean(axis=axes, keepdims=keepdims)
     shape = x.shape
-    return Tensor.from_op(out, (x,), lambda g: (_expand_reduced(g / count, shape, axes, keepdims),))
+    return Tensor.from_op(out, (x,), lambda g: (expand_reduced(g / count, shape, axes, keepdims),))
 
 
 def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 (torch's name)
     """Maximum over ``axis``. Tied maxima share the gradient equally."""
-    axes = _normalise_axes(axis, x.ndim)
+    axes = normalise_axes(axis, x.ndim)
     kept = x.data.max(axis=axes, keepdims=True)
     out = kept if keepdims else kept.reshape([n for i, n in enumerate(x.shape) if i not in axes])
 
@@ -473,12 +388,6 @@ def transpose(x: Tensor, axes=None) -> Tensor:
     return Tensor.from_op(x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),))
 
 
-def _is_basic_index(index) -> bool:
-    """True for ints, slices, None and Ellipsis only: such an index never repeats an element."""
-    parts = index if isinstance(index, tuple) else (index,)
-    return all(isinstance(p, slice | numbers.Integral) or p is None or p is Ellipsis for p in parts)
-
-
 def getitem(x: Tensor, index) -> Tensor:
     """``x[index]`` with NumPy's basic and advanced indexing."""
     if isinstance(index, Tensor):
@@ -486,7 +395,7 @@ def getitem(x: Tensor, index) -> Tensor:
     elif isinstance(index, tuple):
         index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
     out = x.data[index]
-    basic = _is_basic_index(index)
+    basic = is_basic_index(index)
 
     def backward(g):
         grad = backend.xp.zeros_like(x.data)
@@ -507,7 +416,7 @@ def matmul(a, b) -> Tensor:
     a batched product of small matrices is much slower.
     """
     av, at, bv, bt = _binary_inputs(a, b)
-    a_shape, b_shape = _shape_of(av), _shape_of(bv)
+    a_shape, b_shape = shape_of(av), shape_of(bv)
     if len(a_shape) == 0 or len(b_shape) == 0:
         raise ValueError(f"matmul needs at least 1-D operands; got shapes {a_shape} and {b_shape}")
     if a_shape[-1] != b_shape[-2 if len(b_shape) > 1 else 0]:

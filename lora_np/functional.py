@@ -46,6 +46,7 @@ from .autograd import (  # noqa: F401  (the primitives, re-exported as F.<name>)
     tanh,
     transpose,
 )
+from .shapes import shape_of
 
 
 def _mm(a, b):
@@ -59,10 +60,6 @@ def _mm(a, b):
 autograd.set_matrix_product(lambda a, b: _mm(a, b))
 
 _sum_last, _sum_rows, _max_last = fastpaths.sum_last, fastpaths.sum_rows, fastpaths.max_last
-
-
-def _shape_of(value) -> tuple:
-    return getattr(value, "shape", ())
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -282,10 +279,10 @@ def mse_loss(prediction: Tensor, target) -> Tensor:
         a scalar ()
     """
     tv = target.data if isinstance(target, Tensor) else target
-    if _shape_of(tv) != prediction.shape:
+    if shape_of(tv) != prediction.shape:
         raise ValueError(
             f"mse_loss: prediction of shape {prediction.shape} and target of shape "
-            f"{_shape_of(tv)} differ"
+            f"{shape_of(tv)} differ"
         )
     diff = prediction.data - backend.xp.asarray(tv, dtype=prediction.dtype)
     out = (diff * diff).mean()

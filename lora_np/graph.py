@@ -1,15 +1,15 @@
 """The computation graph: its nodes, the backward walk, and grad mode.
 
 * **Node**: an array with the bookkeeping of the graph (``.data``, ``.grad``,
-  ``.requires_grad``, ``.parents``) and ``backward()``. :class:`lora_np.autograd.Tensor` is a
-  Node with arithmetic; the ops that build the graph are there and in ``functional``.
-
+  ``.requires_grad``, ``.parents``, ``from_op``) and ``backward()``.
+  :class:`lora_np.autograd.Tensor` is a Node with arithmetic; the ops that build the graph
+  are there and in ``functional``.
 * **Grad mode**: :func:`no_grad` turns graph recording off inside a block. The flag is
   per thread (as PyTorch's is): a data-loading or evaluation thread inside ``no_grad()``
   does not switch recording off for the thread that trains.
 * **Topological order**: :func:`topological_order` lists a graph's nodes so that every node
-  comes before the nodes it was computed from; ``Tensor.backward`` walks it in reverse.
-* **Broadcasting's gradient**: :func:`unbroadcast` sums a gradient back to an input's shape.
+  comes before the nodes it was computed from; ``backward()`` walks it from the root, so
+  gradients flow in the reverse of the order the forward pass computed the nodes.
 
 :func:`topological_order` works on anything with a ``parents`` tuple, so an exercise can
 check a learner's own nodes with it. :mod:`lora_np.autograd` re-exports the public names.
@@ -120,6 +120,66 @@ class Node:
     def data(self, value) -> None:
         self._data = value
         self._version += 1
+
+    # Make ``ndarray + Tensor`` call Tensor.__radd__ instead of NumPy broadcasting over objects.
+    __array_priority__ = 1000
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        self._data = to_array(data, dtype)
+        self._version = 0
+        self._saved_versions = ()
+        if requires_grad and self.data.dtype.kind != "f":
+            raise TypeError(
+                f"only floating-point tensors can require a gradient; got dtype {self.data.dtype}"
+            )
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._parents = ()
+        self._backward = None
+        self._retain = False
+
+    @classmethod
+    def from_op(cls, data, parents, backward_fn) -> Node:
+        """An op's output (of this class): how every op in ``autograd`` and ``functional`` is made.
+
+        Records the graph only when grad mode is on and some parent requires a gradient.
+
+        Args:
+            data: the output array.
+            parents: the input Tensors.
+            backward_fn: ``backward_fn(grad_out) -> tuple`` with one gradient (an array of
+                that parent's shape) or ``None`` per parent; it should skip the work for
+                parents with ``requires_grad=False``.
+        """
+        out = cls.__new__(cls)
+        xp = backend.xp
+        if type(data) is not xp.ndarray and backend.array_module(data) == backend.name:
+            data = xp.asarray(data)  # reductions return NumPy scalars; keep .data an array
+        out._data = data
+        out._version = 0
+        out.grad = None
+        out._retain = False
+        if is_grad_enabled() and any(p.requires_grad for p in parents):
+            out.requires_grad = True
+            out._parents = parents
+            out._backward = backward_fn
+            # what backward() compares to: a parent changed in place since is refused
+            out._saved_versions = tuple(p._version for p in parents)
+        else:
+            out.requires_grad = False
+            out._parents = ()
+            out._backward = None
+            out._saved_versions = ()
+        return out
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        body = repr(backend.to_numpy(self.data)).replace("array(", "").rstrip(")")
+        return f"Tensor({body}{grad})"
+
+    def detach(self) -> Node:
+        """The same data (no copy) cut from the graph: needs no gradient."""
+        return type(self).from_op(self.data, (), None)
 
     @property
     def parents(self) -> tuple:
@@ -264,29 +324,6 @@ def _accumulate_leaf(node: Node, grad) -> None:
         node.grad = grad.astype(node.data.dtype, copy=True)
     else:
         node.grad += grad
-
-
-def unbroadcast(grad, shape: tuple):
-    """Sum ``grad`` back to ``shape``: the gradient of NumPy broadcasting.
-
-    Broadcasting copies an input along new leading axes and along axes of length 1, so its
-    gradient sums over exactly those axes.
-
-    Args:
-        grad: an array of the broadcast shape, e.g. (B, T, C).
-        shape: the input's shape, e.g. (C,) or (1, T, 1).
-    Returns:
-        An array of ``shape`` (``grad`` itself when the shapes already agree).
-    """
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    if extra:
-        grad = grad.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
-    return grad
 
 
 def short(value, limit: int = 60) -> str:
