@@ -1,4 +1,5 @@
-"""lora_np.io: adapters in PEFT's folder layout, whole-model weights, atomic writes, no pickle."""
+"""Files: adapters in PEFT's layout (lora.save_adapter / load_adapter, strict config), whole-model
+weights and atomic writes (serialization). No pickle anywhere."""
 
 from __future__ import annotations
 
