@@ -39,6 +39,7 @@ def _time_steps(step, warmup: int, steps: int) -> list[float]:
 def run_lora_np(warmup: int, steps: int) -> list[float]:
     import lora_np as ln
 
+    ln.fastpaths.tune_allocator()  # keep freed activation memory for reuse, as training does
     F = ln.functional
     ln.manual_seed(0)
     layers = [ln.nn.Linear(WIDTH, WIDTH) for _ in range(DEPTH)]

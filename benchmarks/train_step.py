@@ -89,6 +89,7 @@ def run_lora_np(mode: str, warmup: int, steps: int) -> dict:
     import lora_np as ln
     from lora_np.transformer import GPT, GPTConfig
 
+    ln.fastpaths.tune_allocator()  # keep freed activation memory for reuse, as training does
     ln.manual_seed(0)
     model = GPT(GPTConfig(**CONFIG))
     idx, targets = _batch(ln.backend.np)

@@ -8,7 +8,7 @@ the helpers that read the results back live in ``lora_np/svd_rank.py``:
    only what the task asked for), from which ΔW of every block Linear is stored in float16;
    two more seeds of it (data order) are scored and summarised in the JSON, not stored;
 2. LoRA on q and v with r = 8 (seed 0), r = 64 (seed 0) and r = 64 (seed 1), stored as
-   PEFT-layout adapter folders (``lora_np.io.save_adapter``).
+   PEFT-layout adapter folders (``lora_np.lora.save_adapter``).
 
 It also scores the model with every block matrix replaced by W0 + (the best rank-r
 approximation of ΔW) for r in RANKS, the other (non-matrix) parameters kept fine-tuned.
@@ -34,7 +34,7 @@ import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 
 import lora_np as ln
-from lora_np import io, transformer
+from lora_np import lora, serialization, transformer
 from lora_np.results import FOLDER as RESULTS
 from lora_np.svd_rank import (
     BATCH,
@@ -63,8 +63,8 @@ JSON_PATH = RESULTS / JSON_NAME
 
 
 def save_arrays(path: Path, arrays: dict) -> None:
-    """Write name -> host array to a safetensors file, atomically (io.atomic_write)."""
-    io.atomic_write(
+    """Write name -> host array to a safetensors file, atomically (serialization.atomic_write)."""
+    serialization.atomic_write(
         path, safetensors_bytes({n: np.ascontiguousarray(a) for n, a in arrays.items()})
     )
 
@@ -129,7 +129,7 @@ def main() -> None:
     results["lora"] = {}
     for tag, (r, seed) in LORA_RUNS.items():
         model, history = train_lora(r, seed, eval_every=LORA["eval_every"])
-        folder = io.save_adapter(model, RESULTS / f"05_lora_{tag}")
+        folder = lora.save_adapter(model, RESULTS / f"05_lora_{tag}")
         results["lora"][tag] = {
             "r": r,
             "seed": seed,

@@ -10,7 +10,7 @@ For each task: the frozen base, full fine-tuning, and LoRA on q, v at ranks 1, 2
 64, three seeds each (the seed draws the training batches and the adapter's A). Recorded per
 run: exact match on 200 held-out prompts, trainable parameters, optimiser-state bytes
 (``optimizer.state_bytes()``), bytes on disk (the PEFT adapter folder from
-``lora_np.io.save_adapter``; for full fine-tuning the whole model from ``io.save_weights``) and
+``lora_np.lora.save_adapter``; for full fine-tuning the whole model from ``serialization.save_weights``) and
 seconds per step (machine-dependent; the notebook measures ratios live).
 
 Then "which matrices under a fixed budget" on ``prv``, as the paper's Table 5: q, k, v, o alone
@@ -51,7 +51,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import lora_np as ln
-from lora_np import data, io, lora, optim, train, transformer
+from lora_np import data, lora, optim, serialization, train, transformer
 from lora_np import results as results_folder
 
 RESULTS = results_folder.FOLDER / "07_finetune.json"  # lora_np/results/, shipped with the package
@@ -168,10 +168,10 @@ def run(
         row["step_seconds"] = history["train_seconds"] / history["steps_done"]
         with tempfile.TemporaryDirectory() as tmp:
             if method == "lora":
-                row["disk_bytes"] = folder_bytes(io.save_adapter(model, Path(tmp) / "adapter"))
+                row["disk_bytes"] = folder_bytes(lora.save_adapter(model, Path(tmp) / "adapter"))
             else:
                 row["disk_bytes"] = (
-                    io.save_weights(model, Path(tmp) / "m.safetensors").stat().st_size
+                    serialization.save_weights(model, Path(tmp) / "m.safetensors").stat().st_size
                 )
     model.eval()
     row["exact_match"] = data.exact_match(model, task, n=EVAL_N, seed=EVAL_SEED)

@@ -7,7 +7,7 @@ Run from the repository root:
 It writes, under ``lora_np/results/08_adapters/`` (``lora_np.results``, shipped with the package):
 
 * ``swp/``, ``rot/``, ``prv/``: one LoRA adapter per task (r = 8 on q and v, alpha 16, 300
-  steps on the task alone), each a PEFT folder written by ``lora_np.io.save_adapter``.
+  steps on the task alone), each a PEFT folder written by ``lora_np.lora.save_adapter``.
 * ``swp_replay/``, ``rot_replay/``: the same tasks trained for 600 steps with replay (half of
   each batch is the task, a quarter the pretraining mixture, a quarter the base model's own
   answers on the other downstream tasks' prompts), the best attempt at adapters that can be
@@ -38,7 +38,7 @@ from multiprocessing import get_context
 import numpy as np
 
 import lora_np as ln
-from lora_np import data, io, lora, nn, train, transformer
+from lora_np import data, lora, nn, serialization, train, transformer
 from lora_np.results import FOLDER as RESULTS_FOLDER
 
 OUT = RESULTS_FOLDER / "08_adapters"  # lora_np/results/08_adapters, shipped with the package
@@ -130,7 +130,7 @@ def train_joint_adapter(tasks=PAIR, steps: int = JOINT_STEPS, seed: int = 0):
 def joint_scores() -> dict:
     """Train, save and score the joint adapter: ``{task: score, ..., "pretrain": mean}``."""
     model = train_joint_adapter()
-    io.save_adapter(model, OUT / "joint")
+    lora.save_adapter(model, OUT / "joint")
     return {t: score(model, t) for t in PAIR} | {"pretrain": pretrain_mean(model)}
 
 
@@ -138,7 +138,7 @@ def combination_scores(folders: dict) -> dict:
     """Load two adapters into one base, combine them three ways, score both tasks."""
     model = transformer.load_pretrained()
     for name, folder in folders.items():
-        io.load_adapter(model, folder, adapter_name=name)
+        lora.load_adapter(model, folder, adapter_name=name)
     names = list(folders)
     result = {}
     for name in names:
@@ -242,7 +242,7 @@ def qlora_run(seed: int = 0) -> dict:
 
 def write_scores(results: dict) -> None:
     text = json.dumps(results, indent=1, sort_keys=True) + "\n"
-    io.atomic_write(OUT / "scores.json", text.encode())
+    serialization.atomic_write(OUT / "scores.json", text.encode())
 
 
 def main() -> None:
@@ -276,7 +276,7 @@ def main() -> None:
     models = {}
     for task in TASKS:
         models[task] = train_task_adapter(task)
-        io.save_adapter(models[task], OUT / task)
+        lora.save_adapter(models[task], OUT / task)
     results["matrix"] = {
         name: {t: score(m, t) for t in TASKS} for name, m in models.items()
     }  # adapter -> task -> score
@@ -286,7 +286,7 @@ def main() -> None:
     print("2. replay adapters for", PAIR, flush=True)
     pool = base_answers_pool()
     for task in PAIR:
-        io.save_adapter(train_replay_adapter(task, pool), OUT / f"{task}_replay")
+        lora.save_adapter(train_replay_adapter(task, pool), OUT / f"{task}_replay")
 
     print("3. combining swp and rot", flush=True)
     results["combine"] = {

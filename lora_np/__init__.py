@@ -4,11 +4,13 @@
     x = ln.Tensor([[1.0, 2.0]], requires_grad=True)
     (x * x).sum().backward()        # x.grad == 2 x
 
-Modules, from the bottom up: backend (NumPy or CuPy), autograd (Tensor, backward),
-functional (every op with its gradient), gradcheck, nn (layers), optim (optimisers); then
-lora (the LoRA layer and its tools), io (safetensors files), analysis (SVD tools),
-plotting (one figure style), transformer (the tiny GPT), data (its synthetic tasks) and
-train (a training loop).
+Modules, from the bottom up (each imports only modules above it in this list): backend
+(NumPy or CuPy), fastpaths (the speed tricks beside their plain formulas), graph (nodes, the
+backward walk, grad mode), autograd (Tensor and its primitive ops), functional (the layer ops
+with their gradients), gradcheck, nn (layers), optim (optimisers), serialization (atomic
+files, safetensors, model weights), lora (the LoRA package: layer, targeting, adapters,
+combining, PEFT's file format), analysis (SVD tools), plotting (one figure style),
+transformer (the tiny GPT), data (its synthetic tasks) and train (a training loop).
 """
 
 from . import (
@@ -16,13 +18,15 @@ from . import (
     backend,
     checks,
     data,
+    fastpaths,
     functional,
-    io,
+    graph,
     lora,
     nn,
     optim,
     plotting,
     results,
+    serialization,
     svd_rank,
     train,
     transformer,
@@ -41,9 +45,10 @@ __all__ = [
     "backend",
     "checks",
     "data",
+    "fastpaths",
     "functional",
     "gradcheck",
-    "io",
+    "graph",
     "is_grad_enabled",
     "lora",
     "manual_seed",
@@ -52,6 +57,7 @@ __all__ = [
     "optim",
     "plotting",
     "results",
+    "serialization",
     "set_backend",
     "svd_rank",
     "to_numpy",

@@ -55,7 +55,7 @@ def _matrix(M, label: str = "M"):
     return M, _module_of(M)
 
 
-def _check_rank(r, max_rank: int, label: str = "r", allow_zero: bool = False) -> int:
+def _check_whole_number(r, max_rank: int, label: str = "r", allow_zero: bool = False) -> int:
     """``r`` as an int in [1, max_rank] (or [0, max_rank]); a ValueError naming it if not."""
     low = 0 if allow_zero else 1
     if isinstance(r, bool) or not isinstance(r, int | backend.np.integer):
@@ -136,7 +136,7 @@ def best_rank_approximation(M, r: int):
         (d, k) array of M's library and dtype.
     """
     M, _ = _matrix(M)
-    r = _check_rank(r, min(M.shape), allow_zero=True)
+    r = _check_whole_number(r, min(M.shape), allow_zero=True)
     U, S, Vt = _svd(M)
     return (U[:, :r] * S[:r]) @ Vt[:r]  # (d, r) scaled columns @ (r, k)
 
@@ -156,7 +156,7 @@ def eckart_young_error(M, r: int, norm: str = "fro") -> float:
     if norm not in ("fro", "spectral"):
         raise ValueError(f"norm must be 'fro' or 'spectral', got {norm!r}")
     M, _ = _matrix(M)
-    r = _check_rank(r, min(M.shape), allow_zero=True)
+    r = _check_whole_number(r, min(M.shape), allow_zero=True)
     tail = backend.to_numpy(singular_values(M)).astype("float64")[r:]
     if norm == "spectral":
         return float(tail[0]) if tail.size else 0.0
@@ -216,8 +216,8 @@ def subspace_similarity(M1, M2, i: int, j: int, side: str = "right") -> float:
         φ in [0, 1].
     """
     U1, U2 = _paired_singular_vectors(M1, M2, side)
-    i = _check_rank(i, U1.shape[1], "i")
-    j = _check_rank(j, U2.shape[1], "j")
+    i = _check_whole_number(i, U1.shape[1], "i")
+    j = _check_whole_number(j, U2.shape[1], "j")
     overlap = U1[:, :i].T @ U2[:, :j]  # (i, j): cosines between the two sets of directions
     return float((overlap**2).sum()) / min(i, j)
 
@@ -233,8 +233,8 @@ def subspace_similarity_grid(M1, M2, side: str = "right", max_i=None, max_j=None
         (max_i, max_j) host NumPy array; entry [i - 1, j - 1] is φ(M1, M2, i, j).
     """
     U1, U2 = _paired_singular_vectors(M1, M2, side)
-    n1 = U1.shape[1] if max_i is None else _check_rank(max_i, U1.shape[1], "max_i")
-    n2 = U2.shape[1] if max_j is None else _check_rank(max_j, U2.shape[1], "max_j")
+    n1 = U1.shape[1] if max_i is None else _check_whole_number(max_i, U1.shape[1], "max_i")
+    n2 = U2.shape[1] if max_j is None else _check_whole_number(max_j, U2.shape[1], "max_j")
     np = backend.np
     squared = backend.to_numpy(U1[:, :n1].T @ U2[:, :n2]).astype("float64") ** 2  # (n1, n2)
     # ||U1[:, :i]^T U2[:, :j]||_F^2 is the sum of the top-left i x j block of `squared`.
@@ -273,7 +273,7 @@ def projection_norm(W, M, r: int) -> float:
     M, _ = _matrix(M, "M")
     if W.shape != M.shape:
         raise ValueError(f"W {tuple(W.shape)} and M {tuple(M.shape)} must have the same shape")
-    r = _check_rank(r, min(M.shape))
+    r = _check_whole_number(r, min(M.shape))
     U, _, Vt = _svd(M)
     projected = U[:, :r].T @ W @ Vt[:r].T  # (r, d) @ (d, k) @ (k, r) -> (r, r)
     return math.sqrt(float((backend.to_numpy(projected).astype("float64") ** 2).sum()))

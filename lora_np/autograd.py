@@ -1,80 +1,55 @@
-"""Reverse-mode automatic differentiation: the ``Tensor`` and the backward walk.
+"""Reverse-mode automatic differentiation: the ``Tensor`` and its primitive ops.
 
-A ``Tensor`` wraps an array (``.data``). Every op that produces a tensor from tensors that
-require a gradient also records *how to send a gradient back*: its parents and a small
-closure, ``_backward(grad_out) -> tuple of input gradients``. ``backward()`` visits the graph
-in reverse topological order, so each node's gradient is complete (every use of it has
-contributed) before it is passed on. That order is what makes ``b = a + a`` give ``a`` both
-contributions.
+A ``Tensor`` is a :class:`~lora_np.graph.Node` (an array, its gradient, its parents and the
+backward walk) with arithmetic. Every op that produces a tensor from tensors that require a
+gradient records *how to send a gradient back*: its ``parents`` and a small closure,
+``backward(grad_out) -> tuple of input gradients``. ``Tensor.backward()`` visits the graph in
+:func:`topological_order`, root first, so each node's gradient is complete (every use of it
+has contributed) before it is passed on. That order is what makes ``b = a + a`` give ``a``
+both contributions.
 
 Two rules carry LoRA's savings:
 
-* an op only records a parent that requires a gradient, and only computes the gradients of
-  such parents (a frozen weight costs no gradient computation at all);
+* an op only records its parents when one of them requires a gradient, and only computes the
+  gradients of such parents (a frozen weight costs no gradient computation at all);
 * leaves (tensors made by the user, such as parameters) accumulate into ``.grad`` across
   ``backward()`` calls until an optimiser's ``zero_grad()`` resets them, as in PyTorch.
 
-The differentiable ops themselves live in :mod:`lora_np.functional`; the operator methods here
-(``+``, ``@``, ``.sum()``, ...) call them.
+The primitive ops (``+ - * / ** @``, indexing, ``sum``/``mean``/``max``, ``exp``,
+``reshape``, ...) live here beside the Tensor, as micrograd keeps them; the layer ops (linear,
+softmax, attention, ...) are in :mod:`lora_np.functional`, which builds on this module.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
+import numbers
 
-from . import backend
+from . import backend, fastpaths
+from .graph import Node, check_same_backend, is_grad_enabled, no_grad, topological_order
+from .shapes import (
+    broadcast_error,
+    expand_reduced,
+    is_basic_index,
+    normalise_axes,
+    shape_of,
+    unbroadcast,
+)
 
-_grad_enabled = True
-
-
-@contextlib.contextmanager
-def no_grad():
-    """Inside this block ops record no graph: outputs never require a gradient.
-
-    Use it for evaluation and for in-place parameter updates.
-    """
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
-
-
-def is_grad_enabled() -> bool:
-    """False inside :func:`no_grad`."""
-    return _grad_enabled
-
-
-def _to_array(data, dtype=None):
-    """``data`` as an array of the current backend, with a clear error for non-numbers."""
-    xp = backend.xp
-    if isinstance(data, Tensor):
-        data = data.data
-    if backend.name == "numpy" and backend.array_module(data) != "numpy":
-        data = data.get()  # an explicit construction may move data from the GPU to the host
-    try:
-        # A copy, as torch.tensor() makes: training a Parameter must not change the caller's
-        # array (a learner keeps W0 around to compare with).
-        array = xp.array(data, dtype=dtype)
-    except (ValueError, TypeError) as err:
-        raise TypeError(
-            f"Tensor needs a rectangular array of numbers; got {_short(data)} ({err})"
-        ) from None
-    if array.dtype.kind not in "biuf":
-        raise TypeError(
-            f"Tensor needs numbers (bool, int or float), got dtype {array.dtype} from {_short(data)}"
-        )
-    return array
+__all__ = [
+    "Node",
+    "Tensor",
+    "check_same_backend",
+    "is_grad_enabled",
+    "no_grad",
+    "topological_order",
+    "unbroadcast",
+]
 
 
-def _short(value, limit=60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class Tensor:
-    """An array that can remember how it was computed.
+class Tensor(Node):
+    """An array that can remember how it was computed: a graph :class:`~lora_np.graph.Node`
+    (construction, ``.grad``, ``backward()``) with arithmetic.
 
     Args:
         data: anything ``numpy.asarray`` turns into a numeric array. It is copied (a NumPy
@@ -88,351 +63,400 @@ class Tensor:
         grad: the accumulated gradient, an array of ``data``'s shape, or ``None``.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_retain", "name")
-    # Make ``ndarray + Tensor`` call Tensor.__radd__ instead of NumPy broadcasting over objects.
-    __array_priority__ = 1000
-
-    def __init__(self, data, requires_grad: bool = False, dtype=None):
-        self.data = _to_array(data, dtype)
-        if requires_grad and self.data.dtype.kind != "f":
-            raise TypeError(
-                f"only floating-point tensors can require a gradient; got dtype {self.data.dtype}"
-            )
-        self.requires_grad = bool(requires_grad)
-        self.grad = None
-        self._parents = ()
-        self._backward = None
-        self._retain = False
-        self.name = None
-
-    @classmethod
-    def from_op(cls, data, parents, backward_fn) -> Tensor:
-        """An op's output: how every op in :mod:`lora_np.functional` is made, and how to add one.
-
-        Records the graph only when grad mode is on and some parent requires a gradient.
-
-        Args:
-            data: the output array.
-            parents: the input Tensors.
-            backward_fn: ``backward_fn(grad_out) -> tuple`` with one gradient (an array of
-                that parent's shape) or ``None`` per parent; it should skip the work for
-                parents with ``requires_grad=False``.
-        """
-        out = cls.__new__(cls)
-        xp = backend.xp
-        if type(data) is not xp.ndarray and backend.array_module(data) == backend.name:
-            data = xp.asarray(data)  # reductions return NumPy scalars; keep .data an array
-        out.data = data
-        out.grad = None
-        out._retain = False
-        out.name = None
-        if _grad_enabled and any(p.requires_grad for p in parents):
-            out.requires_grad = True
-            out._parents = parents
-            out._backward = backward_fn
-        else:
-            out.requires_grad = False
-            out._parents = ()
-            out._backward = None
-        return out
-
-    # ----------------------------------------------------------------------------- basics
-    @property
-    def shape(self) -> tuple:
-        return self.data.shape
-
-    @property
-    def dtype(self):
-        return self.data.dtype
-
-    @property
-    def ndim(self) -> int:
-        return self.data.ndim
-
-    @property
-    def size(self) -> int:
-        return self.data.size
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the data takes (not counting ``.grad``)."""
-        return self.data.nbytes
-
-    @property
-    def is_leaf(self) -> bool:
-        """True for tensors not produced by a recorded op (parameters, inputs)."""
-        return self._backward is None
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __repr__(self) -> str:
-        grad = ", requires_grad=True" if self.requires_grad else ""
-        body = repr(backend.to_numpy(self.data)).replace("array(", "").rstrip(")")
-        return f"Tensor({body}{grad})"
-
-    def numpy(self):
-        """The data as a host NumPy array (copied from the GPU on the CuPy backend)."""
-        return backend.to_numpy(self.data)
-
-    _from_op = from_op  # the library's internal spelling
-
-    def item(self) -> float:
-        """The value of a one-element tensor as a Python number."""
-        if self.data.size != 1:
-            raise ValueError(f"item() needs a one-element tensor, got shape {self.shape}")
-        return self.data.reshape(()).item()
-
-    def detach(self) -> Tensor:
-        """The same data (no copy) cut from the graph: needs no gradient."""
-        return Tensor._from_op(self.data, (), None)
-
-    def requires_grad_(self, flag: bool = True) -> Tensor:
-        """Set ``requires_grad`` in place (on leaves only) and return ``self``."""
-        if not self.is_leaf:
-            raise RuntimeError("requires_grad_ can only be changed on a leaf tensor")
-        if flag and self.data.dtype.kind != "f":
-            raise TypeError(f"only floating-point tensors can require a gradient; got {self.dtype}")
-        self.requires_grad = bool(flag)
-        return self
-
-    def retain_grad(self) -> Tensor:
-        """Keep this intermediate tensor's gradient in ``.grad`` after ``backward()``."""
-        self._retain = True
-        return self
-
-    def zero_grad(self) -> None:
-        """Forget the accumulated gradient."""
-        self.grad = None
-
-    # ----------------------------------------------------------------------------- backward
-    def backward(self, grad=None) -> None:
-        """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf that requires a gradient.
-
-        Args:
-            grad: d(loss)/d(self), an array or Tensor of ``self``'s shape. Optional for a
-                one-element tensor (then 1).
-        """
-        xp = backend.xp
-        if not self.requires_grad:
-            raise RuntimeError(
-                "backward() called on a tensor that does not require grad: no input of the "
-                "computation has requires_grad=True (or it was built inside no_grad())"
-            )
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(
-                    f"backward() without a gradient needs a one-element (scalar) tensor; this one "
-                    f"has shape {self.shape}. Pass grad= of that shape, or reduce first (.sum())"
-                )
-            grad = xp.ones_like(self.data)
-        else:
-            grad = _to_array(grad, dtype=self.data.dtype)
-            if grad.shape != self.shape:
-                raise ValueError(
-                    f"backward() got a gradient of shape {grad.shape} for a tensor of shape "
-                    f"{self.shape}; they must match"
-                )
-
-        order = _topological_order(self)
-        grads = {id(self): grad}
-        for node in reversed(order):
-            g = grads.pop(id(node), None)
-            if g is None:  # no path from the output reached this node
-                continue
-            if node._backward is None or node._retain:
-                _accumulate_leaf(node, g)
-            if node._backward is None:
-                continue
-            for parent, parent_grad in zip(node._parents, node._backward(g), strict=True):
-                if parent_grad is None or not parent.requires_grad:
-                    continue
-                key = id(parent)
-                # Out of place on purpose: the same array may be handed to several parents.
-                grads[key] = parent_grad if key not in grads else grads[key] + parent_grad
+    __slots__ = ()
 
     # ----------------------------------------------------------------------------- operators
     def __add__(self, other):
-        return _F.add(self, other)
+        return add(self, other)
 
     def __radd__(self, other):
-        return _F.add(other, self)
+        return add(other, self)
 
     def __sub__(self, other):
-        return _F.sub(self, other)
+        return sub(self, other)
 
     def __rsub__(self, other):
-        return _F.sub(other, self)
+        return sub(other, self)
 
     def __mul__(self, other):
-        return _F.mul(self, other)
+        return mul(self, other)
 
     def __rmul__(self, other):
-        return _F.mul(other, self)
+        return mul(other, self)
 
     def __truediv__(self, other):
-        return _F.div(self, other)
+        return div(self, other)
 
     def __rtruediv__(self, other):
-        return _F.div(other, self)
+        return div(other, self)
 
     def __pow__(self, other):
-        return _F.power(self, other)
+        return power(self, other)
 
     def __rpow__(self, other):
-        return _F.power(other, self)
+        return power(other, self)
 
     def __matmul__(self, other):
-        return _F.matmul(self, other)
+        return matmul(self, other)
 
     def __rmatmul__(self, other):
-        return _F.matmul(other, self)
+        return matmul(other, self)
 
     def __neg__(self):
-        return _F.neg(self)
+        return neg(self)
 
     def __getitem__(self, index):
-        return _F.getitem(self, index)
+        return getitem(self, index)
 
     # ----------------------------------------------------------------------------- methods
     def sum(self, axis=None, keepdims=False):
-        return _F.sum(self, axis, keepdims)
+        return sum(self, axis, keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        return _F.mean(self, axis, keepdims)
+        return mean(self, axis, keepdims)
 
     def max(self, axis=None, keepdims=False):
-        return _F.max(self, axis, keepdims)
+        return max(self, axis, keepdims)
 
     def exp(self):
-        return _F.exp(self)
+        return exp(self)
 
     def log(self):
-        return _F.log(self)
+        return log(self)
 
     def tanh(self):
-        return _F.tanh(self)
+        return tanh(self)
 
     def sqrt(self):
-        return _F.sqrt(self)
+        return sqrt(self)
 
     def relu(self):
-        return _F.relu(self)
+        return relu(self)
 
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], tuple | list):
             shape = tuple(shape[0])
-        return _F.reshape(self, shape)
+        return reshape(self, shape)
 
     def transpose(self, *axes):
         if len(axes) == 1 and isinstance(axes[0], tuple | list):
             axes = tuple(axes[0])
-        return _F.transpose(self, axes or None)
+        return transpose(self, axes or None)
 
     @property
     def T(self):
-        return _F.transpose(self, None)
+        return transpose(self, None)
 
     def astype(self, dtype):
-        return _F.astype(self, dtype)
+        return astype(self, dtype)
 
 
-def _topological_order(root: Tensor) -> list:
-    """Nodes that need a gradient, each after all of its parents (iterative depth-first).
+def _matrix_product(a, b):
+    """Where every ``Tensor @ Tensor`` product happens.
 
-    An explicit stack instead of recursion: a chain of 20,000 ops would overflow Python's
-    recursion limit.
+    :mod:`lora_np.functional` points this at its own ``_mm`` (:func:`set_matrix_product`), so
+    replacing ``functional._mm`` sees every matrix product the engine makes: the notebooks
+    count FLOPs that way.
     """
-    order, visited = [], set()
-    stack = [(root, False)]
-    while stack:
-        node, parents_done = stack.pop()
-        if parents_done:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent in node._parents:
-            if parent.requires_grad and id(parent) not in visited:
-                stack.append((parent, False))
-    return order
+    return a @ b
 
 
-def _accumulate_leaf(node: Tensor, grad) -> None:
-    """Add ``grad`` into ``node.grad``; the first time, store a private copy.
-
-    The copy matters: an op may pass one array to several inputs (``a + b`` gives both the
-    same gradient), and ``node.grad`` must stay safe to update in place.
-    """
-    if grad.shape != node.data.shape:  # a backward closure must unbroadcast; fail loudly if not
-        raise RuntimeError(f"internal error: gradient shape {grad.shape} != data {node.shape}")
-    if node.grad is None:
-        node.grad = grad.astype(node.data.dtype, copy=True)
-    else:
-        node.grad += grad
+def set_matrix_product(fn) -> None:
+    """Compute the products of :func:`matmul` with ``fn(a, b)`` (arrays in, array out)."""
+    global _matrix_product
+    _matrix_product = fn
 
 
-def unbroadcast(grad, shape: tuple):
-    """Sum ``grad`` back to ``shape``: the gradient of NumPy broadcasting.
-
-    Broadcasting copies an input along new leading axes and along axes of length 1, so its
-    gradient sums over exactly those axes.
-    """
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    if extra:
-        grad = grad.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
-    return grad
+# ============================================================================ primitive ops
+# A stand-in parent for Python-number operands: it never requires a gradient.
+_CONSTANT = Tensor(0.0)
 
 
-def check_same_backend(*arrays) -> None:
-    """Raise a TypeError when NumPy and CuPy arrays meet in one op (no silent copies)."""
-    first = type(arrays[0])
-    if all(type(a) is first for a in arrays[1:]):
-        return
-    kinds = {backend.array_module(a) for a in arrays}
-    if len(kinds) > 1:
-        raise TypeError(
-            "an op got arrays of two backends (NumPy and CuPy). Make every tensor after "
-            "set_backend(), or move data explicitly with Tensor(backend.to_numpy(x))"
+def _operand(x):
+    """(value, parent) for a binary op: Python numbers stay numbers (NumPy keeps the array's
+    dtype for them), arrays become constant tensors, tensors stay tensors."""
+    if isinstance(x, Tensor):
+        return x.data, x
+    if isinstance(x, numbers.Number):
+        # A NumPy scalar (np.float64(2), np.sqrt(2.0)) as a Python number: NumPy 2 would let
+        # a float64 scalar upcast a float32 array; a Python number keeps the array's dtype.
+        return (x.item() if hasattr(x, "item") else x), _CONSTANT
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        t = Tensor.from_op(x, (), None)
+        return t.data, t
+    t = Tensor(x)
+    return t.data, t
+
+
+def _binary_inputs(a, b):
+    av, at = _operand(a)
+    bv, bt = _operand(b)
+    if hasattr(av, "shape") and hasattr(bv, "shape"):
+        check_same_backend(av, bv)
+    return av, at, bv, bt
+
+
+# --------------------------------------------------------------------------- elementwise
+def add(a, b) -> Tensor:
+    """a + b with NumPy broadcasting."""
+    av, at, bv, bt = _binary_inputs(a, b)
+    try:
+        out = av + bv
+    except ValueError as err:
+        raise broadcast_error("add", av, bv, err) from None
+
+    def backward(g):
+        return (
+            unbroadcast(g, shape_of(av)) if at.requires_grad else None,
+            unbroadcast(g, shape_of(bv)) if bt.requires_grad else None,
         )
 
+    return Tensor.from_op(out, (at, bt), backward)
 
-from . import functional as _F  # noqa: E402  (functional imports Tensor from this module)
+
+def sub(a, b) -> Tensor:
+    """a - b with NumPy broadcasting."""
+    av, at, bv, bt = _binary_inputs(a, b)
+    try:
+        out = av - bv
+    except ValueError as err:
+        raise broadcast_error("sub", av, bv, err) from None
+
+    def backward(g):
+        return (
+            unbroadcast(g, shape_of(av)) if at.requires_grad else None,
+            unbroadcast(-g, shape_of(bv)) if bt.requires_grad else None,
+        )
+
+    return Tensor.from_op(out, (at, bt), backward)
 
 
-def topological_order(root) -> list:
-    """Every node reachable from ``root`` through ``node.parents``, once each, root first.
+def mul(a, b) -> Tensor:
+    """a * b elementwise, with NumPy broadcasting."""
+    av, at, bv, bt = _binary_inputs(a, b)
+    try:
+        out = av * bv
+    except ValueError as err:
+        raise broadcast_error("mul", av, bv, err) from None
 
-    Each node comes before all of its parents (the nodes it was computed from), so running the
-    nodes' backward steps in this order completes a node's gradient, from every use of it,
-    before the node passes it on. Works on any objects with a ``parents`` sequence (the course's
-    scalar ``Value``, the exercise checker's nodes). Iterative (an explicit stack), so a chain of
-    20,000 ops does not hit Python's recursion limit.
+    def backward(g):
+        return (
+            unbroadcast(g * bv, shape_of(av)) if at.requires_grad else None,
+            unbroadcast(g * av, shape_of(bv)) if bt.requires_grad else None,
+        )
 
-    Args:
-        root: the output node; ``root.parents`` are the nodes it was computed from.
+    return Tensor.from_op(out, (at, bt), backward)
 
-    Returns:
-        A list of the reachable nodes (root included), of length the number of distinct nodes.
+
+def div(a, b) -> Tensor:
+    """a / b elementwise, with NumPy broadcasting."""
+    av, at, bv, bt = _binary_inputs(a, b)
+    try:
+        out = av / bv
+    except ValueError as err:
+        raise broadcast_error("div", av, bv, err) from None
+
+    def backward(g):
+        return (
+            unbroadcast(g / bv, shape_of(av)) if at.requires_grad else None,
+            unbroadcast(-g * out / bv, shape_of(bv)) if bt.requires_grad else None,
+        )
+
+    return Tensor.from_op(out, (at, bt), backward)
+
+
+def power(a, b) -> Tensor:
+    """a ** b: tensor ** number, number ** tensor, or tensor ** tensor."""
+    av, at, bv, bt = _binary_inputs(a, b)
+    # Small whole exponents as products: float32 ``x ** 3`` is ~50x slower than x * x * x.
+    small_int = isinstance(bv, numbers.Real) and not isinstance(bv, bool) and bv in (1, 2, 3, 4)
+    try:
+        out = fastpaths.int_power(av, int(bv)) if small_int else av**bv
+    except ValueError as err:
+        raise broadcast_error("power", av, bv, err) from None
+
+    def backward(g):
+        ga = gb = None
+        if at.requires_grad:
+            if small_int:
+                ga = g * bv if bv == 1 else g * (bv * fastpaths.int_power(av, int(bv) - 1))
+            else:
+                ga = unbroadcast(g * bv * av ** (bv - 1), shape_of(av))
+        if bt.requires_grad:
+            # a Python-number base as an array of out's dtype: np.log(2) would be float64
+            log_a = backend.xp.log(backend.xp.asarray(av, dtype=out.dtype))
+            gb = unbroadcast(g * out * log_a, shape_of(bv))
+        return ga, gb
+
+    return Tensor.from_op(out, (at, bt), backward)
+
+
+def neg(x: Tensor) -> Tensor:
+    """-x."""
+    return Tensor.from_op(-x.data, (x,), lambda g: (-g,))
+
+
+def exp(x: Tensor) -> Tensor:
+    """e ** x elementwise."""
+    out = backend.xp.exp(x.data)
+    return Tensor.from_op(out, (x,), lambda g: (g * out,))
+
+
+def log(x: Tensor) -> Tensor:
+    """Natural logarithm elementwise (x > 0)."""
+    xd = x.data
+    return Tensor.from_op(backend.xp.log(xd), (x,), lambda g: (g / xd,))
+
+
+def tanh(x: Tensor) -> Tensor:
+    """Hyperbolic tangent elementwise; d/dx = 1 - tanh(x)^2."""
+    out = backend.xp.tanh(x.data)
+    return Tensor.from_op(out, (x,), lambda g: (g * (1 - out * out),))
+
+
+def sqrt(x: Tensor) -> Tensor:
+    """Square root elementwise (x >= 0); d/dx = 1 / (2 sqrt(x))."""
+    out = backend.xp.sqrt(x.data)
+    return Tensor.from_op(out, (x,), lambda g: (g / (2 * out),))
+
+
+def relu(x: Tensor) -> Tensor:
+    """max(x, 0) elementwise; the gradient at exactly 0 is taken as 0."""
+    positive = x.data > 0
+    out = x.data * positive
+    return Tensor.from_op(out, (x,), lambda g: (g * positive,))
+
+
+def astype(x: Tensor, dtype) -> Tensor:
+    """x converted to ``dtype``; the gradient is converted back."""
+    source = x.data.dtype
+    return Tensor.from_op(x.data.astype(dtype), (x,), lambda g: (g.astype(source),))
+
+
+# --------------------------------------------------------------------------- reductions
+def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 (torch's name)
+    """Sum over ``axis`` (an int, a tuple, or None for all)."""
+    axes = normalise_axes(axis, x.ndim)
+    out = x.data.sum(axis=axes, keepdims=keepdims)
+    shape = x.shape
+    return Tensor.from_op(out, (x,), lambda g: (expand_reduced(g, shape, axes, keepdims),))
+
+
+def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Mean over ``axis`` (an int, a tuple, or None for all)."""
+    axes = normalise_axes(axis, x.ndim)
+    count = math.prod(x.shape[a] for a in axes)
+    out = x.data.mean(axis=axes, keepdims=keepdims)
+    shape = x.shape
+    return Tensor.from_op(out, (x,), lambda g: (expand_reduced(g / count, shape, axes, keepdims),))
+
+
+def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 (torch's name)
+    """Maximum over ``axis``. Tied maxima share the gradient equally."""
+    axes = normalise_axes(axis, x.ndim)
+    kept = x.data.max(axis=axes, keepdims=True)
+    out = kept if keepdims else kept.reshape([n for i, n in enumerate(x.shape) if i not in axes])
+
+    def backward(g):
+        is_max = x.data == kept
+        g = g if keepdims else g.reshape(kept.shape)
+        ties = is_max.sum(axis=axes, keepdims=True, dtype=g.dtype)  # g's dtype: no float64 upcast
+        return (is_max * (g / ties),)
+
+    return Tensor.from_op(out, (x,), backward)
+
+
+# --------------------------------------------------------------------------- shapes
+def reshape(x: Tensor, shape) -> Tensor:
+    """The same values in a new shape (one entry may be -1)."""
+    try:
+        out = x.data.reshape(shape)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot reshape a tensor of shape {x.shape} into {shape}: {err}"
+        ) from None
+    source = x.shape
+    return Tensor.from_op(out, (x,), lambda g: (g.reshape(source),))
+
+
+def transpose(x: Tensor, axes=None) -> Tensor:
+    """Permute the axes (reverse them when ``axes`` is None)."""
+    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(axes)
+    if sorted(a % x.ndim for a in axes) != list(range(x.ndim)) or len(axes) != x.ndim:
+        raise ValueError(f"transpose axes {axes} are not a permutation of {x.ndim} dimensions")
+    inverse = tuple(sorted(range(x.ndim), key=lambda i: axes[i] % x.ndim))
+    return Tensor.from_op(x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),))
+
+
+def getitem(x: Tensor, index) -> Tensor:
+    """``x[index]`` with NumPy's basic and advanced indexing."""
+    if isinstance(index, Tensor):
+        index = index.data
+    elif isinstance(index, tuple):
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    out = x.data[index]
+    basic = is_basic_index(index)
+
+    def backward(g):
+        grad = backend.xp.zeros_like(x.data)
+        if basic:
+            grad[index] = g
+        else:  # advanced indices may repeat: every copy sends its gradient back
+            backend.scatter_add(grad, index, g)
+        return (grad,)
+
+    return Tensor.from_op(out, (x,), backward)
+
+
+# --------------------------------------------------------------------------- matrices
+def matmul(a, b) -> Tensor:
+    """a @ b with NumPy's rules: 1-D operands, and batch axes that broadcast.
+
+    A (..., n, k) input times a 2-D (k, m) weight runs as one 2-D product on (... * n, k) rows:
+    a batched product of small matrices is much slower.
     """
-    finished, visited = [], set()
-    stack = [(root, False)]
-    while stack:
-        node, parents_done = stack.pop()
-        if parents_done:  # every parent of node is already in `finished`
-            finished.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        stack.extend((parent, False) for parent in node.parents if id(parent) not in visited)
-    finished.reverse()  # parents-first becomes root-first
-    return finished
+    av, at, bv, bt = _binary_inputs(a, b)
+    a_shape, b_shape = shape_of(av), shape_of(bv)
+    if len(a_shape) == 0 or len(b_shape) == 0:
+        raise ValueError(f"matmul needs at least 1-D operands; got shapes {a_shape} and {b_shape}")
+    if a_shape[-1] != b_shape[-2 if len(b_shape) > 1 else 0]:
+        raise ValueError(
+            f"matmul: shapes {a_shape} and {b_shape} do not match: the last axis of the first "
+            f"({a_shape[-1]}) must equal the {'second-to-last' if len(b_shape) > 1 else 'only'} "
+            f"axis of the second ({b_shape[-2 if len(b_shape) > 1 else 0]})"
+        )
+    if len(a_shape) == 1:  # (k,) @ (..., k, m): treat as (1, k) and drop that axis again
+        out_shape = b_shape[:-2] + b_shape[-1:] if len(b_shape) > 1 else ()  # (k,) @ (k,) -> ()
+        return reshape(matmul(reshape(at, (1, a_shape[0])), bt), out_shape)
+    if len(b_shape) == 1:  # (..., n, k) @ (k,): treat as (k, 1)
+        return reshape(matmul(at, reshape(bt, (b_shape[0], 1))), a_shape[:-1])
+    if len(b_shape) == 2 and len(a_shape) > 2:
+        rows = av.reshape(-1, a_shape[-1])  # (N, k) with N = prod(leading axes)
+        out = _matrix_product(rows, bv).reshape(a_shape[:-1] + b_shape[-1:])  # (..., n, m)
+
+        def backward(g):
+            g_rows = g.reshape(-1, b_shape[-1])  # (N, m)
+            ga = _matrix_product(g_rows, bv.T).reshape(a_shape) if at.requires_grad else None
+            gb = _matrix_product(rows.T, g_rows) if bt.requires_grad else None  # (k, m)
+            return ga, gb
+
+        return Tensor.from_op(out, (at, bt), backward)
+    try:
+        out = _matrix_product(av, bv)
+    except ValueError as err:
+        raise ValueError(f"matmul: shapes {a_shape} and {b_shape} do not match ({err})") from None
+
+    def backward(g):
+        ga = (
+            unbroadcast(_matrix_product(g, bv.swapaxes(-1, -2)), a_shape)
+            if at.requires_grad
+            else None
+        )
+        gb = (
+            unbroadcast(_matrix_product(av.swapaxes(-1, -2), g), b_shape)
+            if bt.requires_grad
+            else None
+        )
+        return ga, gb
+
+    return Tensor.from_op(out, (at, bt), backward)

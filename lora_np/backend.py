@@ -125,32 +125,6 @@ def rng():
     return _rng
 
 
-def _keep_freed_memory_for_reuse() -> bool:
-    """Ask glibc's malloc to keep large freed blocks instead of returning them to the OS.
-
-    A training step allocates and frees the same few-MB activation arrays every time. By
-    default glibc hands blocks that large straight back to the kernel, so each step maps them
-    again and pays a page fault per 4 KB page: a quarter of a tiny-GPT step on 2 cores. With
-    mmap only for blocks over 1 GB and no trimming, freed memory is reused. The price: the
-    process keeps its peak memory. Off with LORA_NP_MALLOC_TUNING=0; a no-op off glibc.
-    """
-    if os.environ.get("LORA_NP_MALLOC_TUNING", "1") == "0":
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
-    ok = mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, (1 << 31) - 1)
-    return bool(ok and mallopt(m_top_pad, 64 << 20))
-
-
-malloc_tuned = _keep_freed_memory_for_reuse()
-"""Whether :func:`_keep_freed_memory_for_reuse` took effect in this process."""
-
 _requested = os.environ.get("LORA_NP_BACKEND", "numpy").strip().lower() or "numpy"
 if _requested != "numpy":
     set_backend(_requested)

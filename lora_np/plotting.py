@@ -18,7 +18,7 @@ import io
 import os
 from pathlib import Path
 
-from .io import atomic_write
+from .serialization import atomic_write
 
 FIGURE_DIR_ENV = "LORA_NP_FIGURE_DIR"
 """The environment variable that chooses where :func:`save_figure` writes."""

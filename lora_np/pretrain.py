@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import backend, data, io
+from . import backend, data, serialization
 from .train import train
 from .transformer import CHECKPOINT_DIR, GPT, GPTConfig
 
@@ -102,7 +102,9 @@ def write_checkpoint(model, out_dir, name: str, info: dict) -> tuple[Path, Path]
         out_dir / f"{name}.safetensors", metadata={"info": json.dumps(info, sort_keys=True)}
     )
     json_path = out_dir / f"{name}.json"
-    io.atomic_write(json_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+    serialization.atomic_write(
+        json_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    )
     return weights, json_path
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import analysis, backend, data, io, lora, results, train, transformer
+from . import analysis, backend, data, lora, results, serialization, train, transformer
 
 np = backend.np
 
@@ -114,7 +114,7 @@ def load_full_ft_deltas(folder=None) -> dict:
     folder = Path(folder) if folder is not None else results.FOLDER
     deltas = {}
     for i in range(4):
-        tensors, _ = io.read_weights(folder / f"05_full_ft_delta_layer{i}.safetensors")
+        tensors, _ = serialization.read_weights(folder / f"05_full_ft_delta_layer{i}.safetensors")
         deltas.update({name: tensors[name].astype(np.float64) for name in tensors})
     return {name: deltas[name] for name in matrix_names() if name in deltas}
 
@@ -122,7 +122,7 @@ def load_full_ft_deltas(folder=None) -> dict:
 def load_full_ft_other(folder=None) -> dict:
     """name -> fine-tuned host array of every parameter that is not a block Linear weight."""
     folder = Path(folder) if folder is not None else results.FOLDER
-    tensors, _ = io.read_weights(folder / "05_full_ft_other.safetensors")
+    tensors, _ = serialization.read_weights(folder / "05_full_ft_other.safetensors")
     return tensors
 
 

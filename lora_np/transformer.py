@@ -20,7 +20,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import backend, io, nn
+from . import backend, nn, serialization
 from . import functional as F
 from .autograd import Tensor, no_grad
 
@@ -245,7 +245,7 @@ class GPT(nn.Module):
         (str -> str) is stored in the header beside the config.
         """
         meta = {"model": "lora_np.GPT", "config": json.dumps(asdict(self.config))}
-        return io.save_weights(self, path, {**meta, **(metadata or {})})
+        return serialization.save_weights(self, path, {**meta, **(metadata or {})})
 
     @classmethod
     def load(cls, path, config: GPTConfig | None = None) -> GPT:
@@ -258,7 +258,7 @@ class GPT(nn.Module):
         """
         if config is not None and not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig or None, got {type(config).__name__}")
-        tensors, meta = io.read_weights(path)
+        tensors, meta = serialization.read_weights(path)
         if "config" not in meta:
             raise ValueError(
                 f"{path} has no GPT config in its metadata; was it written by GPT.save?"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lora_np as ln
-from lora_np import autograd, backend
+from lora_np import autograd, backend, graph
 from lora_np import functional as F
 
 
@@ -248,20 +248,21 @@ def test_a_frozen_leaf_keeps_grad_none_and_its_branch_is_never_walked(monkeypatc
     frozen = ln.Tensor([1.0, 2.0])
     trained = leaf([3.0, 4.0])
     walked = []
-    real = autograd._topological_order
+    real = graph.topological_order
 
     def spy(root):
         order = real(root)
         walked.extend(order)
         return order
 
-    monkeypatch.setattr(autograd, "_topological_order", spy)
+    monkeypatch.setattr(graph, "topological_order", spy)
     branch = (frozen * 2).exp()  # needs no gradient: records nothing
-    assert not branch.requires_grad and branch._backward is None
+    assert not branch.requires_grad and branch._backward is None and branch.parents == ()
     (branch * trained).sum().backward()
     assert frozen.grad is None and branch.grad is None
-    assert all(node.requires_grad for node in walked)
-    assert all(node is not branch and node is not frozen for node in walked)
+    # the walk reaches `branch` (an input of the product) but nothing behind it
+    assert all(node is not frozen for node in walked)
+    assert all(node.requires_grad or node.parents == () for node in walked)
     np.testing.assert_allclose(trained.grad, np.exp([2.0, 4.0]))
 
 
@@ -399,3 +400,93 @@ def test_nbytes_counts_the_data():
     t = ln.Tensor(np.zeros((3, 4), dtype=np.float32), requires_grad=True)
     assert t.nbytes == 48
     assert ln.nn.Parameter(np.zeros(5)).nbytes == 40
+
+
+# ------------------------------------------------------------------------ parents and order
+def test_parents_is_a_read_only_tuple_of_the_inputs():
+    a, b = leaf([1.0]), leaf([2.0])
+    c = a * b
+    assert c.parents == (a, b) and a.parents == ()
+    with pytest.raises(AttributeError):
+        c.parents = ()
+
+
+def test_topological_order_lists_each_node_once_root_first_before_its_parents():
+    a = leaf([1.0, 2.0])
+    b = a * 2
+    c = a + b
+    d = (c * b).sum()
+    order = autograd.topological_order(d)
+    assert order[0] is d
+    assert len(order) == len({id(n) for n in order})
+    position = {id(n): i for i, n in enumerate(order)}
+    for node in order:
+        for parent in node.parents:
+            assert position[id(node)] < position[id(parent)]
+    assert {id(a), id(b), id(c)} <= set(position)
+
+
+def test_topological_order_is_iterative_on_a_5000_deep_chain():
+    x = leaf([1.0])
+    y = x
+    for _ in range(5000):
+        y = y * 1.0
+    order = autograd.topological_order(y)
+    assert order[0] is y and order[-1] is not y and x in order
+
+
+def test_topological_order_works_on_any_node_with_parents():
+    class N:
+        def __init__(self, *parents):
+            self.parents = parents
+
+    a = N()
+    b = N(a)
+    c = N(a, b)
+    assert autograd.topological_order(c) == [c, b, a]
+
+
+def test_no_grad_is_per_thread():
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+
+    def worker():
+        with ln.no_grad():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    inside.wait(5)
+    try:
+        assert ln.is_grad_enabled()  # the other thread's no_grad does not reach this one
+        x = leaf([1.0])
+        assert (x * 2).requires_grad
+    finally:
+        release.set()
+        thread.join()
+
+
+# ------------------------------------------------------------------------ in-place changes
+def test_changing_data_after_the_forward_pass_is_caught_at_backward():
+    w, x = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    y = (w * x).sum()
+    w.data += 1.0  # the product's backward would use the new w: a silently wrong x.grad
+    with pytest.raises(RuntimeError, match="changed in place"):
+        y.backward()
+
+
+def test_assigning_data_after_the_forward_pass_is_caught_too():
+    w = leaf([[1.0, 2.0]])
+    y = (w @ ln.Tensor([[1.0], [1.0]])).sum()
+    w.data = np.array([[5.0, 6.0]])
+    with pytest.raises(RuntimeError, match="version"):
+        y.backward()
+
+
+def test_changing_data_before_the_forward_pass_is_fine():
+    w, x = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    w.data += 1.0
+    (w * x).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 3.0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lora_np import io, lora, results, transformer
+from lora_np import lora, results, transformer
 
 RESULTS = results.path("08_adapters")
 
@@ -62,7 +62,7 @@ def test_adapter_folders_are_small_and_load(exp):
         assert size < 100_000, (name, size)  # kilobytes, not megabytes
         total += size
         model = transformer.load_pretrained()
-        assert len(io.load_adapter(model, folder, adapter_name="a")) == 8  # q, v in 4 blocks
+        assert len(lora.load_adapter(model, folder, adapter_name="a")) == 8  # q, v in 4 blocks
     assert total + (RESULTS / "scores.json").stat().st_size < 3_000_000
 
 
@@ -70,7 +70,7 @@ def test_rerun_prv_adapter_matches_stored(stored, exp):
     model = exp.train_task_adapter("prv")
     assert abs(exp.score(model, "prv") - stored["matrix"]["prv"]["prv"]) <= 0.03
     reference = transformer.load_pretrained()
-    io.load_adapter(reference, RESULTS / "prv", adapter_name="prv")
+    lora.load_adapter(reference, RESULTS / "prv", adapter_name="prv")
     for (name, new), (_, old) in zip(lora.lora_layers(model), lora.lora_layers(reference)):
         for a, b in ((new.A.numpy(), old.A.numpy()), (new.B.numpy(), old.B.numpy())):
             rel = np.linalg.norm(a - b) / np.linalg.norm(b)

@@ -770,9 +770,8 @@ def test_attention_backward_with_frozen_inputs(count_mm):
 
 
 def _patch_from_op(monkeypatch, replacement):
-    """Route every op's output through ``replacement`` (both spellings of Tensor.from_op)."""
-    for name in ("from_op", "_from_op"):
-        monkeypatch.setattr(ln.Tensor, name, classmethod(replacement))
+    """Route every op's output through ``replacement`` (Tensor.from_op)."""
+    monkeypatch.setattr(ln.Tensor, "from_op", classmethod(replacement))
 
 
 def _spy_parents(monkeypatch):

@@ -462,7 +462,7 @@ def test_model_level_adapter_functions():
     randomise_B(model, seed=3)
     out_default = model(x).data.copy()
     assert lora.add_adapter(model, "b", r=1, alpha=2, targets="q") == ["blocks.0.q", "blocks.1.q"]
-    with pytest.raises(KeyError, match="no adapter named 'b' in 'blocks.0.v'"):
+    with pytest.raises(KeyError, match="blocks.0.v: no adapter named 'b'"):
         lora.set_adapter(model, "b")
     lora.add_adapter(model, "c", r=2, alpha=2)
     lora.set_adapter(model, "c")
@@ -599,7 +599,7 @@ def test_inject_returns_names_in_model_order():
 
 def test_lora_and_analysis_on_each_backend(backend_name, tmp_path):
     """The same checks with arrays of the active backend (CuPy too when a GPU is present)."""
-    from lora_np import backend, io
+    from lora_np import backend
 
     ln.manual_seed(0)
     model = Net(dtype="float64")
@@ -615,10 +615,10 @@ def test_lora_and_analysis_on_each_backend(backend_name, tmp_path):
     lora.merge_adapter(model)
     np.testing.assert_allclose(backend.to_numpy(model(x).data), adapted, atol=1e-12)
     lora.unmerge_adapter(model)
-    io.save_adapter(model, tmp_path / "a")
+    lora.save_adapter(model, tmp_path / "a")
     ln.manual_seed(0)
     fresh = Net(dtype="float64")
-    io.load_adapter(fresh, tmp_path / "a")
+    lora.load_adapter(fresh, tmp_path / "a")
     np.testing.assert_allclose(backend.to_numpy(fresh(x).data), adapted, atol=1e-12)
     pissa = lora.LoRALinear(nn.Linear(6, 5, dtype="float64"), r=2, alpha=2, init="pissa")
     delta = pissa.delta_weight()

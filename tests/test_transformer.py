@@ -8,7 +8,7 @@ import pytest
 
 import lora_np as ln
 from lora_np import data
-from lora_np.io import read_weights
+from lora_np.serialization import read_weights
 from lora_np.transformer import GPT, GPTConfig
 
 SMALL = GPTConfig(vocab_size=48, block_size=24, n_embd=16, n_head=2, n_layer=2)

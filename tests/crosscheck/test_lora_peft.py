@@ -16,7 +16,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import lora_np as ln
-from lora_np import io, lora, nn
+from lora_np import lora, nn
 
 pytestmark = pytest.mark.crosscheck
 
@@ -205,7 +205,7 @@ def test_saved_files_have_peft_names_and_read_both_ways(torch, peft, tmp_path):
     copy_into_peft(torch, model, peft_model)
 
     peft_model.save_pretrained(tmp_path / "peft")
-    io.save_adapter(model, tmp_path / "ours")
+    lora.save_adapter(model, tmp_path / "ours")
     theirs_keys = load_file(tmp_path / "peft" / "adapter_model.safetensors")
     ours_keys = load_file(tmp_path / "ours" / "adapter_model.safetensors")
     assert sorted(ours_keys) == sorted(theirs_keys)
@@ -226,7 +226,7 @@ def test_saved_files_have_peft_names_and_read_both_ways(torch, peft, tmp_path):
         expected = peft_model(tx).numpy()
     # PEFT's folder into lora_np
     fresh = twin(reference)
-    io.load_adapter(fresh, tmp_path / "peft")
+    lora.load_adapter(fresh, tmp_path / "peft")
     np.testing.assert_allclose(fresh(ln.Tensor(x)).data, expected, atol=1e-10, rtol=0)
     # lora_np's folder into PEFT
     loaded = peft.PeftModel.from_pretrained(copy.deepcopy(reference), tmp_path / "ours")

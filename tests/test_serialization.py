@@ -1,4 +1,5 @@
-"""lora_np.io: adapters in PEFT's folder layout, whole-model weights, atomic writes, no pickle."""
+"""Files: adapters in PEFT's layout (lora.save_adapter / load_adapter, strict config), whole-model
+weights and atomic writes (serialization). No pickle anywhere."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import lora_np as ln
-from lora_np import io, lora, nn
+from lora_np import lora, nn, serialization
 
 
 class Net(nn.Module):
@@ -65,7 +66,7 @@ def assert_unchanged(before, model):
 
 def test_save_writes_peft_layout(tmp_path):
     model = adapted_net()
-    folder = io.save_adapter(model, tmp_path / "adapter")
+    folder = lora.save_adapter(model, tmp_path / "adapter")
     assert sorted(p.name for p in folder.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -86,7 +87,7 @@ def test_save_writes_peft_layout(tmp_path):
     assert config["bias"] == "none" and config["lora_dropout"] == 0.0
     # kilobytes: far smaller than the model it adapts
     adapter_bytes = (folder / "adapter_model.safetensors").stat().st_size
-    model_path = io.save_weights(model, tmp_path / "model.safetensors")
+    model_path = serialization.save_weights(model, tmp_path / "model.safetensors")
     assert adapter_bytes < 2048 and adapter_bytes < model_path.stat().st_size / 3
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left
 
@@ -94,7 +95,7 @@ def test_save_writes_peft_layout(tmp_path):
 def test_target_modules_use_full_names_when_leaf_names_would_select_more(tmp_path):
     model = make_net()
     lora.inject(model, ["blocks.0.q"], r=2, alpha=2, init="gaussian", rslora=True)
-    config = io.adapter_config(model)
+    config = lora.adapter_config(model)
     assert config["target_modules"] == ["blocks.0.q"]
     assert config["init_lora_weights"] == "gaussian" and config["use_rslora"] is True
 
@@ -103,9 +104,9 @@ def test_round_trip_gives_the_same_outputs(tmp_path):
     model = adapted_net(targets=("q", "head"), r=3, alpha=6, rslora=True)
     x = x_batch()
     expected = model(x).data.copy()
-    io.save_adapter(model, tmp_path / "a")
+    lora.save_adapter(model, tmp_path / "a")
     fresh = make_net()
-    assert io.load_adapter(fresh, tmp_path / "a") == ["blocks.0.q", "blocks.1.q", "head"]
+    assert lora.load_adapter(fresh, tmp_path / "a") == ["blocks.0.q", "blocks.1.q", "head"]
     assert np.array_equal(fresh(x).data, expected)
     layer = fresh.get_submodule("head")
     assert layer.scaling == pytest.approx(6 / np.sqrt(3)) and layer.A.requires_grad
@@ -117,12 +118,12 @@ def test_rank_and_alpha_patterns_round_trip(tmp_path):
     varied = make_net()
     lora.inject(varied, ["blocks.0.q", "blocks.0.v", "blocks.1.q"], r=2, alpha=4)
     lora.inject(varied, ["blocks.1.v"], r=4, alpha=8)
-    config = io.adapter_config(varied)
+    config = lora.adapter_config(varied)
     assert config["r"] == 2 and config["rank_pattern"] == {"blocks.1.v": 4}
     assert config["alpha_pattern"] == {"blocks.1.v": 8}
-    io.save_adapter(varied, tmp_path / "varied")
+    lora.save_adapter(varied, tmp_path / "varied")
     fresh = make_net()
-    io.load_adapter(fresh, tmp_path / "varied")
+    lora.load_adapter(fresh, tmp_path / "varied")
     assert fresh.get_submodule("blocks.1.v").r == 4 and fresh.get_submodule("blocks.0.v").r == 2
 
 
@@ -130,26 +131,26 @@ def test_load_as_a_second_adapter(tmp_path):
     model = adapted_net()
     x = x_batch()
     expected = model(x).data.copy()
-    io.save_adapter(model, tmp_path / "a")
+    lora.save_adapter(model, tmp_path / "a")
     other = make_net()
     lora.inject(other, ["q", "v"], r=1, alpha=1)
-    io.load_adapter(other, tmp_path / "a", adapter_name="task")
+    lora.load_adapter(other, tmp_path / "a", adapter_name="task")
     assert other.get_submodule("blocks.0.q").adapter_names == ["default", "task"]
     assert np.array_equal(other(x).data, expected)  # the loaded adapter is active
     with pytest.raises(ValueError, match="already has an adapter named 'task'"):
-        io.load_adapter(other, tmp_path / "a", adapter_name="task")
+        lora.load_adapter(other, tmp_path / "a", adapter_name="task")
 
 
 def test_unknown_adapter_name_on_save(tmp_path):
     with pytest.raises(KeyError, match=r"no adapter named 'x' in the model; it has \['default'\]"):
-        io.save_adapter(adapted_net(), tmp_path / "a", adapter_name="x")
+        lora.save_adapter(adapted_net(), tmp_path / "a", adapter_name="x")
 
 
 # ----------------------------------------------------------------------------- bad files
 
 
 def _saved(tmp_path, **kwargs):
-    return io.save_adapter(adapted_net(**kwargs), tmp_path / "saved")
+    return lora.save_adapter(adapted_net(**kwargs), tmp_path / "saved")
 
 
 def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
@@ -164,7 +165,7 @@ def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
         ValueError,
         match=r"blocks\.0\.q\.lora_A\.weight has shape \(2, 15\) in the file but the model expects \(2, 16\)",
     ):
-        io.load_adapter(model, folder)
+        lora.load_adapter(model, folder)
     assert_unchanged(before, model)
 
 
@@ -178,7 +179,7 @@ def test_rank_in_config_and_file_must_agree(tmp_path):
     with pytest.raises(
         ValueError, match=r"shape \(2, 16\) in the file but the model expects \(3, 16\)"
     ):
-        io.load_adapter(model, folder)
+        lora.load_adapter(model, folder)
     assert_unchanged(before, model)
 
 
@@ -193,7 +194,7 @@ def test_adapter_for_other_modules(tmp_path):
     model = Other()
     before = snapshot(model)
     with pytest.raises(ValueError, match="match no Linear layer"):
-        io.load_adapter(model, folder)
+        lora.load_adapter(model, folder)
     assert_unchanged(before, model)
 
 
@@ -206,7 +207,7 @@ def test_missing_and_unexpected_keys(tmp_path):
     model = make_net()
     before = snapshot(model)
     with pytest.raises(ValueError) as info:
-        io.load_adapter(model, folder)
+        lora.load_adapter(model, folder)
     message = str(info.value)
     assert "missing keys: base_model.model.blocks.1.v.lora_B.weight" in message
     assert (
@@ -222,7 +223,7 @@ def test_a_targeted_layer_without_weights_is_missing(tmp_path):
     config["target_modules"] = ["q", "head"]
     (folder / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="missing keys: base_model.model.head.lora_A.weight"):
-        io.load_adapter(make_net(), folder)
+        lora.load_adapter(make_net(), folder)
 
 
 @pytest.mark.parametrize("cut", [0, 7, 100, -10])
@@ -234,7 +235,7 @@ def test_truncated_weights_file(tmp_path, cut):
     model = make_net()
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"adapter_model\.safetensors is truncated or corrupt"):
-        io.load_adapter(model, folder)
+        lora.load_adapter(model, folder)
     assert_unchanged(before, model)
 
 
@@ -244,20 +245,20 @@ def test_corrupt_or_foreign_config(tmp_path):
     text = config_path.read_text()
     config_path.write_text(text[: len(text) // 2])
     with pytest.raises(ValueError, match=r"adapter_config\.json is truncated or corrupt"):
-        io.load_adapter(make_net(), folder)
+        lora.load_adapter(make_net(), folder)
     config = json.loads(text)
     config_path.write_text(json.dumps(config | {"peft_type": "IA3"}))
     with pytest.raises(ValueError, match="expected 'LORA'"):
-        io.load_adapter(make_net(), folder)
+        lora.load_adapter(make_net(), folder)
     config_path.write_text(json.dumps(config | {"use_dora": True}))
     with pytest.raises(ValueError, match="does not support"):
-        io.load_adapter(make_net(), folder)
+        lora.load_adapter(make_net(), folder)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        io.load_adapter(make_net(), tmp_path / "nowhere")
+        lora.load_adapter(make_net(), tmp_path / "nowhere")
     (folder / "adapter_model.safetensors").unlink()
     config_path.write_text(text)
     with pytest.raises(FileNotFoundError, match="adapter_model.safetensors does not exist"):
-        io.load_adapter(make_net(), folder)
+        lora.load_adapter(make_net(), folder)
 
 
 def test_loading_into_a_merged_layer_is_refused(tmp_path):
@@ -266,7 +267,7 @@ def test_loading_into_a_merged_layer_is_refused(tmp_path):
     lora.merge_adapter(model)
     before = snapshot(model)
     with pytest.raises(ValueError, match="is merged"):
-        io.load_adapter(model, folder, adapter_name="second")
+        lora.load_adapter(model, folder, adapter_name="second")
     assert_unchanged(before, model)
 
 
@@ -275,20 +276,20 @@ def test_loading_into_a_merged_layer_is_refused(tmp_path):
 
 def test_save_and_load_weights(tmp_path):
     model = make_net(seed=0)
-    path = io.save_weights(model, tmp_path / "deep" / "model.safetensors")
+    path = serialization.save_weights(model, tmp_path / "deep" / "model.safetensors")
     other = make_net(seed=1)
-    io.load_weights(other, path)
+    serialization.load_weights(other, path)
     x = x_batch()
     assert np.array_equal(other(x).data, model(x).data)
     path.write_bytes(path.read_bytes()[:50])
     before = snapshot(other)
     with pytest.raises(ValueError, match="truncated or corrupt"):
-        io.load_weights(other, path)
+        serialization.load_weights(other, path)
     assert_unchanged(before, other)
 
 
 def test_load_weights_reports_mismatches(tmp_path):
-    path = io.save_weights(make_net(), tmp_path / "m.safetensors")
+    path = serialization.save_weights(make_net(), tmp_path / "m.safetensors")
 
     class Wider(Net):
         def __init__(self):
@@ -297,21 +298,21 @@ def test_load_weights_reports_mismatches(tmp_path):
     wider = Wider()
     before = snapshot(wider)
     with pytest.raises(KeyError, match="shape mismatches"):
-        io.load_weights(wider, path)
+        serialization.load_weights(wider, path)
     assert_unchanged(before, wider)
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     model = adapted_net()
-    folder = io.save_adapter(model, tmp_path / "a")
+    folder = lora.save_adapter(model, tmp_path / "a")
     old = (folder / "adapter_model.safetensors").read_bytes()
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io.os, "replace", broken)
+    monkeypatch.setattr(serialization.os, "replace", broken)
     with pytest.raises(OSError, match="disk full"):
-        io.save_adapter(adapted_net(r=3), folder)
+        lora.save_adapter(adapted_net(r=3), folder)
     assert (folder / "adapter_model.safetensors").read_bytes() == old
     assert sorted(p.name for p in folder.iterdir()) == [
         "adapter_config.json",
@@ -346,3 +347,89 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["01_test.png"]  # no temp file left
     with pytest.raises(ValueError, match="plain file name"):
         plotting.save_figure(fig, "../escape", folder=tmp_path)
+
+
+# ----------------------------------------------------------------------------- strict config
+def _with_config(tmp_path, **changes):
+    folder = _saved(tmp_path)
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    return folder
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("use_rslora", "false", "use_rslora must be true or false"),
+        ("use_rslora", 0, "use_rslora must be true or false"),
+        ("inference_mode", "yes", "inference_mode must be true or false"),
+        ("target_modules", 5, "target_modules must be"),
+        ("target_modules", ["q", 3], "target_modules must be"),
+        ("rank_pattern", [1], "rank_pattern must map"),
+        ("alpha_pattern", {"q": "big"}, "alpha_pattern"),
+        ("r", "2", "'r' must be"),
+        ("r", True, "'r' must be"),
+        ("lora_alpha", "4", "lora_alpha must be"),
+        ("lora_dropout", "0.1", "lora_dropout must be"),
+        ("layers_to_transform", "0", "layers_to_transform must be"),
+        ("exclude_modules", 3, "exclude_modules must be"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_refused(tmp_path, key, value, message):
+    folder = _with_config(tmp_path, **{key: value})
+    model = make_net()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        lora.load_adapter(model, folder)
+    assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "bad"),
+    [
+        ("target_modules", "(", "target_modules"),
+        ("exclude_modules", "[", "exclude_modules"),
+        ("rank_pattern", {"q(": 2}, "rank_pattern"),
+    ],
+)
+def test_a_bad_regex_is_named(tmp_path, key, value, bad):
+    folder = _with_config(tmp_path, **{key: value})
+    with pytest.raises(ValueError, match=rf"{bad}.*not a valid regular expression"):
+        lora.load_adapter(make_net(), folder)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"target_modules": ["q"]},  # the file also holds v
+        {"exclude_modules": ["v"]},
+        {"layers_to_transform": [0]},  # the file also holds block 1
+    ],
+)
+def test_a_config_that_selects_other_layers_than_the_file_holds_is_an_error(tmp_path, changes):
+    folder = _with_config(tmp_path, **changes)
+    model = make_net()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="not selected by the config"):
+        lora.load_adapter(model, folder)
+    assert_unchanged(before, model)
+
+
+def test_layers_to_transform_that_agrees_with_the_file_loads(tmp_path):
+    model = make_net()
+    lora.inject(model, ["blocks.0.q", "blocks.0.v"], r=2, alpha=4)
+    folder = lora.save_adapter(model, tmp_path / "a")
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["target_modules"], config["layers_to_transform"] = ["q", "v"], [0]
+    path.write_text(json.dumps(config))
+    assert lora.load_adapter(make_net(), folder) == ["blocks.0.q", "blocks.0.v"]

@@ -1,4 +1,4 @@
-"""Saving and loading: adapters in PEFT's layout, and whole models. No pickle anywhere.
+"""Adapters in PEFT's file layout: ``save_adapter`` / ``load_adapter``.
 
 An adapter is a folder, as PEFT's ``save_pretrained`` writes it::
 
@@ -12,22 +12,21 @@ can be loaded under any name. Only A and B are stored: kilobytes where the model
 A folder saved here loads into PEFT for a PyTorch model with the same module names, and one
 PEFT saved loads here (``tests/crosscheck/test_lora_peft.py`` checks both ways).
 
-Every file is written to a temporary name in its folder and then renamed (``os.replace``), so a
-crash never leaves half a file under the real name. Loading reads with ``safetensors`` (plain
-arrays, no code) and checks everything before it changes the model.
+Loading checks everything before it changes the model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from . import backend, nn
-from .lora import DEFAULT_ADAPTER, LoRALinear, _matches, lora_layers
+from .. import backend, nn
+from ..serialization import atomic_write_folder, read_safetensors, safetensors_bytes
+from .layer import LoRALinear
+from .targeting import lora_layers, matches, set_submodule
+from .validation import DEFAULT_ADAPTER, check_adapter_name, check_alpha, check_rank
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -35,92 +34,6 @@ PREFIX = "base_model.model."
 """What PEFT puts in front of a module's name in a saved adapter."""
 
 _KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<which>[AB])\.weight$")
-
-
-# ============================================================================ files
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A reader (or a crash) never sees a half-written file: the rename is atomic.
-    """
-    path = Path(path)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temp_name, 0o644)  # mkstemp makes 0600; a saved file should be readable
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
-
-
-def _read_safetensors(path: Path) -> dict:
-    """name -> host NumPy array, with a clear error for a missing, truncated or corrupt file."""
-    from safetensors.numpy import load
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        return load(path.read_bytes())
-    except Exception as err:  # safetensors raises its own SafetensorError
-        raise ValueError(
-            f"{path} is truncated or corrupt, not a readable safetensors file ({err})"
-        ) from None
-
-
-def _safetensors_bytes(arrays: dict, metadata: dict | None = None) -> bytes:
-    from safetensors.numpy import save
-
-    host = {name: backend.np.ascontiguousarray(backend.to_numpy(a)) for name, a in arrays.items()}
-    return save(host, metadata=metadata)
-
-
-# ============================================================================ whole models
-
-
-def save_weights(model: nn.Module, path, metadata: dict | None = None) -> Path:
-    """Write every parameter of ``model`` to one safetensors file (atomically), keyed by name.
-
-    ``metadata`` (str -> str) goes into the file's header beside ``"format"``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format": "lora_np", **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    atomic_write(path, _safetensors_bytes(model.state_dict(), header))
-    return path
-
-
-def read_weights(path) -> tuple[dict, dict]:
-    """``({name: host array}, metadata)`` from a safetensors file, without pickle.
-
-    A missing file raises FileNotFoundError; a truncated or corrupt one a ValueError that
-    names it. Nothing is returned from a file that fails.
-    """
-    from safetensors import safe_open
-
-    path = Path(path)
-    tensors = _read_safetensors(path)
-    with safe_open(path, framework="numpy") as handle:  # header only: the data is read above
-        metadata = dict(handle.metadata() or {})
-    return tensors, metadata
-
-
-def load_weights(model: nn.Module, path, strict: bool = True) -> None:
-    """Load a file written by :func:`save_weights` into ``model``.
-
-    Missing or unexpected names (when ``strict``) and shape mismatches are all reported in one
-    error before any parameter changes (``Module.load_state_dict``).
-    """
-    model.load_state_dict(_read_safetensors(Path(path)), strict=strict)
-
-
-# ============================================================================ adapters: saving
 
 
 def _short_targets(model: nn.Module, layer_names: list) -> list:
@@ -131,7 +44,7 @@ def _short_targets(model: nn.Module, layer_names: list) -> list:
     candidates = [
         n for n in candidates if not any(n.startswith(p + ".") for p, _ in lora_layers(model))
     ]
-    selected = {n for n in candidates if any(_matches(n, leaf) for leaf in leaves)}
+    selected = {n for n in candidates if any(matches(n, leaf) for leaf in leaves)}
     return leaves if selected == set(layer_names) else sorted(layer_names)
 
 
@@ -207,18 +120,21 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             adapter = layer.adapters[adapter_name]
             tensors[f"{PREFIX}{name}.lora_A.weight"] = adapter.A.data  # (r, k)
             tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.B.data  # (d, r)
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / WEIGHTS_NAME, _safetensors_bytes(tensors, {"format": "pt"}))
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    atomic_write(folder / CONFIG_NAME, text.encode("utf-8"))
-    return folder
+    # Both files or neither: a folder with new weights beside the old config would load
+    # without error and match neither adapter.
+    files = {
+        WEIGHTS_NAME: safetensors_bytes(tensors, {"format": "pt"}),
+        CONFIG_NAME: text.encode("utf-8"),
+    }
+    return atomic_write_folder(Path(path), files)
 
 
 # ============================================================================ adapters: loading
 
 
 def _read_config(path: Path) -> dict:
+    """The config as a dict, every entry lora_np reads checked for its JSON type."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (an adapter folder needs {CONFIG_NAME})")
     try:
@@ -232,6 +148,10 @@ def _read_config(path: Path) -> dict:
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
             raise ValueError(f"{path} has no {key!r} entry")
+    try:
+        _check_config_types(config)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     unsupported = {
         k: config.get(k) for k in ("use_dora", "fan_in_fan_out", "lora_bias") if config.get(k)
     }
@@ -242,6 +162,68 @@ def _read_config(path: Path) -> dict:
     return config
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _is_names(x) -> bool:
+    """A regex string, or a list of module names (PEFT's two forms of target_modules)."""
+    return isinstance(x, str) or (isinstance(x, list) and all(isinstance(t, str) for t in x))
+
+
+def _check_regex(pattern: str, key: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{key} {pattern!r} is not a valid regular expression ({err})") from None
+
+
+def _check_config_types(config: dict) -> None:
+    """JSON types as PEFT writes them: bools are true/false (``"false"`` is not False), ranks
+    are integers, and every regex compiles. Raises ValueError naming the entry."""
+    for key in ("use_rslora", "use_dora", "fan_in_fan_out", "lora_bias", "inference_mode"):
+        if key in config and not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be true or false, got {config[key]!r}")
+    if not _is_int(config["r"]):
+        raise ValueError(f"'r' must be a whole number, got {config['r']!r}")
+    if not _is_number(config["lora_alpha"]):
+        raise ValueError(f"lora_alpha must be a number, got {config['lora_alpha']!r}")
+    dropout = config.get("lora_dropout")
+    if dropout is not None and not _is_number(dropout):
+        raise ValueError(f"lora_dropout must be a number, got {dropout!r}")
+    for key in ("target_modules", "exclude_modules"):
+        value = config.get(key)
+        if value is None and key == "exclude_modules":
+            continue
+        if not _is_names(value) or value == []:
+            raise ValueError(
+                f"{key} must be a regex string or a non-empty list of module names, got {value!r}"
+            )
+        if isinstance(value, str):
+            _check_regex(value, key)
+    layers = config.get("layers_to_transform")
+    if layers is not None and not (
+        _is_int(layers) or (isinstance(layers, list) and all(_is_int(i) for i in layers))
+    ):
+        raise ValueError(f"layers_to_transform must be a layer index or a list, got {layers!r}")
+    pattern = config.get("layers_pattern")
+    if pattern is not None and not _is_names(pattern):
+        raise ValueError(f"layers_pattern must be a string or a list, got {pattern!r}")
+    for key, valid, what in (
+        ("rank_pattern", _is_int, "whole numbers"),
+        ("alpha_pattern", _is_number, "numbers"),
+    ):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict) or not all(valid(v) for v in patterns.values()):
+            raise ValueError(f"{key} must map module names to {what}, got {patterns!r}")
+        for name in patterns:
+            _check_regex(name, key)
+
+
 def _pattern_value(patterns: dict, layer_name: str, default):
     """PEFT's rank_pattern / alpha_pattern: a key matches a layer name or its dotted tail."""
     for key, value in patterns.items():
@@ -250,8 +232,42 @@ def _pattern_value(patterns: dict, layer_name: str, default):
     return default
 
 
-def _targeted(model: nn.Module, target_modules) -> list:
-    """Names of the Linear / LoRALinear layers that the config's target_modules select."""
+def _names_match(name: str, names) -> bool:
+    """PEFT's rule: a string is a regex for the whole name; a list entry matches a name that
+    equals it or ends with "." + entry."""
+    if isinstance(names, str):
+        return re.fullmatch(names, name) is not None
+    return any(matches(name, t) for t in names)
+
+
+def _layer_index(name: str, layers_pattern):
+    """The block index in ``name`` (the number after ``layers_pattern``, or after any part
+    when there is none), as PEFT finds it for ``layers_to_transform``; None if none."""
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+    for part in patterns or [r"[^.]*"]:
+        found = re.match(rf"(?:.*\.)?{part}\.(\d+)\.", name)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _selected_by_config(name: str, config: dict) -> bool:
+    """Whether the config's target_modules, exclude_modules and layers_to_transform select
+    the layer ``name``."""
+    if not _names_match(name, config["target_modules"]):
+        return False
+    excluded = config.get("exclude_modules")
+    if excluded is not None and _names_match(name, excluded):
+        return False
+    layers = config.get("layers_to_transform")
+    if layers is not None:
+        wanted = [layers] if isinstance(layers, int) else layers
+        return _layer_index(name, config.get("layers_pattern")) in wanted
+    return True
+
+
+def _targeted(model: nn.Module, config: dict) -> list:
+    """Names of the Linear / LoRALinear layers that the config selects."""
     lora_names = [n for n, _ in lora_layers(model)]
     names = []
     for name, module in model.named_modules():
@@ -259,11 +275,7 @@ def _targeted(model: nn.Module, target_modules) -> list:
             name.startswith(p + ".") for p in lora_names
         ):
             continue
-        if isinstance(target_modules, str):
-            hit = re.fullmatch(target_modules, name) is not None  # PEFT: a string is a regex
-        else:
-            hit = any(_matches(name, t) for t in target_modules)
-        if hit:
+        if _selected_by_config(name, config):
             names.append(name)
     return names
 
@@ -284,10 +296,8 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     if not folder.is_dir():
         raise FileNotFoundError(f"adapter folder {folder} does not exist")
     config = _read_config(folder / CONFIG_NAME)
-    tensors = _read_safetensors(folder / WEIGHTS_NAME)
-    from .lora import _check_adapter_name, _check_alpha, _check_rank
-
-    _check_adapter_name(adapter_name)
+    tensors = read_safetensors(folder / WEIGHTS_NAME)
+    check_adapter_name(adapter_name)
     modules = dict(model.named_modules())
     lora_names = [n for n, _ in lora_layers(model)]
 
@@ -302,7 +312,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             unexpected.append(key)
             continue
         weights.setdefault(match["layer"], {})[match["which"]] = array
-    targeted = _targeted(model, config["target_modules"])
+    targeted = _targeted(model, config)
     if not targeted and not weights:
         raise ValueError(
             f"{folder}: this adapter is for other modules; target_modules "
@@ -321,6 +331,12 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
         if w not in weights[n] and n not in targeted
     ]
     problems = []
+    not_selected = [n for n in weights if n not in targeted and len(weights[n]) == 2]
+    if not_selected and targeted:
+        problems.append(
+            f"the weights file holds layers not selected by the config's target_modules / "
+            f"exclude_modules / layers_to_transform: {', '.join(not_selected)}"
+        )
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
     if unexpected:
@@ -357,13 +373,13 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     for name, module, r, alpha, _, _ in plan:
         base = module.base if isinstance(module, LoRALinear) else module
         try:
-            _check_rank(r, base.out_features, base.in_features)
-            _check_alpha(alpha)
+            check_rank(r, base.out_features, base.in_features)
+            check_alpha(alpha)
         except ValueError as err:
             raise ValueError(f"cannot load {folder}: {name}: {err}") from None
 
     options = {
-        "rslora": bool(config.get("use_rslora", False)),
+        "rslora": config.get("use_rslora", False),
         "dropout": float(config.get("lora_dropout", 0.0) or 0.0),
     }
     for name, module, r, alpha, A, B in plan:
@@ -372,8 +388,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             layer.add_adapter(adapter_name, r, alpha, **options)
         else:
             layer = LoRALinear(module, r, alpha, adapter_name=adapter_name, **options)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, layer)
+            set_submodule(model, name, layer)
         adapter = layer.adapters[adapter_name]
         adapter.A.data = backend.xp.asarray(A, dtype=layer.base.weight.dtype)
         adapter.B.data = backend.xp.asarray(B, dtype=layer.base.weight.dtype)

@@ -1,0 +1,177 @@
+"""The measured speed tricks, each beside the plain formula a learner would write.
+
+The ops in :mod:`lora_np.autograd` and :mod:`lora_np.functional` call the fast versions; the
+``plain_*`` functions say what each one computes, and ``tests/test_fastpaths.py`` checks that
+the two agree (to rounding: a sum in another order rounds differently). Where the time goes and
+what each trick saved is in DESIGN.md ("Where the speed is") and ``benchmarks/RESULTS.md``.
+
+:func:`tune_allocator` is the one trick that is not an op: it changes how the C library hands
+out memory, for the whole process, so it only happens when a training script asks for it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from . import backend
+
+
+# --------------------------------------------------------------------------- reductions
+def sum_last(a):
+    """(..., C) -> (..., 1): the sum over the last axis, as a matrix-vector product.
+
+    NumPy's own reduction along a short contiguous axis is 3-6x slower than BLAS on the
+    (rows, 64..512) arrays of a step.
+    """
+    return (a @ backend.xp.ones(a.shape[-1], dtype=a.dtype))[..., None]
+
+
+def plain_sum_last(a):
+    """What :func:`sum_last` computes."""
+    return a.sum(axis=-1, keepdims=True)
+
+
+def sum_rows(a):
+    """(N, C) -> (C,): the column sums, as a vector-matrix product (see :func:`sum_last`)."""
+    return backend.xp.ones(a.shape[0], dtype=a.dtype) @ a
+
+
+def plain_sum_rows(a):
+    """What :func:`sum_rows` computes."""
+    return a.sum(axis=0)
+
+
+def max_last(a):
+    """(..., C) -> (..., 1): the max over the last axis, by halving it with elementwise maxima.
+
+    Six elementwise passes for 64 columns instead of NumPy's slow short-axis reduction.
+    """
+    xp = backend.xp
+    while a.shape[-1] > 1:
+        half = a.shape[-1] // 2
+        folded = xp.maximum(a[..., :half], a[..., half : 2 * half])
+        if a.shape[-1] % 2:  # an odd column left over: fold it into the first
+            xp.maximum(folded[..., :1], a[..., -1:], out=folded[..., :1])
+        a = folded
+    return a
+
+
+def plain_max_last(a):
+    """What :func:`max_last` computes."""
+    return a.max(axis=-1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- powers
+def int_power(x, n: int):
+    """x ** n for a whole n >= 1, by repeated multiplication.
+
+    float32 ``x ** 3`` is about 50x slower than ``x * x * x`` in NumPy.
+    """
+    result = x
+    for _ in range(n - 1):
+        result = result * x
+    return result
+
+
+def plain_int_power(x, n: int):
+    """What :func:`int_power` computes."""
+    return x**n
+
+
+# --------------------------------------------------------------------------- embedding
+ONE_HOT_LIMIT = 1 << 24
+"""The embedding gradient uses a one-hot product while ids x vocabulary stays below this."""
+
+
+def one_hot(ids, vocab: int, dtype):
+    """(N,) integer ids -> (V, N) matrix with a 1 where row v == ids[n].
+
+    ``one_hot(ids) @ g_rows`` is the embedding's weight gradient: a matrix product beats
+    ``np.add.at`` (:func:`plain_embedding_grad`) by about 9x at course sizes.
+    """
+    xp = backend.xp
+    return (ids[None, :] == xp.arange(vocab)[:, None]).astype(dtype)
+
+
+def plain_embedding_grad(ids, g_rows, vocab: int):
+    """(N,) ids, (N, C) gradient rows -> (V, C): each row of g added into the row of its id."""
+    grad = backend.xp.zeros((vocab, g_rows.shape[1]), dtype=g_rows.dtype)
+    backend.scatter_add(grad, ids, g_rows)
+    return grad
+
+
+# --------------------------------------------------------------------------- GELU
+GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_and_slope(xd, need_slope: bool):
+    """GELU (tanh form) of a 1-D array and, if asked, its derivative, in place where possible.
+
+    0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3); the derivative is
+    0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+    On a (B*T, 4C) activation the temporaries are the cost of this op, so every step writes
+    into an array it already has (``xd`` itself is not changed).
+
+    Args:
+        xd: (N,) input.
+    Returns:
+        (out (N,), slope (N,) or None)
+    """
+    xp = backend.xp
+    x_sq = xd * xd
+    t = x_sq * 0.044715
+    t += 1
+    t *= xd
+    t *= GELU_C
+    xp.tanh(t, out=t)  # tanh(u)
+    out = t + 1
+    out *= xd
+    out *= 0.5
+    if not need_slope:
+        return out, None
+    slope = x_sq  # reuse: sqrt(2/pi) (1 + 3 * 0.044715 x^2) (1 - tanh^2 u) * 0.5 x
+    slope *= 3 * 0.044715
+    slope += 1
+    slope *= GELU_C
+    slope *= 1 - t * t
+    slope *= xd
+    t += 1
+    slope += t  # 0.5 * (1 + tanh u) + ..., halved together below
+    slope *= 0.5
+    return out, slope
+
+
+def plain_gelu_and_slope(x):
+    """What :func:`gelu_and_slope` computes, written as the formulas read."""
+    xp = backend.xp
+    u = GELU_C * (x + 0.044715 * x * x * x)
+    tanh_u = xp.tanh(u)
+    out = 0.5 * x * (1 + tanh_u)
+    slope = 0.5 * (1 + tanh_u) + 0.5 * x * (1 - tanh_u**2) * GELU_C * (1 + 3 * 0.044715 * x * x)
+    return out, slope
+
+
+# --------------------------------------------------------------------------- memory
+def tune_allocator() -> bool:
+    """Ask glibc's malloc to keep large freed blocks for reuse; True when it took effect.
+
+    A training step allocates and frees the same few-MB activation arrays every time. By
+    default glibc hands blocks that large straight back to the kernel, so each step maps them
+    again and pays a page fault per 4 KB page: a quarter of a tiny-GPT step on 2 cores. With
+    mmap only for blocks over 1 GB and no trimming, freed memory is reused. The price: the
+    process keeps its peak memory, which is why this is a call a training script makes and not
+    something ``import lora_np`` does. A no-op (False) off glibc, or when the environment has
+    ``LORA_NP_MALLOC_TUNING=0``. Numbers do not change, only speed.
+    """
+    if os.environ.get("LORA_NP_MALLOC_TUNING", "1") == "0":
+        return False
+    try:
+        import ctypes  # noqa: PLC0415  (a standard module, needed only here)
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
+    ok = mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, (1 << 31) - 1)
+    return bool(ok and mallopt(m_top_pad, 64 << 20))

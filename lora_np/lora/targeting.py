@@ -1,0 +1,167 @@
+"""Finding the layers to adapt and wrapping them: ``inject`` (PEFT's target_modules rule),
+``mark_only_lora_as_trainable`` (loralib's), and counting what trains.
+"""
+
+from __future__ import annotations
+
+from .. import nn
+from .layer import LoRALinear
+from .validation import (
+    DEFAULT_ADAPTER,
+    check_adapter_name,
+    check_alpha,
+    check_options,
+    check_rank,
+)
+
+
+def lora_layers(model: nn.Module) -> list:
+    """(dotted name, LoRALinear) for every LoRA layer in ``model``, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def lora_layers_or_error(model: nn.Module) -> list:
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRALinear layers; call lora.inject(model, ...) first")
+    return layers
+
+
+def matches(name: str, target: str) -> bool:
+    """PEFT's rule for a target_modules entry: the whole name, or its last dotted parts."""
+    return name == target or name.endswith("." + target)
+
+
+def _inside_lora(name: str, lora_names: list) -> bool:
+    return any(name.startswith(prefix + ".") for prefix in lora_names)
+
+
+def find_targets(model: nn.Module, targets) -> list:
+    """The dotted names of the Linear modules that ``targets`` select (model order), checked as
+    ``inject`` does.
+
+    Raises ValueError when a target matches nothing (listing the Linear names that exist) or
+    matches a module that is not a Linear, and when a match already carries LoRA.
+    """
+    if isinstance(targets, str):
+        targets = [targets]
+    targets = list(targets)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"targets must be a non-empty list of module names, got {targets!r}")
+    modules = dict(model.named_modules())
+    lora_names = [n for n, m in modules.items() if isinstance(m, LoRALinear)]
+    linear_names = [
+        n
+        for n, m in modules.items()
+        if isinstance(m, nn.Linear) and not _inside_lora(n, lora_names)
+    ]
+    selected = []
+    for target in targets:
+        matched = [n for n in modules if n and matches(n, target)]
+        if not matched:
+            raise ValueError(
+                f"target {target!r} matches no module; the Linear layers are: {linear_names or 'none'}"
+            )
+        for name in matched:
+            module = modules[name]
+            if isinstance(module, LoRALinear) or _inside_lora(name, lora_names):
+                raise ValueError(
+                    f"target {target!r} matches {name!r}, which already has LoRA (injecting twice); "
+                    "add another adapter with lora.add_adapter(model, name, ...)"
+                )
+            if not isinstance(module, nn.Linear):
+                raise ValueError(
+                    f"target {target!r} matches {name!r}, a {type(module).__name__}, not a Linear; "
+                    f"the Linear layers are: {linear_names}"
+                )
+            if name not in selected:
+                selected.append(name)
+    order = list(modules)
+    return sorted(selected, key=order.index)  # model order, whatever the order of targets
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+
+
+def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> list:
+    """Wrap every Linear that ``targets`` select in a LoRALinear, in place; return their names.
+
+    A target matches a module whose dotted name equals it or ends with "." + target, as PEFT
+    matches ``target_modules``: "q" selects every ``blocks.<i>.attn.q``, "blocks.0.attn.q" only
+    that one. Afterwards only LoRA parameters are trainable (``mark_only_lora_as_trainable``),
+    as after PEFT's ``get_peft_model``.
+
+    Args:
+        model: any Module.
+        targets: a name or a list of names.
+        r, alpha, lora_kwargs: passed to every ``LoRALinear`` (rslora, init, dropout, adapter_name).
+    Returns:
+        The dotted names of the replaced layers, in model order.
+    """
+    names = find_targets(model, targets)
+    modules = dict(model.named_modules())
+    # Validate every argument on every layer before replacing anything.
+    for name in names:
+        base = modules[name]
+        check_rank(r, base.out_features, base.in_features)
+    check_alpha(alpha)
+    known = {"rslora", "init", "dropout", "adapter_name"}
+    unknown = sorted(set(lora_kwargs) - known)
+    if unknown:
+        raise TypeError(f"inject got unknown arguments {unknown}; expected some of {sorted(known)}")
+    check_options(
+        lora_kwargs.get("init", "kaiming"),
+        lora_kwargs.get("dropout", 0.0),
+        lora_kwargs.get("rslora", False),
+    )
+    check_adapter_name(lora_kwargs.get("adapter_name", DEFAULT_ADAPTER))
+    for name in names:
+        set_submodule(model, name, LoRALinear(modules[name], r, alpha, **lora_kwargs))
+    mark_only_lora_as_trainable(model)
+    return names
+
+
+def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
+    """Freeze every parameter except the active adapters' A and B (loralib's function).
+
+    Args:
+        bias: "none" (every bias frozen), "all" (every bias trains) or "lora_only" (the biases
+            of LoRA-wrapped layers train), as in loralib.
+    """
+    if bias not in ("none", "all", "lora_only"):
+        raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {bias!r}")
+    layers = lora_layers_or_error(model)  # without LoRA, freezing would leave nothing to train
+    model.requires_grad_(False)
+    for _, layer in layers:
+        layer.active.requires_grad_(True)
+        if bias == "lora_only" and layer.base.bias is not None:
+            layer.base.bias.requires_grad_(True)
+    if bias == "all":
+        for name, p in model.named_parameters():
+            if name == "bias" or name.endswith(".bias"):
+                p.requires_grad_(True)
+
+
+def lora_parameters(model: nn.Module, adapter_name: str | None = None) -> list:
+    """The A and B Parameters of one adapter (default: each layer's active one), layer by layer."""
+    params = []
+    for _, layer in lora_layers_or_error(model):
+        adapter = layer.active if adapter_name is None else layer.adapters[adapter_name]
+        params += [adapter.A, adapter.B]
+    return params
+
+
+def count_parameters(model: nn.Module) -> tuple:
+    """(trainable, total) numbers of parameter entries; total includes the LoRA ones (as PEFT)."""
+    params = model.parameters()
+    return sum(p.size for p in params if p.requires_grad), sum(p.size for p in params)
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """PEFT's ``print_trainable_parameters`` line:
+    "trainable params: 1,234 || all params: 5,678 || trainable%: 21.7321"."""
+    trainable, total = count_parameters(model)
+    share = 100 * trainable / total if total else 0.0
+    return f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {share:.4f}"
