@@ -1,6 +1,7 @@
 """The array library in use: NumPy on the CPU, or CuPy on an NVIDIA GPU.
 
-This is the only module of ``lora_np`` that imports ``numpy`` or ``cupy``. Everything else asks
+This is the only module of ``lora_np`` that imports ``numpy`` or ``cupy`` (besides
+``backend_strict``, the test backend it loads, which wraps NumPy itself). Everything else asks
 this module for ``xp`` (the array module that computes) or ``np`` (host-side NumPy, for data
 generation and files), so switching to a GPU changes no course code::
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import types
 
-from .backend import np as numpy  # host NumPy: backend.py stays the only module importing it
+import numpy  # backend.py loads this module, so it cannot import backend back (imports point down)
 
 NDArrayOperatorsMixin = numpy.lib.mixins.NDArrayOperatorsMixin
 
