@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from tqdm.std import tqdm  # the plain text bar: never warns, works in a terminal and a notebook
 
-from . import backend, optim
+from . import backend, fastpaths, optim
 
 SCHEDULES = ("constant", "cosine")
 
@@ -328,6 +328,9 @@ def train(
     _check_not_merged(model)
     if optimizer is None:
         optimizer = optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    # Training allocates and frees the same activation arrays every step: let glibc keep them
+    # (speed only; a no-op elsewhere or with LORA_NP_MALLOC_TUNING=0).
+    fastpaths.tune_allocator()
     was_training = model.training
     try:
         return _Run(model, batches, settings, params, optimizer, eval_fn).run()

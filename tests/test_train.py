@@ -55,6 +55,13 @@ def test_only_trainable_parameters_change(model):
     assert changed == ["blocks.0.attn.q.weight"]
 
 
+def test_training_tunes_the_allocator_explicitly(model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ln.fastpaths, "tune_allocator", lambda: calls.append(1) or True)
+    train(model, data.batches("rev", 4), steps=1, progress=False)
+    assert calls == [1]
+
+
 def test_a_function_of_the_step_can_supply_batches(model):
     seen = []
 
