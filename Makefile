@@ -103,11 +103,12 @@ bench: $(VENV)/.crosscheck
 pretrain: $(VENV)/.installed
 	$(BIN)/python -m lora_np.pretrain
 
-# Each script writes small results under experiments/results/ (committed); a test reruns one
-# point of each. One BLAS thread makes the runs bit-reproducible on one machine.
+# Each script writes small results under lora_np/results/ (committed, shipped with the package);
+# a test reruns one point of each. Each script pins one BLAS thread per process itself
+# (backend.set_blas_threads), which makes a run bit-reproducible on one machine.
 experiments: $(VENV)/.installed
 	@set -e; for script in experiments/[0-9]*.py; do \
-		echo "== $$script"; OPENBLAS_NUM_THREADS=1 $(BIN)/python $$script; \
+		echo "== $$script"; $(BIN)/python $$script; \
 	done
 
 # The website renders the stored notebooks without running them. When `make student` exists,

@@ -7,7 +7,7 @@ LoRA can be put on any of them by name (``blocks.0.attn.q``, ``blocks.3.mlp.fc``
 Shapes: ``B`` batch, ``T`` sequence length, ``C`` = n_embd, ``nh`` heads, ``hs`` = C / nh,
 ``V`` vocabulary size.
 
-Weights are saved as safetensors through :mod:`lora_np.io` (a JSON header and raw arrays; no
+Weights are saved as safetensors through :mod:`lora_np.serialization` (a JSON header and raw arrays; no
 pickle), written to a temporary file and renamed, so a crash never leaves half a checkpoint.
 The file carries the model's config in its metadata, so ``GPT.load(path)`` needs nothing else.
 """

@@ -156,7 +156,7 @@ def test_checkpoint_for_another_config_names_the_fields(model, tmp_path):
 
 
 def test_weights_that_do_not_fit_the_files_own_config_are_refused(model, tmp_path):
-    from lora_np.io import save_weights
+    from lora_np.serialization import save_weights
 
     wider = GPTConfig(**{**vars(SMALL), "n_embd": 32})
     path = save_weights(model, tmp_path / "m.safetensors", {"config": json.dumps(vars(wider))})
