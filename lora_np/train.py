@@ -221,7 +221,7 @@ def _all_finite(params) -> bool:
     return all(bool(xp.isfinite(p.data).all()) for p in params)
 
 
-def _short(result) -> str:
+def _eval_text(result) -> str:
     """A compact text of an eval result for the progress bar."""
     if isinstance(result, dict):
         return " ".join(
@@ -436,7 +436,7 @@ class _Run:
                     result = self.evaluate(step + 1)
                     if self.bar is not None:
                         self.bar.set_postfix(
-                            loss=f"{loss_value:.4f}", eval=_short(result), refresh=False
+                            loss=f"{loss_value:.4f}", eval=_eval_text(result), refresh=False
                         )
                 if done:
                     break

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import backend
+from ..graph import short
 
 np = backend.np  # checkers work on host NumPy arrays whatever the backend
 
@@ -50,7 +51,7 @@ def call(fn: Any, name: str, case: str, *args: Any) -> Any:
     """``fn(*args)``, with anything it raises turned into a clear :class:`ExerciseError`."""
     if not callable(fn):
         raise ExerciseError(
-            f"{name}: expected your function, got {type(fn).__name__} {_short(fn)}; "
+            f"{name}: expected your function, got {type(fn).__name__} {short(fn)}; "
             f"pass the function itself, e.g. check_{name}({name})"
         )
     try:
@@ -158,8 +159,3 @@ def passing_or_reference(fn: Any, name: str) -> Callable[..., Any]:
         )
         return reference
     return fn
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
