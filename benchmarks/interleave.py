@@ -69,16 +69,18 @@ def _worker(module_name: str, framework: str, threads: int) -> None:
     for line in sys.stdin:
         mode, count = line.split()
         fn = steps[mode]
-        times = []
+        wall, cpu = [], []
         for _ in range(int(count)):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - start)
-        print(json.dumps(times), flush=True)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
 class Worker:
-    """One framework's long-lived process; ``time(mode, n)`` returns n step times (seconds)."""
+    """One framework's long-lived process; ``time(mode, n)`` returns n step times (seconds),
+    {"wall": [...], "cpu": [...]}: wall-clock and this process's CPU time."""
 
     def __init__(self, module_name: str, framework: str, threads: int):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -99,7 +101,7 @@ class Worker:
             sys.exit(f"the {self.framework} worker stopped (see its error above)")
         return json.loads(line)
 
-    def time(self, mode: str, steps: int) -> list[float]:
+    def time(self, mode: str, steps: int) -> dict:
         self.process.stdin.write(f"{mode} {steps}\n")
         self.process.stdin.flush()
         return self._read()
@@ -113,15 +115,18 @@ def interleaved(workers: dict, pairs, rounds: int, steps: dict, warmup: int) -> 
     """Time every (framework, mode) in ``pairs`` round after round, alternating the order;
     ``steps[pair]`` steps each time.
 
-    Returns {(framework, mode): [median step time of each round, in seconds]}.
+    Returns {"wall" or "cpu": {(framework, mode): [median step time of each round, seconds]}}.
+    CPU time is robust to other processes' load, but only comparable between single-threaded
+    runs (a waiting BLAS or OpenMP thread spins, and that counts as CPU time).
     """
     for framework, mode in pairs:  # warm-up: caches, allocator, lazy state
         workers[framework].time(mode, warmup)
-    medians = {pair: [] for pair in pairs}
+    medians = {clock: {pair: [] for pair in pairs} for clock in ("wall", "cpu")}
     for r in range(rounds):
         for framework, mode in pairs if r % 2 == 0 else reversed(pairs):
             times = workers[framework].time(mode, steps[(framework, mode)])
-            medians[(framework, mode)].append(statistics.median(times))
+            for clock in medians:
+                medians[clock][(framework, mode)].append(statistics.median(times[clock]))
     return medians
 
 

@@ -174,6 +174,32 @@ def _fmt(summary: tuple) -> str:
     return f"{summary[0]:6.3f} [{summary[1]:.3f}, {summary[2]:.3f}]"
 
 
+def _report(med: dict, clock: str) -> None:
+    """The ratios of one clock: median over rounds [lowest, highest]."""
+
+    def ms(pair):
+        return statistics.median(med[pair]) * 1e3
+
+    print(f"\n== {clock}")
+    print("train step             lora_np      PyTorch   lora_np/PyTorch [lowest, highest]")
+    for mode in ("full", "lora"):
+        a, b = ("lora_np", mode), ("torch", mode)
+        print(
+            f"  {mode:<16} {ms(a):9.2f} ms {ms(b):9.2f} ms   {_fmt(ratio_summary(med[a], med[b]))}"
+        )
+    for fw in ("lora_np", "torch"):
+        own = ratio_summary(med[(fw, "lora")], med[(fw, "full")])
+        print(f"  LoRA / full step, {fw:<8}                {_fmt(own)}")
+    print("inference forward (no graph)")
+    for mode in ("base", "merged", "unmerged"):
+        print(f"  lora_np {mode:<20} {ms(('lora_np', mode)):7.2f} ms")
+    print(f"  PyTorch base                 {ms(('torch', 'base')):7.2f} ms")
+    base = med[("lora_np", "base")]
+    print(f"  lora_np / PyTorch, base   {_fmt(ratio_summary(base, med[('torch', 'base')]))}")
+    print(f"  merged / base             {_fmt(ratio_summary(med[('lora_np', 'merged')], base))}")
+    print(f"  unmerged / base           {_fmt(ratio_summary(med[('lora_np', 'unmerged')], base))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15, help="alternations of the frameworks")
@@ -194,33 +220,15 @@ def main() -> None:
     pairs = [(fw, mode) for mode in ("full", "lora") for fw in ("lora_np", "torch")]
     pairs += [("lora_np", m) for m in ("base", "merged", "unmerged")] + [("torch", "base")]
     steps = {p: args.steps * (1 if p[1] in ("full", "lora") else 3) for p in pairs}
-    med = interleaved(workers, pairs, args.rounds, steps, args.warmup)
+    clocks = interleaved(workers, pairs, args.rounds, steps, args.warmup)
     for worker in workers.values():
         worker.close()
-
-    def ms(pair):
-        return statistics.median(med[pair]) * 1e3
-
     print(header(workers, args.threads, args.rounds, args.steps))
     print("\nTiny GPT (vocab 64, context 64, n_embd 128, 4 heads, 4 layers), batch 32, float32")
-    print(f"LoRA: r = {RANK}, alpha = {ALPHA:g}, on q and v; AdamW\n")
-    print("train step             lora_np      PyTorch   lora_np/PyTorch [lowest, highest]")
-    for mode in ("full", "lora"):
-        a, b = ("lora_np", mode), ("torch", mode)
-        print(
-            f"  {mode:<16} {ms(a):9.2f} ms {ms(b):9.2f} ms   {_fmt(ratio_summary(med[a], med[b]))}"
-        )
-    for fw in ("lora_np", "torch"):
-        own = ratio_summary(med[(fw, "lora")], med[(fw, "full")])
-        print(f"  LoRA / full step, {fw:<8}                {_fmt(own)}")
-    print("\ninference forward (no graph)")
-    for mode in ("base", "merged", "unmerged"):
-        print(f"  lora_np {mode:<20} {ms(('lora_np', mode)):7.2f} ms")
-    print(f"  PyTorch base                 {ms(('torch', 'base')):7.2f} ms")
-    base = med[("lora_np", "base")]
-    print(f"  lora_np / PyTorch, base   {_fmt(ratio_summary(base, med[('torch', 'base')]))}")
-    print(f"  merged / base             {_fmt(ratio_summary(med[('lora_np', 'merged')], base))}")
-    print(f"  unmerged / base           {_fmt(ratio_summary(med[('lora_np', 'unmerged')], base))}")
+    print(f"LoRA: r = {RANK}, alpha = {ALPHA:g}, on q and v; AdamW")
+    # CPU time is comparable only between single-threaded runs (waiting threads spin)
+    for clock in ("wall", "cpu") if args.threads == 1 else ("wall",):
+        _report(clocks[clock], "wall-clock" if clock == "wall" else "CPU time of each process")
     if args.no_memory:
         return
     last = _memory_pass(args.threads, args.warmup)
