@@ -65,8 +65,9 @@ def transposed_copy(a, scale: float = 1.0):
     attention the scaling rides along with it, so it costs no pass over the scores.
     """
     xp = backend.xp
-    shape = a.shape[:-2] + (a.shape[-1], a.shape[-2])
-    out = xp.empty(shape, dtype=a.dtype)
+    if scale == 1:
+        return xp.ascontiguousarray(a.swapaxes(-1, -2))
+    out = xp.empty(a.shape[:-2] + (a.shape[-1], a.shape[-2]), dtype=a.dtype)
     return xp.multiply(a.swapaxes(-1, -2), scale, out=out)
 
 
