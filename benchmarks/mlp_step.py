@@ -1,9 +1,9 @@
 """Train-step time of a 4-layer MLP: lora_np against PyTorch CPU eager, in one run.
 
 The model: 4 Linear layers of width 512 (ReLU between them), batch 256, cross-entropy over 512
-classes, AdamW. Each framework is timed in its own fresh process (so neither's thread pool or
-allocator state affects the other), alternating, several rounds; the report is the median
-step time per framework and the ratio lora_np / PyTorch.
+classes, AdamW. Each framework runs in its own long-lived worker process; the two are timed
+in alternation over many rounds under the same thread count (``interleave.py``), and the
+report is the median per-round ratio lora_np / PyTorch with its spread.
 
 Run it with `make bench` (on this machine the NumPy timing needs `env -u OPENBLAS_CORETYPE`,
 which the Makefile sets for this command only).
@@ -12,31 +12,21 @@ which the Makefile sets for this command only).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 # Run from a checkout without installing: the repository root holds lora_np.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # interleave
+
+from interleave import Worker, header, interleaved, ratio_summary  # noqa: E402
 
 WIDTH, DEPTH, BATCH = 512, 4, 256
 
 
-def _time_steps(step, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def run_lora_np(warmup: int, steps: int) -> list[float]:
+def lora_np_step():
     import lora_np as ln
 
     ln.fastpaths.tune_allocator()  # keep freed activation memory for reuse, as training does
@@ -55,10 +45,10 @@ def run_lora_np(warmup: int, steps: int) -> list[float]:
         loss.backward()
         opt.step()
 
-    return _time_steps(step, warmup, steps)
+    return step
 
 
-def run_torch(warmup: int, steps: int) -> list[float]:
+def torch_step():
     import numpy as np
     import torch
 
@@ -80,48 +70,37 @@ def run_torch(warmup: int, steps: int) -> list[float]:
         loss.backward()
         opt.step()
 
-    return _time_steps(step, warmup, steps)
+    return step
 
 
-def _child(framework: str, warmup: int, steps: int) -> None:
-    runner = run_lora_np if framework == "lora_np" else run_torch
-    print(json.dumps(runner(warmup, steps)))
+def setup(framework: str) -> dict:
+    """{mode: step function} for a worker of ``interleave.py``."""
+    return {"train": lora_np_step() if framework == "lora_np" else torch_step()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="processes per framework")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=15, help="alternations of the frameworks")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--child", choices=["lora_np", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for both")
     args = parser.parse_args()
-    if args.child:
-        _child(args.child, args.warmup, args.steps)
-        return
-
-    times: dict[str, list[float]] = {"lora_np": [], "torch": []}
-    for _ in range(args.rounds):
-        for framework in times:
-            command = [
-                sys.executable,
-                __file__,
-                "--child",
-                framework,
-                "--steps",
-                str(args.steps),
-                "--warmup",
-                str(args.warmup),
-            ]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"{framework} run failed:\n{done.stderr}")
-            out = done.stdout
-            times[framework] += json.loads(out.strip().splitlines()[-1])
-    median = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    print(f"MLP train step: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}, AdamW, float32")
-    print(f"  lora_np        {median['lora_np']:8.2f} ms   (median of {len(times['lora_np'])})")
-    print(f"  PyTorch eager  {median['torch']:8.2f} ms   (median of {len(times['torch'])})")
-    print(f"  ratio lora_np / PyTorch: {median['lora_np'] / median['torch']:.2f}")
+    workers = {fw: Worker("mlp_step", fw, args.threads) for fw in ("lora_np", "torch")}
+    pairs = [("lora_np", "train"), ("torch", "train")]
+    clocks = interleaved(workers, pairs, args.rounds, dict.fromkeys(pairs, args.steps), args.warmup)
+    for worker in workers.values():
+        worker.close()
+    print(header(workers, args.threads, args.rounds, args.steps))
+    print(f"\nMLP train step: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}, AdamW, float32")
+    for clock in ("wall", "cpu") if args.threads == 1 else ("wall",):
+        med = clocks[clock]
+        a, b = med[("lora_np", "train")], med[("torch", "train")]
+        ratio = ratio_summary(a, b)
+        print(
+            f"  {clock:<4}  lora_np {statistics.median(a) * 1e3:8.2f} ms   PyTorch "
+            f"{statistics.median(b) * 1e3:8.2f} ms   ratio {ratio[0]:.3f} "
+            f"[{ratio[1]:.3f}, {ratio[2]:.3f}]"
+        )
 
 
 if __name__ == "__main__":

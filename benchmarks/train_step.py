@@ -7,11 +7,13 @@ Modes:
   base / merged / unmerged   inference forward passes (no graph): the plain model, the model
             with LoRA merged into its weights, and LoRA kept as a side path.
 
-Every (framework, mode) is timed in its own fresh process, the processes alternate over
-several rounds, and each figure is the median step time of the round whose median is lowest
-(the least disturbed by the rest of the machine). Memory: optimiser-state bytes, and the peak
-resident memory a step adds over the process's memory before the first step (both
-frameworks); for lora_np also the peak of NumPy allocations inside one step (tracemalloc).
+Each framework runs in one long-lived worker process that holds a model per mode; the two are
+timed in alternation, a few steps at a time, over many rounds (``interleave.py``), under the
+same thread count. Each round gives a ratio from neighbouring measurements; the report is the
+median ratio and its spread. Memory comes from a separate pass, one fresh process per
+(framework, mode): optimiser-state bytes and the peak resident memory a step adds over the
+process's memory before the first step; for lora_np also the peak of NumPy allocations inside
+one step (tracemalloc).
 
 Run with `make bench` (which unsets OPENBLAS_CORETYPE for this command only, on this machine).
 """
@@ -20,15 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # lora_np from this checkout, torch_gpt from this folder
+sys.path.insert(0, str(ROOT))  # lora_np from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_gpt, interleave
+
+from interleave import Worker, header, interleaved, ratio_summary  # noqa: E402
 
 CONFIG = dict(vocab_size=64, block_size=64, n_embd=128, n_head=4, n_layer=4)
 BATCH, RANK, ALPHA = 32, 8, 16.0
@@ -39,43 +44,6 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _timed(fn, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _time_inference(model, idx, no_grad, warmup: int, steps: int) -> dict:
-    """Times of an eval-mode forward pass that builds no graph (either framework)."""
-    model.eval()
-
-    def forward():
-        with no_grad():
-            model(idx)
-
-    return {"times": _timed(forward, warmup, steps)}
-
-
-def _time_training(model, opt, idx, targets, warmup: int, steps: int) -> dict:
-    """Step times of ``model`` (lora_np or PyTorch: the same calls) and the peak memory added."""
-
-    def step():
-        opt.zero_grad()
-        _, loss = model(idx, targets)
-        loss.backward()
-        opt.step()
-
-    rss_before = _rss_bytes()
-    times = _timed(step, warmup, steps)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
-    return {"times": times, "peak_rss_added": peak_rss, "step": step}
-
-
 def _batch(np):
     rng = np.random.default_rng(0)
     idx = rng.integers(0, CONFIG["vocab_size"], (BATCH, CONFIG["block_size"]))
@@ -83,41 +51,25 @@ def _batch(np):
     return idx, targets
 
 
-def run_lora_np(mode: str, warmup: int, steps: int) -> dict:
-    import tracemalloc
-
+def _lora_np_step(mode: str):
+    """(step function, optimiser or None) of ``mode`` for lora_np."""
     import lora_np as ln
     from lora_np.transformer import GPT, GPTConfig
 
-    ln.fastpaths.tune_allocator()  # keep freed activation memory for reuse, as training does
     ln.manual_seed(0)
     model = GPT(GPTConfig(**CONFIG))
     idx, targets = _batch(ln.backend.np)
-    if mode != "full" and mode != "base":
+    if mode not in ("full", "base"):
         ln.lora.inject(model, ["q", "v"], r=RANK, alpha=ALPHA)
         for _, layer in ln.lora.lora_layers(model):  # a trained-looking B, so merging matters
             layer.B.data[...] = 0.01
         if mode == "merged":
             ln.lora.merge_adapter(model)
-    if mode in ("base", "merged", "unmerged"):
-        return _time_inference(model, idx, ln.no_grad, warmup, steps)
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = ln.optim.AdamW(trainable, lr=1e-3)
-    result = _time_training(model, opt, idx, targets, warmup, steps)
-    tracemalloc.start()
-    result.pop("step")()
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return {
-        **result,
-        "state_bytes": opt.state_bytes(),
-        "trainable": sum(p.size for p in trainable),
-        "traced_step_peak": traced_peak,
-    }
+    return _step(model, idx, targets, mode, ln.optim.AdamW, ln.no_grad)
 
 
-def run_torch(mode: str, warmup: int, steps: int) -> dict:
+def _torch_step(mode: str):
+    """(step function, optimiser or None) of ``mode`` for PyTorch."""
     import numpy as np
     import torch
     from torch_gpt import TorchGPT, inject_lora
@@ -127,79 +79,160 @@ def run_torch(mode: str, warmup: int, steps: int) -> dict:
     idx, targets = (torch.tensor(a) for a in _batch(np))
     if mode == "lora":
         inject_lora(model, ("q", "v"), RANK, ALPHA)
-    if mode == "base":
-        return _time_inference(model, idx, torch.no_grad, warmup, steps)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-3)
-    result = _time_training(model, opt, idx, targets, warmup, steps)
-    del result["step"]
-    state = sum(t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
-    return {**result, "state_bytes": state, "trainable": sum(p.numel() for p in trainable)}
+    return _step(model, idx, targets, mode, torch.optim.AdamW, torch.no_grad)
 
 
-RUNS = [
-    ("lora_np", "full"),
-    ("torch", "full"),
-    ("lora_np", "lora"),
-    ("torch", "lora"),
-    ("lora_np", "base"),
-    ("lora_np", "merged"),
-    ("lora_np", "unmerged"),
-    ("torch", "base"),
-]
+def _step(model, idx, targets, mode: str, adamw, no_grad):
+    """The same calls for both frameworks: a training step, or an eval forward pass."""
+    if mode in ("base", "merged", "unmerged"):
+        model.eval()
+
+        def forward():
+            with no_grad():
+                model(idx)
+
+        return forward, None
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def step():
+        opt.zero_grad()
+        _, loss = model(idx, targets)
+        loss.backward()
+        opt.step()
+
+    return step, opt
 
 
-def _child(framework: str, mode: str, warmup: int, steps: int) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    runner = run_lora_np if framework == "lora_np" else run_torch
-    print(json.dumps(runner(mode, warmup, steps)))
+MODES = {
+    "lora_np": ("full", "lora", "base", "merged", "unmerged"),
+    "torch": ("full", "lora", "base"),
+}
+
+
+def setup(framework: str) -> dict:
+    """{mode: step function} for a worker of ``interleave.py``."""
+    if framework == "lora_np":
+        import lora_np as ln
+
+        ln.fastpaths.tune_allocator()  # keep freed activation memory for reuse, as training does
+        return {mode: _lora_np_step(mode)[0] for mode in MODES[framework]}
+    return {mode: _torch_step(mode)[0] for mode in MODES[framework]}
+
+
+def _memory(framework: str, mode: str, steps: int) -> dict:
+    """In a fresh process: optimiser state, peak RSS a step adds, NumPy's peak in one step."""
+    import tracemalloc
+
+    if framework == "lora_np":
+        import lora_np as ln
+
+        ln.fastpaths.tune_allocator()
+        step, opt = _lora_np_step(mode)
+    else:
+        step, opt = _torch_step(mode)
+    rss_before = _rss_bytes()
+    for _ in range(steps):
+        step()
+    result = {
+        "peak_rss_added": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    }
+    params = opt.params if framework == "lora_np" else opt.param_groups[0]["params"]
+    result["trainable"] = sum(p.size if framework == "lora_np" else p.numel() for p in params)
+    if framework == "lora_np":
+        result["state_bytes"] = opt.state_bytes()
+        tracemalloc.start()
+        step()
+        result["traced_step_peak"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    else:
+        import torch
+
+        result["state_bytes"] = sum(
+            t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t)
+        )
+    return result
+
+
+def _memory_pass(threads: int, steps: int) -> dict:
+    results = {}
+    for framework in ("lora_np", "torch"):
+        for mode in ("full", "lora"):
+            command = [sys.executable, __file__, "--memory-child", framework, mode]
+            command += ["--steps", str(steps), "--threads", str(threads)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"memory pass {framework} {mode} failed:\n{done.stderr}")
+            results[(framework, mode)] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
 
 
 def _mib(n: float) -> str:
     return f"{n / 2**20:7.2f} MiB"
 
 
+def _fmt(summary: tuple) -> str:
+    return f"{summary[0]:6.3f} [{summary[1]:.3f}, {summary[2]:.3f}]"
+
+
+def _report(med: dict, clock: str) -> None:
+    """The ratios of one clock: median over rounds [lowest, highest]."""
+
+    def ms(pair):
+        return statistics.median(med[pair]) * 1e3
+
+    print(f"\n== {clock}")
+    print("train step             lora_np      PyTorch   lora_np/PyTorch [lowest, highest]")
+    for mode in ("full", "lora"):
+        a, b = ("lora_np", mode), ("torch", mode)
+        print(
+            f"  {mode:<16} {ms(a):9.2f} ms {ms(b):9.2f} ms   {_fmt(ratio_summary(med[a], med[b]))}"
+        )
+    for fw in ("lora_np", "torch"):
+        own = ratio_summary(med[(fw, "lora")], med[(fw, "full")])
+        print(f"  LoRA / full step, {fw:<8}                {_fmt(own)}")
+    print("inference forward (no graph)")
+    for mode in ("base", "merged", "unmerged"):
+        print(f"  lora_np {mode:<20} {ms(('lora_np', mode)):7.2f} ms")
+    print(f"  PyTorch base                 {ms(('torch', 'base')):7.2f} ms")
+    base = med[("lora_np", "base")]
+    print(f"  lora_np / PyTorch, base   {_fmt(ratio_summary(base, med[('torch', 'base')]))}")
+    print(f"  merged / base             {_fmt(ratio_summary(med[('lora_np', 'merged')], base))}")
+    print(f"  unmerged / base           {_fmt(ratio_summary(med[('lora_np', 'unmerged')], base))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="processes per (framework, mode)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per process")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=15, help="alternations of the frameworks")
+    parser.add_argument("--steps", type=int, default=5, help="timed train steps per round")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for both")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory pass")
+    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        _child(*args.child, args.warmup, args.steps)
+    if args.memory_child:
+        from interleave import _limit_threads
+
+        _limit_threads(args.memory_child[0], args.threads)
+        print(json.dumps(_memory(*args.memory_child, args.steps)))
         return
 
-    results: dict = {run: [] for run in RUNS}
-    for _ in range(args.rounds):
-        for framework, mode in RUNS:
-            steps = args.steps * (3 if mode in ("base", "merged", "unmerged") else 1)
-            command = [sys.executable, __file__, "--child", framework, mode]
-            command += ["--steps", str(steps), "--warmup", str(args.warmup)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode:
-                sys.exit(f"{framework} {mode} failed:\n{done.stderr}")
-            results[(framework, mode)].append(json.loads(done.stdout.strip().splitlines()[-1]))
-
-    ms = {run: min(statistics.median(r["times"]) for r in rs) * 1e3 for run, rs in results.items()}
-    last = {run: rs[-1] for run, rs in results.items()}
-    print("Tiny GPT (vocab 64, context 64, n_embd 128, 4 heads, 4 layers), batch 32, float32")
-    print(f"LoRA: r = {RANK}, alpha = {ALPHA:g}, on q and v; AdamW; {args.rounds} rounds\n")
-    print("train step                 lora_np      PyTorch    lora_np/PyTorch")
-    for mode in ("full", "lora"):
-        a, b = ms[("lora_np", mode)], ms[("torch", mode)]
-        print(f"  {mode:<20} {a:9.2f} ms {b:9.2f} ms {a / b:12.2f}")
-    own = ms[("lora_np", "lora")] / ms[("lora_np", "full")]
-    theirs = ms[("torch", "lora")] / ms[("torch", "full")]
-    print(f"  LoRA / full step         {own:9.2f}    {theirs:9.2f}")
-    print("\ninference forward (no graph)   lora_np")
-    for mode in ("base", "merged", "unmerged"):
-        print(f"  {mode:<28} {ms[('lora_np', mode)]:7.2f} ms")
-    print(f"  PyTorch base                 {ms[('torch', 'base')]:7.2f} ms")
-    base = ms[("lora_np", "base")]
-    print(f"  merged / base   {ms[('lora_np', 'merged')] / base:.3f}")
-    print(f"  unmerged / base {ms[('lora_np', 'unmerged')] / base:.3f}")
-    print("\nmemory                         full          lora")
+    workers = {fw: Worker("train_step", fw, args.threads) for fw in ("lora_np", "torch")}
+    pairs = [(fw, mode) for mode in ("full", "lora") for fw in ("lora_np", "torch")]
+    pairs += [("lora_np", m) for m in ("base", "merged", "unmerged")] + [("torch", "base")]
+    steps = {p: args.steps * (1 if p[1] in ("full", "lora") else 3) for p in pairs}
+    clocks = interleaved(workers, pairs, args.rounds, steps, args.warmup)
+    for worker in workers.values():
+        worker.close()
+    print(header(workers, args.threads, args.rounds, args.steps))
+    print("\nTiny GPT (vocab 64, context 64, n_embd 128, 4 heads, 4 layers), batch 32, float32")
+    print(f"LoRA: r = {RANK}, alpha = {ALPHA:g}, on q and v; AdamW")
+    # CPU time is comparable only between single-threaded runs (waiting threads spin)
+    for clock in ("wall", "cpu") if args.threads == 1 else ("wall",):
+        _report(clocks[clock], "wall-clock" if clock == "wall" else "CPU time of each process")
+    if args.no_memory:
+        return
+    last = _memory_pass(args.threads, args.warmup)
+    print("\nmemory (fresh process each)     full          lora")
     for framework in ("lora_np", "torch"):
         full, lora = last[(framework, "full")], last[(framework, "lora")]
         print(

@@ -32,6 +32,17 @@ def plain_sum_last(a):
     return a.sum(axis=-1, keepdims=True)
 
 
+def weighted_sum_last(a, w):
+    """(..., C), (C,) -> (..., 1): sum over the last axis of a * w, as one matrix-vector product
+    (no (..., C) temporary, and BLAS instead of a short-axis reduction)."""
+    return (a @ w)[..., None]
+
+
+def plain_weighted_sum_last(a, w):
+    """What :func:`weighted_sum_last` computes."""
+    return (a * w).sum(axis=-1, keepdims=True)
+
+
 def sum_rows(a):
     """(N, C) -> (C,): the column sums, as a vector-matrix product (see :func:`sum_last`)."""
     return backend.xp.ones(a.shape[0], dtype=a.dtype) @ a
@@ -42,24 +53,42 @@ def plain_sum_rows(a):
     return a.sum(axis=0)
 
 
-def max_last(a):
-    """(..., C) -> (..., 1): the max over the last axis, by halving it with elementwise maxima.
+# --------------------------------------------------------------------------- layouts
+def transposed_copy(a, scale: float = 1.0):
+    """(..., n, m) -> (..., m, n): ``scale`` times the swapped last two axes, as a new C-ordered
+    array.
 
-    Six elementwise passes for 64 columns instead of NumPy's slow short-axis reduction.
+    OpenBLAS multiplies ``x @ w`` faster when ``w`` is laid out row by row than when it is a
+    transposed view: 15-25% for the (128 x 128) and (128 x 64) weights of a tiny-GPT layer,
+    and about 1.7x for the small (64 x 32) matrices of attention (slower still when their rows
+    are strided views of a wider array). One copy gives every product the fast layout; in
+    attention the scaling rides along with it, so it costs no pass over the scores.
     """
     xp = backend.xp
-    while a.shape[-1] > 1:
-        half = a.shape[-1] // 2
-        folded = xp.maximum(a[..., :half], a[..., half : 2 * half])
-        if a.shape[-1] % 2:  # an odd column left over: fold it into the first
-            xp.maximum(folded[..., :1], a[..., -1:], out=folded[..., :1])
-        a = folded
-    return a
+    if scale == 1:
+        return xp.ascontiguousarray(a.swapaxes(-1, -2))
+    out = xp.empty(a.shape[:-2] + (a.shape[-1], a.shape[-2]), dtype=a.dtype)
+    return xp.multiply(a.swapaxes(-1, -2), scale, out=out)
 
 
-def plain_max_last(a):
-    """What :func:`max_last` computes."""
-    return a.max(axis=-1, keepdims=True)
+def plain_transposed_copy(a, scale: float = 1.0):
+    """What :func:`transposed_copy` computes (a strided view times ``scale``)."""
+    return a.swapaxes(-1, -2) * scale
+
+
+COPY_ROWS_PER_OUTPUT = 8
+"""``x @ W^T`` copies W^T first when x has at least this many rows per output feature of W
+(d x k): measured, the row-major layout saves 15-25% for the (2048, 128) x (128, 128) and
+(128, 64) products of a tiny-GPT step, nothing for 512 outputs, and the copy of a large W
+costs more than it saves for a few rows (generating one token multiplies a single row)."""
+
+
+def weight_t(weight, n_rows: int):
+    """W^T (k, d) for ``rows @ W^T`` with ``n_rows`` rows: a row-major copy of it when the
+    product is long beside W (:func:`transposed_copy`), else the transposed view."""
+    if n_rows >= COPY_ROWS_PER_OUTPUT * weight.shape[0]:
+        return transposed_copy(weight)
+    return weight.T
 
 
 # --------------------------------------------------------------------------- powers
@@ -106,12 +135,13 @@ GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def gelu_and_slope(xd, need_slope: bool):
-    """GELU (tanh form) of a 1-D array and, if asked, its derivative, in place where possible.
+    """GELU (tanh form) of a 1-D array and, if asked, its derivative, in 15 in-place passes.
 
-    0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3); the derivative is
-    0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
-    On a (B*T, 4C) activation the temporaries are the cost of this op, so every step writes
-    into an array it already has (``xd`` itself is not changed).
+    With h = 0.5 (1 + tanh u) and u = sqrt(2/pi) (x + 0.044715 x^3), GELU is x h, and since
+    1 - tanh^2 u = 4 h (1 - h) the derivative 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'(x)
+    becomes h (1 + p (x - x h)) with p = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2). On a (B*T, 4C)
+    activation every pass over memory is the cost of this op, so each step writes into an
+    array it already has (``xd`` itself is not changed): 1.5x faster than the formula as read.
 
     Args:
         xd: (N,) input.
@@ -120,25 +150,21 @@ def gelu_and_slope(xd, need_slope: bool):
     """
     xp = backend.xp
     x_sq = xd * xd
-    t = x_sq * 0.044715
-    t += 1
-    t *= xd
-    t *= GELU_C
-    xp.tanh(t, out=t)  # tanh(u)
-    out = t + 1
-    out *= xd
-    out *= 0.5
+    h = x_sq * (GELU_C * 0.044715)
+    h += GELU_C
+    h *= xd  # u
+    xp.tanh(h, out=h)
+    h *= 0.5
+    h += 0.5  # h = 0.5 (1 + tanh u)
+    out = xd * h
     if not need_slope:
         return out, None
-    slope = x_sq  # reuse: sqrt(2/pi) (1 + 3 * 0.044715 x^2) (1 - tanh^2 u) * 0.5 x
-    slope *= 3 * 0.044715
+    slope = x_sq  # reuse: p = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    slope *= 6 * 0.044715 * GELU_C
+    slope += 2 * GELU_C
+    slope *= xd - out  # p (x - x h)
     slope += 1
-    slope *= GELU_C
-    slope *= 1 - t * t
-    slope *= xd
-    t += 1
-    slope += t  # 0.5 * (1 + tanh u) + ..., halved together below
-    slope *= 0.5
+    slope *= h
     return out, slope
 
 

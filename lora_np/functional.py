@@ -59,7 +59,11 @@ def _mm(a, b):
 # _mm is seen).
 autograd.set_matrix_product(lambda a, b: _mm(a, b))
 
-_sum_last, _sum_rows, _max_last = fastpaths.sum_last, fastpaths.sum_rows, fastpaths.max_last
+_sum_last, _sum_rows, _weighted_sum_last = (
+    fastpaths.sum_last,
+    fastpaths.sum_rows,
+    fastpaths.weighted_sum_last,
+)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -80,7 +84,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         )
     check_same_backend(x.data, weight.data)
     rows = x.data.reshape(-1, in_features)  # (N, in)
-    out = _mm(rows, weight.data.T)  # (N, out)
+    out = _mm(
+        rows, fastpaths.weight_t(weight.data, rows.shape[0])
+    )  # (N, out): W^T laid out for BLAS
     if bias is not None:
         out += bias.data
     out = out.reshape(x.shape[:-1] + (out_features,))  # (..., out)
@@ -118,7 +124,7 @@ def lora_linear(x: Tensor, weight: Tensor, bias, A: Tensor, B: Tensor, scaling: 
         )
     check_same_backend(x.data, weight.data, A.data, B.data)
     rows = x.data.reshape(-1, k)  # (N, k)
-    out = _mm(rows, weight.data.T)  # (N, d): W0 x
+    out = _mm(rows, fastpaths.weight_t(weight.data, rows.shape[0]))  # (N, d): W0 x
     if bias is not None:
         out += bias.data
     low = _mm(rows, A.data.T)  # (N, r): A x
@@ -253,7 +259,7 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100) -> Tensor:
     n_counted = int(counted.sum())
     row_ids = xp.arange(rows.shape[0])
 
-    shifted = rows - _max_last(rows)
+    shifted = rows - rows.max(axis=-1, keepdims=True)
     exps = xp.exp(shifted)
     sum_exps = _sum_last(exps)[:, 0]
     nll = xp.log(sum_exps) - shifted[row_ids, safe_t]  # (N,)
@@ -308,29 +314,34 @@ def layer_norm(x: Tensor, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
                 f"input of shape {x.shape}; expected ({channels},)"
             )
     mu = _sum_last(x.data) / channels
-    centred = x.data - mu
-    rstd = 1.0 / xp.sqrt(_sum_last(centred * centred) / channels + eps)  # (..., 1)
-    x_hat = centred * rstd
+    x_hat = x.data - mu  # centred, normalised in place below
+    rstd = 1.0 / xp.sqrt(_sum_last(x_hat * x_hat) / channels + eps)  # (..., 1)
+    x_hat *= rstd
     out = x_hat * weight.data if weight is not None else x_hat.copy()
     if bias is not None:
         out += bias.data
     parents = tuple(p for p in (x, weight, bias) if p is not None)
 
     def backward(g):
-        grads = []
+        # With g_hat = g * w: dx = rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)),
+        # means over the last axis. g * x_hat serves twice: summed over rows it is the
+        # weight's gradient, and its mean weighted by w is mean(g_hat * x_hat).
+        need_gx_hat = x.requires_grad or (weight is not None and weight.requires_grad)
+        g_x_hat = g * x_hat if need_gx_hat else None
+        grads = [None]
         if x.requires_grad:
-            g_hat = g * weight.data if weight is not None else g
-            mean_g = _sum_last(g_hat) / channels
-            mean_gx = _sum_last(g_hat * x_hat) / channels
-            grads.append(rstd * (g_hat - mean_g - x_hat * mean_gx))
-        else:
-            grads.append(None)
-        g_rows = g.reshape(-1, channels)  # (N, C)
+            w = weight.data if weight is not None else xp.ones(channels, dtype=g.dtype)
+            w_mean = w / channels  # (C,): weights of the two means
+            gx = g * w if weight is not None else g.copy()  # g_hat
+            gx -= _weighted_sum_last(g, w_mean)  # mean(g_hat)
+            gx -= x_hat * _weighted_sum_last(g_x_hat, w_mean)  # x_hat * mean(g_hat * x_hat)
+            gx *= rstd
+            grads[0] = gx
         if weight is not None:
-            rows = x_hat.reshape(-1, channels)
-            grads.append(_sum_rows(g_rows * rows) if weight.requires_grad else None)
+            rows = g_x_hat.reshape(-1, channels) if weight.requires_grad else None
+            grads.append(_sum_rows(rows) if weight.requires_grad else None)
         if bias is not None:
-            grads.append(_sum_rows(g_rows) if bias.requires_grad else None)
+            grads.append(_sum_rows(g.reshape(-1, channels)) if bias.requires_grad else None)
         return tuple(grads)
 
     return Tensor.from_op(out, parents, backward)
@@ -398,11 +409,13 @@ def scaled_dot_product_attention(
     check_same_backend(q.data, k.data, v.data)
     t_len, s_len = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = _mm(q.data, k.data.swapaxes(-1, -2)) * scale  # (B, nh, T, S)
+    # k^T * scale as its own row-major copy: BLAS multiplies these small matrices fastest in
+    # that layout, and the scaling rides along with the copy (fastpaths.transposed_copy).
+    scores = _mm(q.data, fastpaths.transposed_copy(k.data, scale))  # (B, nh, T, S)
     if is_causal:
         future = xp.triu(xp.ones((t_len, s_len), dtype=bool), k=1)  # (T, S): j > i
         scores += xp.where(future, -xp.inf, 0.0).astype(scores.dtype)  # exp(-inf) = 0
-    scores -= _max_last(scores)
+    scores -= scores.max(axis=-1, keepdims=True)
     att = xp.exp(scores, out=scores)  # reuse the buffer: scores are not needed again
     att /= _sum_last(att)  # (B, nh, T, S)
     out = _mm(att, v.data)  # (B, nh, T, hs)
@@ -412,9 +425,11 @@ def scaled_dot_product_attention(
         if v.requires_grad:
             gv = _mm(att.swapaxes(-1, -2), g)  # (B, nh, S, hs)
         if q.requires_grad or k.requires_grad:
-            g_att = _mm(g, v.data.swapaxes(-1, -2))  # (B, nh, T, S)
-            g_scores = att * (g_att - _sum_last(g_att * att))
-            g_scores *= scale
+            # d(loss)/d(scores) = att * (g_att - sum_j g_att * att), times scale for the
+            # scores' scaling; scale folded into the copy of v^T, the rest done in place.
+            g_scores = _mm(g, fastpaths.transposed_copy(v.data, scale))  # (B, nh, T, S)
+            g_scores -= _sum_last(g_scores * att)
+            g_scores *= att
             if q.requires_grad:
                 gq = _mm(g_scores, k.data)  # (B, nh, T, hs)
             if k.requires_grad:
