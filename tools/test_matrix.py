@@ -114,10 +114,11 @@ def test_configuration(
         env["LORA_NP_FIGURE_DIR"] = str(BUILD / "figures" / name)
         pytest = [venv_python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
         # The unit tests where old releases could break the library; `make test` already ran
-        # them on the newest, so the newest runs spend their time on the notebooks alone.
-        if resolution == "lowest" and run(
-            pytest + ["tests", "-m", "not crosscheck and not gpu"], log, env
-        ):
+        # them on the newest, so the newest runs spend their time on the notebooks alone. The
+        # student edition's full execution is left to `make test` (minutes, and no library
+        # behaviour it checks depends on the releases).
+        unit = ["tests", "-m", "not crosscheck and not gpu", "-k", "not student_edition_fails"]
+        if resolution == "lowest" and run(pytest + unit, log, env):
             return "FAILED", f"unit tests failed (see {log_path})"
         nbval = pytest + [
             "--nbval",
