@@ -25,6 +25,7 @@ __all__ = [
     "call",
     "compare",
     "exercise",
+    "is_shape_error",
     "passed",
     "passing_or_reference",
 ]
@@ -134,6 +135,11 @@ def compare(
         f"{name}: wrong {what} on {case}: largest difference {float(diff.max()):.3g}{index} "
         f"(yours {float(np.asarray(got)[where]):.6g}, expected {float(np.asarray(want)[where]):.6g})"
     )
+
+
+def is_shape_error(message: str) -> bool:
+    """Whether an error message is NumPy's complaint about mismatched shapes in a product."""
+    return any(word in message for word in ("matmul", "shapes", "aligned", "broadcast"))
 
 
 def passed(name: str, n_cases: int, quiet: bool = False) -> None:

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from .. import backend, functional, quantization
 from ..autograd import Tensor, no_grad
-from ._harness import ExerciseError, as_array, call, compare, exercise, np, passed
+from ._harness import (
+    ExerciseError,
+    as_array,
+    call,
+    compare,
+    exercise,
+    is_shape_error,
+    np,
+    passed,
+)
 
 __all__ = [
     "check_mixed_lora_forward",
@@ -352,7 +361,7 @@ def check_mixed_lora_forward(fn, *, quiet: bool = False) -> None:
             got = call(fn, name, case, *given)
         except ExerciseError as err:
             text = str(err)
-            if "matmul" in text or "shapes" in text or "aligned" in text or "broadcast" in text:
+            if is_shape_error(text):
                 text += (
                     ". Write the shape beside every factor: A[adapter_ids] is (batch, r, k), "
                     "B[adapter_ids] is (batch, d, r); `@` multiplies the last two axes, "

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from .. import backend, functional, lora, nn
 from ..autograd import Tensor, no_grad
-from ._harness import ExerciseError, as_array, call, compare, exercise, np, passed
+from ._harness import (
+    ExerciseError,
+    as_array,
+    call,
+    compare,
+    exercise,
+    is_shape_error,
+    np,
+    passed,
+)
 
 __all__ = [
     "check_lora_forward",
@@ -103,7 +112,7 @@ def _call_explained(fn, name: str, case: str, *args):
         return call(fn, name, case, *args)
     except ExerciseError as err:
         text = str(err)
-        if "matmul" in text or "shapes" in text or "aligned" in text or "broadcast" in text:
+        if is_shape_error(text):
             text += (
                 ". A shape mismatch in a product usually means a missing or extra transpose: "
                 "write the shape of every factor next to it"
@@ -346,7 +355,7 @@ def check_merge(fn, *, quiet: bool = False) -> None:
             got = call(fn, name, case, W0_given, A_given, B_given, s)
         except ExerciseError as err:
             text = str(err)
-            if "matmul" in text or "shapes" in text or "aligned" in text:
+            if is_shape_error(text):
                 text += ". The update is B (d, r) @ A (r, k): check the order of the factors"
             raise ExerciseError(text) from None
         if not np.array_equal(W0_given, W0):

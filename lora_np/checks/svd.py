@@ -11,7 +11,16 @@ with r1 = r2 (where left-singular vectors run and give a wrong number) and a flo
 from __future__ import annotations
 
 from .. import analysis
-from ._harness import ExerciseError, as_array, call, compare, exercise, np, passed
+from ._harness import (
+    ExerciseError,
+    as_array,
+    call,
+    compare,
+    exercise,
+    is_shape_error,
+    np,
+    passed,
+)
 
 __all__ = ["check_energy_rank", "check_subspace_similarity"]
 
@@ -261,7 +270,7 @@ def _call_explained(fn, name: str, case: str, *args):
         return call(fn, name, case, *args)
     except ExerciseError as err:
         text = str(err)
-        if "matmul" in text or "shapes" in text or "aligned" in text:
+        if is_shape_error(text):
             text += (
                 ". A1 and A2 have different numbers of rows (r1 ≠ r2): their LEFT-singular "
                 "vectors live in spaces of different sizes. Use the RIGHT-singular vectors "
