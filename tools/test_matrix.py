@@ -80,6 +80,15 @@ def build_wheel(uv: str) -> Path:
     return next(out.glob("lora_np-*.whl"))
 
 
+def failure_excerpt(log_path: Path, limit: int = 80) -> str:
+    """What pytest said about the first failures (CI prints only stdout, not the log file)."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    start = next((i for i, line in enumerate(lines) if "= FAILURES =" in line), None)
+    summary = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    body = lines[start : start + limit] if start is not None else lines[-limit:]
+    return "\n".join(["    " + line for line in body + ["..."] + summary])
+
+
 def test_configuration(
     uv: str, wheel: Path, python: str, version: str, resolution: str
 ) -> tuple[str, str]:
@@ -167,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         status, detail = test_configuration(uv, wheel, python, version, resolution)
         seconds = time.perf_counter() - start
         print(f"  {status} in {seconds:.0f} s  {detail}", flush=True)
+        if status == "FAILED":
+            print(failure_excerpt(BUILD / f"py{version}-{resolution}.log"), flush=True)
         rows.append((config, status, f"{seconds:.0f} s  {detail}"))
         failed |= status == "FAILED"
     print()
