@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SETTLE_S = 0.3  # a pause between turns, longer than a BLAS/OpenMP thread spins when idle
 
 
 def cpu_model() -> str:
@@ -124,6 +125,9 @@ def interleaved(workers: dict, pairs, rounds: int, steps: dict, warmup: int) -> 
     medians = {clock: {pair: [] for pair in pairs} for clock in ("wall", "cpu")}
     for r in range(rounds):
         for framework, mode in pairs if r % 2 == 0 else reversed(pairs):
+            # Let the last worker's threads go idle first: an OpenBLAS or OpenMP thread spins
+            # for a while after its work ends, and would take a core from the next framework.
+            time.sleep(SETTLE_S)
             times = workers[framework].time(mode, steps[(framework, mode)])
             for clock in medians:
                 medians[clock][(framework, mode)].append(statistics.median(times[clock]))
