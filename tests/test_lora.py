@@ -557,8 +557,6 @@ def test_combine_linear_and_its_errors():
     lora.combine_adapters(layer, ["default", "b"], [1.0, 0.0], how="linear", new_name="lin")
     np.testing.assert_allclose(layer.delta_weight("lin"), layer.delta_weight("default"), atol=1e-12)
     before = layer.adapter_names
-    with pytest.raises(ValueError, match=">= 0"):
-        lora.combine_adapters(layer, ["default", "b"], [1.0, -1.0], how="linear", new_name="x")
     with pytest.raises(ValueError, match="equal rank"):
         lora.combine_adapters(
             _two_adapter_layer(2, 3), ["default", "b"], [1, 1], how="linear", new_name="x"
@@ -566,7 +564,7 @@ def test_combine_linear_and_its_errors():
     with pytest.raises(KeyError, match="nope"):
         lora.combine_adapters(layer, ["default", "nope"], [1, 1], new_name="x")
     with pytest.raises(ValueError, match="how must be"):
-        lora.combine_adapters(layer, ["default"], [1], how="ties", new_name="x")
+        lora.combine_adapters(layer, ["default"], [1], how="dare_linear", new_name="x")
     with pytest.raises(ValueError, match="one weight per adapter"):
         lora.combine_adapters(layer, ["default", "b"], [1], new_name="x")
     assert layer.adapter_names == before
