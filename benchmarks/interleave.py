@@ -42,11 +42,14 @@ def cpu_model() -> str:
 def _limit_threads(framework: str, threads: int) -> dict:
     """Set the thread count of ``framework`` and say what library does its maths."""
     import numpy
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_info
 
     info = {"numpy": numpy.__version__}
     if framework == "lora_np":
-        threadpool_limits(limits=threads)
+        import lora_np
+
+        lora_np.backend.set_blas_threads(threads)  # the BLAS and lora_np's element-wise parts
+        info["element_threads"] = lora_np.backend.threads()
         blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
         keys = ("internal_api", "version", "architecture", "num_threads")
         info["blas"] = [{k: b.get(k) for k in keys} for b in blas]
@@ -149,7 +152,8 @@ def header(workers: dict, threads: int, rounds: int, steps: int) -> str:
             for b in info["blas"]:
                 lines.append(
                     f"lora_np: NumPy {info['numpy']}, BLAS {b['internal_api']} {b['version']}, "
-                    f"kernel {b['architecture']}, {b['num_threads']} threads"
+                    f"kernel {b['architecture']}, {b['num_threads']} threads; element-wise "
+                    f"parts on {info['element_threads']} threads"
                 )
         else:
             lines.append(

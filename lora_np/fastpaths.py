@@ -161,20 +161,45 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
+def in_parallel(tasks) -> None:
+    """Run the callables ``tasks``, one per thread (the calling thread runs the first), and
+    return when all are done; the first error any of them raised is raised here."""
+    tasks = list(tasks)
+    futures = [_executor(len(tasks) - 1).submit(task) for task in tasks[1:]] if tasks else []
+    if tasks:
+        tasks[0]()
+    for future in futures:
+        future.result()
+
+
+def element_threads(size: int) -> int:
+    """How many threads element-wise work of ``size`` numbers is split over: 1 when small, on
+    one thread (``set_blas_threads(1)``) or on the GPU, else :func:`lora_np.backend.threads`."""
+    if backend.name == "cupy" or size < PARALLEL_MIN_SIZE:
+        return 1
+    return backend.threads()
+
+
 def for_each_part(fn, length: int) -> None:
     """Call ``fn(s)`` for contiguous slices ``s`` that together cover ``range(length)``: one
-    part per thread of :func:`lora_np.backend.threads` (the calling thread takes the first),
-    or ``fn(slice(0, length))`` alone when the work is small, on one thread or on the GPU."""
-    threads = backend.threads() if backend.name != "cupy" else 1
-    if threads == 1 or length < PARALLEL_MIN_SIZE:
+    part per thread of :func:`element_threads`, or ``fn(slice(0, length))`` alone."""
+    threads = element_threads(length)
+    if threads == 1:
         fn(slice(0, length))
         return
     bounds = [length * i // threads // 16 * 16 for i in range(threads)] + [length]  # 64 B
-    parts = [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-    futures = [_executor(threads - 1).submit(fn, s) for s in parts[1:]]
-    fn(parts[0])
-    for future in futures:
-        future.result()  # re-raises a part's error here
+    in_parallel(lambda s=slice(lo, hi): fn(s) for lo, hi in zip(bounds, bounds[1:]))
+
+
+def balanced_groups(sizes, groups: int) -> list:
+    """Indices of ``sizes`` dealt into ``groups`` lists of about equal total size (largest
+    first, each to the lightest group so far); empty groups are dropped."""
+    loads, members = [0] * groups, [[] for _ in range(groups)]
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        lightest = loads.index(min(loads))
+        loads[lightest] += sizes[i]
+        members[lightest].append(i)
+    return [m for m in members if m]
 
 
 def plain_for_each_part(fn, length: int) -> None:

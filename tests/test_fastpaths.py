@@ -100,3 +100,123 @@ def test_tune_allocator_is_an_explicit_call_that_can_be_switched_off(monkeypatch
     monkeypatch.delenv("LORA_NP_MALLOC_TUNING")
     assert isinstance(fastpaths.tune_allocator(), bool)  # True on glibc, False elsewhere
     assert not hasattr(ln.backend, "malloc_tuned")
+
+
+# --------------------------------------------------------------------------- threads
+@pytest.fixture
+def threads(monkeypatch):
+    """Set the element-wise thread count and a small threshold, so that tests split work."""
+
+    def use(n: int, min_size: int = 64):
+        monkeypatch.setattr(ln.backend, "_threads", n)
+        monkeypatch.setattr(fastpaths, "PARALLEL_MIN_SIZE", min_size)
+
+    return use
+
+
+@pytest.mark.parametrize("n_threads", [2, 3, 5])
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 1000, 4099])
+def test_for_each_part_covers_the_range_once_in_order(threads, n_threads, length):
+    threads(n_threads)
+    seen = []
+    fastpaths.for_each_part(seen.append, length)
+    covered = [i for s in sorted(seen, key=lambda s: s.start) for i in range(length)[s]]
+    assert covered == list(range(length))
+    expected_parts = n_threads if length >= fastpaths.PARALLEL_MIN_SIZE else 1
+    assert len(seen) == expected_parts
+    assert all(s.start % 16 == 0 for s in seen)  # each part starts 64-byte aligned (float32)
+
+
+def test_for_each_part_stays_on_one_thread_when_asked_or_small(threads):
+    threads(1)
+    seen = []
+    fastpaths.for_each_part(seen.append, 10_000)
+    assert seen == [slice(0, 10_000)]
+    threads(4, min_size=10_001)
+    fastpaths.for_each_part(seen.append, 10_000)
+    assert seen[-1] == slice(0, 10_000)
+
+
+def test_in_parallel_runs_each_task_and_raises_a_tasks_error(threads):
+    threads(3)
+    done = []
+    fastpaths.in_parallel([lambda i=i: done.append(i) for i in range(3)])
+    assert sorted(done) == [0, 1, 2]
+
+    def fails():
+        raise ValueError("part 2 failed")
+
+    with pytest.raises(ValueError, match="part 2 failed"):
+        fastpaths.in_parallel([lambda: None, fails])
+
+
+def test_balanced_groups_deal_every_index_once_and_evenly():
+    sizes = [100, 1, 50, 50, 3, 96]
+    groups = fastpaths.balanced_groups(sizes, 2)
+    assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
+    loads = sorted(sum(sizes[i] for i in g) for g in groups)
+    assert loads == [150, 150]
+    assert fastpaths.balanced_groups([5], 4) == [[0]]  # no empty group
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_threaded_gelu_and_product_equal_one_thread_bit_for_bit(rng, threads, dtype):
+    x = rng.standard_normal(10_007).astype(dtype)
+    g = rng.standard_normal(10_007).astype(dtype)
+    threads(1)
+    out_1, slope_1 = fastpaths.gelu_and_slope(x, True)
+    product_1 = fastpaths.multiply(g, slope_1)
+    threads(3)
+    out_3, slope_3 = fastpaths.gelu_and_slope(x, True)
+    assert np.array_equal(out_1, out_3) and np.array_equal(slope_1, slope_3)
+    assert np.array_equal(product_1, fastpaths.multiply(g, slope_3))
+    np.testing.assert_array_equal(product_1, g * slope_1)
+    assert fastpaths.gelu_and_slope(x, False)[1] is None
+
+
+def test_multiply_broadcasts_and_promotes_like_numpy(rng, threads):
+    threads(2)
+    a = rng.standard_normal((300, 7)).astype("float32")
+    b = rng.standard_normal((300, 7))
+    np.testing.assert_array_equal(fastpaths.multiply(a, b), a * b)
+    assert fastpaths.multiply(a, b).dtype == np.float64
+    row = rng.standard_normal(7).astype("float32")
+    np.testing.assert_array_equal(fastpaths.multiply(a, row), a * row)
+
+
+@pytest.mark.parametrize("opt_class", ["Adam", "AdamW"])
+def test_threaded_adam_steps_equal_one_thread_bit_for_bit(rng, threads, opt_class):
+    shapes = [(64, 32), (32,), (5, 5), (100,), (1,)]
+
+    def run(n_threads):
+        threads(n_threads)
+        params = [ln.Tensor(rng_p.standard_normal(s), requires_grad=True) for s in shapes]
+        opt = getattr(ln.optim, opt_class)(params, lr=1e-2, weight_decay=0.1)
+        for step in range(3):
+            for p in params:
+                p.grad = np.sin(p.data * (step + 1)) + 0.1
+            opt.step()
+        return [p.data for p in params]
+
+    rng_p = np.random.default_rng(1)
+    one = run(1)
+    rng_p = np.random.default_rng(1)
+    several = run(3)
+    for a, b in zip(one, several):
+        assert np.array_equal(a, b)
+
+
+def test_a_forked_child_makes_its_own_pool(threads):
+    import os
+
+    threads(2)
+    fastpaths.in_parallel([lambda: None, lambda: None])  # the parent has a pool
+    assert fastpaths._pool is not None
+    pid = os.fork()
+    if pid == 0:  # the child: its pool was forgotten at the fork, and work still runs
+        ok = fastpaths._pool is None
+        done = []
+        fastpaths.in_parallel([lambda: done.append(1), lambda: done.append(2)])
+        os._exit(0 if ok and sorted(done) == [1, 2] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
