@@ -8,7 +8,8 @@ Modules, from the bottom up (each imports only modules above it in this list): b
 (NumPy or CuPy), fastpaths (the speed tricks beside their plain formulas), graph (nodes, the
 backward walk, grad mode), autograd (Tensor and its primitive ops), functional (the layer ops
 with their gradients), gradcheck, nn (layers), optim (optimisers), serialization (atomic
-files, safetensors, model weights), lora (the LoRA package: layer, targeting, adapters,
+files, safetensors, model weights), quantization and quantized (4-bit codes, NF4, a
+quantised Linear and model), lora (the LoRA package: layer, targeting, adapters,
 combining, PEFT's file format), analysis (SVD tools), plotting (one figure style),
 transformer (the tiny GPT), data (its synthetic tasks) and train (a training loop).
 """
@@ -26,6 +27,7 @@ from . import (
     optim,
     plotting,
     quantization,
+    quantized,
     results,
     serialization,
     svd_rank,
@@ -58,6 +60,7 @@ __all__ = [
     "optim",
     "plotting",
     "quantization",
+    "quantized",
     "results",
     "serialization",
     "set_backend",

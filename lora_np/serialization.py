@@ -64,6 +64,14 @@ def save_weights(model: nn.Module, path, metadata: dict | None = None) -> Path:
     ``metadata`` (str -> str) goes into the file's header beside ``"format"``.
     """
     path = Path(path)
+    modules = model.named_modules()
+    outside = [n for n, m in modules if not getattr(m, "weights_are_parameters", True)]
+    if outside:  # quantised layers: their codes are not parameters, so the file would miss them
+        raise ValueError(
+            f"cannot save {path}: {', '.join(outside)} keep their weights outside the parameters "
+            "(quantised codes). Save the float model and quantise it after loading "
+            "(quantize_model is deterministic); save adapters with lora.save_adapter"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": "lora_np", **{str(k): str(v) for k, v in (metadata or {}).items()}}
     atomic_write(path, safetensors_bytes(model.state_dict(), header))

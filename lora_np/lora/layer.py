@@ -11,6 +11,7 @@ import numbers
 from .. import backend, nn
 from .. import functional as F
 from ..autograd import Tensor, no_grad
+from ..quantized import QuantizedLinear
 from .validation import (
     DEFAULT_ADAPTER,
     check_adapter_name,
@@ -112,6 +113,8 @@ class LoRALinear(nn.Module):
 
     Args:
         base: the ``nn.Linear`` to adapt; its weight W0 (d, k) = (out, in) and bias are frozen.
+            A ``quantized.QuantizedLinear`` works too (QLoRA: adapters on a 4-bit base, which
+            is dequantised on every forward); it cannot be merged into or take "pissa".
         r: rank, an integer 1 <= r <= min(d, k).
         alpha: scale constant > 0; the update is multiplied by s = alpha / r.
         rslora: use s = alpha / sqrt(r) (rank-stabilised LoRA, PEFT's ``use_rslora``).
@@ -141,8 +144,11 @@ class LoRALinear(nn.Module):
             raise TypeError(
                 "this layer is already a LoRALinear; add another adapter with add_adapter()"
             )
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if not isinstance(base, nn.Linear | QuantizedLinear):
+            raise TypeError(
+                f"LoRALinear wraps an nn.Linear, got {type(base).__name__} (a quantised base, "
+                "quantized.QuantizedLinear, works too)"
+            )
         super().__init__()
         self.base = base
         self.adapters = _AdapterDict()
@@ -212,6 +218,7 @@ class LoRALinear(nn.Module):
     # ------------------------------------------------------------------ merge / unmerge
     def merge(self) -> None:
         """W0 <- W0 + s·B A, in place. Afterwards forward costs exactly one Linear."""
+        self._check_merge()
         if self.merged:
             raise RuntimeError(
                 f"adapter {self.active_adapter!r} is already merged; merging again would add "
@@ -247,6 +254,16 @@ class LoRALinear(nn.Module):
         adapter = self.adapters[self.active_adapter if adapter_name is None else adapter_name]
         self._require_unmerged("change an adapter's scale")
         adapter.scaling = float(factor) * adapter.trained_scaling
+
+    def _check_merge(self) -> None:
+        if isinstance(self.base, QuantizedLinear):
+            # W0 + s·B A quantised again would round most of the small update away (PEFT warns
+            # the same for 4-bit bases); merging into the dequantised float weight keeps it.
+            raise RuntimeError(
+                f"cannot merge into a quantised base ({self.base.kind}, {self.base.bits} bits): "
+                "its weight is stored as codes. Dequantise it first "
+                "(quantized.dequantize_model(model)), then merge"
+            )
 
     def _require_unmerged(self, action: str) -> None:
         if self.merged:
@@ -288,6 +305,11 @@ class LoRALinear(nn.Module):
         check_alpha(alpha)
         check_options(init, dropout, rslora)
         if init == "pissa":
+            if isinstance(self.base, QuantizedLinear):
+                raise ValueError(
+                    "init='pissa' rewrites the base weight into its residual, but this base is "
+                    "quantised (read-only codes); use init='kaiming' or 'gaussian'"
+                )
             self._require_unmerged("add a 'pissa' adapter")
             if len(self.adapters):
                 # PiSSA moves W0's top-r part from the base weight into A and B; with other

@@ -76,7 +76,9 @@ def disable_adapters(model: nn.Module):
 
 def merge_adapter(model: nn.Module) -> None:
     """Merge the active adapter into the base weight of every (unmerged) LoRA layer."""
-    for _, layer in lora_layers_or_error(model):
+    layers = lora_layers_or_error(model)
+    check_each([(n, la) for n, la in layers if not la.merged], lambda la: la._check_merge())
+    for _, layer in layers:
         if not layer.merged:
             layer.merge()
 
@@ -91,7 +93,9 @@ def unmerge_adapter(model: nn.Module) -> None:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapters and put the plain Linear layers back (PEFT's name): a model of
     the original architecture computing W0 + s·B A, to deploy with no extra latency."""
-    for name, layer in lora_layers_or_error(model):
+    layers = lora_layers_or_error(model)
+    check_each([(n, la) for n, la in layers if not la.merged], lambda la: la._check_merge())
+    for name, layer in layers:
         if not layer.merged:
             layer.merge()
         set_submodule(model, name, layer.base)

@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from .. import backend, nn
+from ..quantized import QuantizedLinear
 from ..serialization import atomic_write_folder, read_safetensors, safetensors_bytes
 from .layer import LoRALinear
 from .targeting import lora_layers, matches, set_submodule
@@ -33,6 +34,8 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 """What PEFT puts in front of a module's name in a saved adapter."""
 
+_ADAPTABLE = (nn.Linear, QuantizedLinear, LoRALinear)  # layers an adapter file may name
+
 _KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<which>[AB])\.weight$")
 
 
@@ -40,7 +43,7 @@ def _short_targets(model: nn.Module, layer_names: list) -> list:
     """target_modules for the config: the layers' last names ("q", "v") when those select
     exactly these layers in ``model`` (what a PEFT user writes), otherwise the full names."""
     leaves = sorted({name.rpartition(".")[2] for name in layer_names})
-    candidates = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | LoRALinear)]
+    candidates = [n for n, m in model.named_modules() if isinstance(m, _ADAPTABLE)]
     candidates = [
         n for n in candidates if not any(n.startswith(p + ".") for p, _ in lora_layers(model))
     ]
@@ -271,9 +274,7 @@ def _targeted(model: nn.Module, config: dict) -> list:
     lora_names = [n for n, _ in lora_layers(model)]
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear | LoRALinear) or any(
-            name.startswith(p + ".") for p in lora_names
-        ):
+        if not isinstance(module, _ADAPTABLE) or any(name.startswith(p + ".") for p in lora_names):
             continue
         if _selected_by_config(name, config):
             names.append(name)
@@ -308,7 +309,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
         inside_lora = match is not None and any(
             match["layer"].startswith(p + ".") for p in lora_names
         )
-        if module is None or inside_lora or not isinstance(module, nn.Linear | LoRALinear):
+        if module is None or inside_lora or not isinstance(module, _ADAPTABLE):
             unexpected.append(key)
             continue
         weights.setdefault(match["layer"], {})[match["which"]] = array

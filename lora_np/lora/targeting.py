@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from .. import nn
+from ..quantized import QuantizedLinear
 from .layer import LoRALinear
 from .validation import (
     DEFAULT_ADAPTER,
@@ -37,8 +38,8 @@ def _inside_lora(name: str, lora_names: list) -> bool:
 
 
 def find_targets(model: nn.Module, targets) -> list:
-    """The dotted names of the Linear modules that ``targets`` select (model order), checked as
-    ``inject`` does.
+    """The dotted names of the Linear modules (float or quantised) that ``targets`` select (model
+    order), checked as ``inject`` does.
 
     Raises ValueError when a target matches nothing (listing the Linear names that exist) or
     matches a module that is not a Linear, and when a match already carries LoRA.
@@ -53,7 +54,7 @@ def find_targets(model: nn.Module, targets) -> list:
     linear_names = [
         n
         for n, m in modules.items()
-        if isinstance(m, nn.Linear) and not _inside_lora(n, lora_names)
+        if isinstance(m, nn.Linear | QuantizedLinear) and not _inside_lora(n, lora_names)
     ]
     selected = []
     for target in targets:
@@ -69,7 +70,7 @@ def find_targets(model: nn.Module, targets) -> list:
                     f"target {target!r} matches {name!r}, which already has LoRA (injecting twice); "
                     "add another adapter with lora.add_adapter(model, name, ...)"
                 )
-            if not isinstance(module, nn.Linear):
+            if not isinstance(module, nn.Linear | QuantizedLinear):
                 raise ValueError(
                     f"target {target!r} matches {name!r}, a {type(module).__name__}, not a Linear; "
                     f"the Linear layers are: {linear_names}"
