@@ -48,8 +48,7 @@ def _limit_threads(framework: str, threads: int) -> dict:
     if framework == "lora_np":
         import lora_np
 
-        lora_np.backend.set_blas_threads(threads)  # the BLAS and lora_np's element-wise parts
-        info["element_threads"] = lora_np.backend.threads()
+        lora_np.backend.set_blas_threads(threads)
         blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
         keys = ("internal_api", "version", "architecture", "num_threads")
         info["blas"] = [{k: b.get(k) for k in keys} for b in blas]
@@ -152,8 +151,7 @@ def header(workers: dict, threads: int, rounds: int, steps: int) -> str:
             for b in info["blas"]:
                 lines.append(
                     f"lora_np: NumPy {info['numpy']}, BLAS {b['internal_api']} {b['version']}, "
-                    f"kernel {b['architecture']}, {b['num_threads']} threads; element-wise "
-                    f"parts on {info['element_threads']} threads"
+                    f"kernel {b['architecture']}, {b['num_threads']} threads"
                 )
         else:
             lines.append(

@@ -132,8 +132,7 @@ if _requested != "numpy":
 
 
 def set_blas_threads(n: int = 1) -> int:
-    """Use ``n`` threads in the BLAS behind NumPy from now on, and as many for the large
-    element-wise passes of :mod:`lora_np.fastpaths`; returns the number asked for.
+    """Use ``n`` threads in the BLAS behind NumPy from now on; returns the number asked for.
 
     The course's matrices are small: a (64, 128) product finishes before a second thread has
     started, so extra threads only add waiting, and two processes that each start one thread
@@ -146,32 +145,8 @@ def set_blas_threads(n: int = 1) -> int:
         raise ValueError(f"set_blas_threads: n must be a whole number >= 1, got {n!r}")
     from threadpoolctl import threadpool_limits
 
-    global _threads
     threadpool_limits(limits=n, user_api="blas")
-    _threads = n
     return n
-
-
-def _default_threads() -> int:
-    """The cores this process may use, or fewer when the environment caps the BLAS."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        value = os.environ.get(variable, "")
-        if value.isdigit() and int(value) >= 1:
-            return min(cores, int(value))
-    return cores
-
-
-_threads = _default_threads()
-
-
-def threads() -> int:
-    """How many threads the host maths may use: the BLAS's, and the element-wise work that
-    :mod:`lora_np.fastpaths` splits over threads. ``set_blas_threads`` sets both."""
-    return _threads
 
 
 def scatter_add(target, index, values) -> None:

@@ -130,90 +130,12 @@ def plain_embedding_grad(ids, g_rows, vocab: int):
     return grad
 
 
-# --------------------------------------------------------------------------- threads
-PARALLEL_MIN_SIZE = 1 << 17
-"""Element-wise work is cut into one part per thread from this many elements: NumPy's loops
-run on one core, and a (B*T, 4C) activation of 2**20 numbers takes ~2 ms per pass set, which
-two cores halve; below ~2**17 the hand-off to a thread costs more than it saves. The parts
-compute exactly what one loop would (every element the same operations), so results do not
-change with the thread count."""
-
-_pool = None  # (thread count, ThreadPoolExecutor), made on first use
-
-
-def _executor(workers: int):
-    global _pool
-    if _pool is None or _pool[0] != workers:
-        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
-        if _pool is not None:
-            _pool[1].shutdown(wait=False)
-        _pool = (workers, ThreadPoolExecutor(workers, thread_name_prefix="lora_np"))
-    return _pool[1]
-
-
-def _forget_pool() -> None:  # a forked child has the pool object but not its threads
-    global _pool
-    _pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def in_parallel(tasks) -> None:
-    """Run the callables ``tasks``, one per thread (the calling thread runs the first), and
-    return when all are done; the first error any of them raised is raised here."""
-    tasks = list(tasks)
-    futures = [_executor(len(tasks) - 1).submit(task) for task in tasks[1:]] if tasks else []
-    if tasks:
-        tasks[0]()
-    for future in futures:
-        future.result()
-
-
-def element_threads(size: int) -> int:
-    """How many threads element-wise work of ``size`` numbers is split over: 1 when small, on
-    one thread (``set_blas_threads(1)``) or on the GPU, else :func:`lora_np.backend.threads`."""
-    if backend.name == "cupy" or size < PARALLEL_MIN_SIZE:
-        return 1
-    return backend.threads()
-
-
-def for_each_part(fn, length: int) -> None:
-    """Call ``fn(s)`` for contiguous slices ``s`` that together cover ``range(length)``: one
-    part per thread of :func:`element_threads`, or ``fn(slice(0, length))`` alone."""
-    threads = element_threads(length)
-    if threads == 1:
-        fn(slice(0, length))
-        return
-    bounds = [length * i // threads // 16 * 16 for i in range(threads)] + [length]  # 64 B
-    in_parallel(lambda s=slice(lo, hi): fn(s) for lo, hi in zip(bounds, bounds[1:]))
-
-
-def balanced_groups(sizes, groups: int) -> list:
-    """Indices of ``sizes`` dealt into ``groups`` lists of about equal total size (largest
-    first, each to the lightest group so far); empty groups are dropped."""
-    loads, members = [0] * groups, [[] for _ in range(groups)]
-    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        lightest = loads.index(min(loads))
-        loads[lightest] += sizes[i]
-        members[lightest].append(i)
-    return [m for m in members if m]
-
-
-def plain_for_each_part(fn, length: int) -> None:
-    """What :func:`for_each_part` does: ``fn`` over the whole range at once."""
-    fn(slice(0, length))
-
-
 # --------------------------------------------------------------------------- GELU
 GELU_C = math.sqrt(2.0 / math.pi)
 
 
 def gelu_and_slope(xd, need_slope: bool):
-    """GELU (tanh form) of a 1-D array and, if asked, its derivative, in 15 in-place passes,
-    the array cut into one part per thread (:func:`for_each_part`).
+    """GELU (tanh form) of a 1-D array and, if asked, its derivative, in 15 in-place passes.
 
     With h = 0.5 (1 + tanh u) and u = sqrt(2/pi) (x + 0.044715 x^3), GELU is x h, and since
     1 - tanh^2 u = 4 h (1 - h) the derivative 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u'(x)
@@ -226,18 +148,6 @@ def gelu_and_slope(xd, need_slope: bool):
     Returns:
         (out (N,), slope (N,) or None)
     """
-    out = backend.xp.empty_like(xd)
-    slope = backend.xp.empty_like(xd) if need_slope else None
-
-    def part(s: slice) -> None:
-        _gelu_and_slope_into(xd[s], out[s], None if slope is None else slope[s])
-
-    for_each_part(part, xd.shape[0])
-    return out, slope
-
-
-def _gelu_and_slope_into(xd, out, slope) -> None:
-    """:func:`gelu_and_slope` of one part, written into ``out`` and ``slope`` (all (n,))."""
     xp = backend.xp
     x_sq = xd * xd
     h = x_sq * (GELU_C * 0.044715)
@@ -246,29 +156,16 @@ def _gelu_and_slope_into(xd, out, slope) -> None:
     xp.tanh(h, out=h)
     h *= 0.5
     h += 0.5  # h = 0.5 (1 + tanh u)
-    xp.multiply(xd, h, out=out)
-    if slope is None:
-        return
-    xp.multiply(x_sq, 6 * 0.044715 * GELU_C, out=slope)  # p = 2 sqrt(2/pi) (1 + 3 ...)
+    out = xd * h
+    if not need_slope:
+        return out, None
+    slope = x_sq  # reuse: p = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    slope *= 6 * 0.044715 * GELU_C
     slope += 2 * GELU_C
-    slope *= xp.subtract(xd, out, out=x_sq)  # p (x - x h), x_sq's buffer reused
+    slope *= xd - out  # p (x - x h)
     slope += 1
     slope *= h
-
-
-def multiply(a, b):
-    """a * b, the work cut into one part per thread when both have one shape (else NumPy's
-    broadcasting product)."""
-    if a.shape != b.shape:
-        return a * b
-    out = backend.xp.empty(a.shape, dtype=backend.xp.result_type(a, b))
-    flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
-
-    def part(s: slice) -> None:
-        backend.xp.multiply(flat_a[s], flat_b[s], out=flat_out[s])
-
-    for_each_part(part, flat_out.shape[0])
-    return out
+    return out, slope
 
 
 def plain_gelu_and_slope(x):

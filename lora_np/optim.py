@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from . import backend, fastpaths
+from . import backend
 
 
 def _is_number(value) -> bool:
@@ -134,55 +134,38 @@ class Adam(Optimizer):
 
     def step(self) -> None:
         xp = backend.xp
+        beta1, beta2 = self.betas
         self.step_count += 1
-        params = list(self._trained())
-        for p in params:
-            if id(p) not in self.state:
-                self.state[id(p)] = {
+        for p in self._trained():
+            state = self.state.get(id(p))
+            if state is None:
+                state = self.state[id(p)] = {
                     "step": 0,
                     "exp_avg": xp.zeros_like(p.data),
                     "exp_avg_sq": xp.zeros_like(p.data),
                 }
-        # Each parameter's update is independent of the others': on a multi-core host the
-        # parameters are dealt to threads in groups of about equal size (fastpaths).
-        sizes = [p.data.size for p in params]
-        threads = fastpaths.element_threads(sum(sizes))
-        if threads == 1:
-            for p in params:
-                self._update(p)
-            return
-        groups = fastpaths.balanced_groups(sizes, threads)
-        fastpaths.in_parallel(
-            lambda group=group: [self._update(params[i]) for i in group] for group in groups
-        )
-
-    def _update(self, p) -> None:
-        """One Adam step of the parameter ``p`` (its state exists)."""
-        xp = backend.xp
-        beta1, beta2 = self.betas
-        state = self.state[id(p)]
-        state["step"] += 1
-        t = state["step"]
-        g = p.grad
-        if self.weight_decay and self.decoupled:
-            p.data *= 1 - self.lr * self.weight_decay
-        elif self.weight_decay:
-            g = g + self.weight_decay * p.data
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m *= beta1
-        m += (1 - beta1) * g
-        v *= beta2
-        g_sq = g * g
-        g_sq *= 1 - beta2
-        v += g_sq
-        # PyTorch's arrangement: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), computed
-        # in one scratch array: temporaries of the parameter's size are the cost here.
-        update = xp.sqrt(v, out=g_sq)
-        update /= math.sqrt(1 - beta2**t)
-        update += self.eps
-        xp.divide(m, update, out=update)
-        update *= self.lr / (1 - beta1**t)
-        p.data -= update
+            state["step"] += 1
+            t = state["step"]
+            g = p.grad
+            if self.weight_decay and self.decoupled:
+                p.data *= 1 - self.lr * self.weight_decay
+            elif self.weight_decay:
+                g = g + self.weight_decay * p.data
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            g_sq = g * g
+            g_sq *= 1 - beta2
+            v += g_sq
+            # PyTorch's arrangement: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), computed
+            # in one scratch array: temporaries of the parameter's size are the cost here.
+            update = xp.sqrt(v, out=g_sq)
+            update /= math.sqrt(1 - beta2**t)
+            update += self.eps
+            xp.divide(m, update, out=update)
+            update *= self.lr / (1 - beta1**t)
+            p.data -= update
 
 
 class AdamW(Adam):
