@@ -105,6 +105,11 @@ def array_module(array) -> str:
     return "numpy-strict" if module == "lora_np.backend_strict" else "numpy"
 
 
+def module_of(array):
+    """The array module for ``array``: host NumPy for a host array, else the backend's."""
+    return numpy if array_module(array) == "numpy" else xp
+
+
 def to_numpy(array):
     """A host NumPy array from a NumPy or CuPy array (or anything ``numpy.asarray`` accepts)."""
     if hasattr(array, "numpy") and callable(array.numpy):  # a Tensor

@@ -35,6 +35,12 @@ def _uniform(shape, bound: float, dtype):
     return backend.rng().uniform(-bound, bound, size=shape).astype(dtype)
 
 
+def name_matches(name: str, entry: str) -> bool:
+    """PEFT's rule for naming modules (``target_modules``, what to skip): ``entry`` is the
+    whole dotted name or its last dotted parts (``"q"`` matches ``"blocks.0.attn.q"``)."""
+    return name == entry or name.endswith("." + entry)
+
+
 class Module:
     """Base class: subclasses set Parameters and Modules as attributes and define forward()."""
 
@@ -92,6 +98,11 @@ class Module:
                 raise AttributeError(f"{type(self).__name__} has no sub-module {target!r}")
             module = child
         return module
+
+    def set_submodule(self, target: str, module: Module) -> None:
+        """Put ``module`` at a dotted name (``"blocks.0.attn.q"``), replacing what is there."""
+        parent_name, _, child = target.rpartition(".")
+        setattr(self.get_submodule(parent_name), child, module)
 
     # --------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> Module:

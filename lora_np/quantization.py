@@ -72,18 +72,14 @@ KINDS = ("nf4", "absmax")
 """The code books :func:`quantize_weight` knows."""
 
 
-def _module_of(array):
-    """Host NumPy for a host array, the backend's module for a backend array."""
-    return backend.np if backend.array_module(array) == "numpy" else backend.xp
-
-
 def _check_bits(bits) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ValueError(f"bits must be a whole number from 2 to 8, got {bits!r}")
     return bits
 
 
-def _check_block_size(block_size) -> int:
+def check_block_size(block_size) -> int:
+    """``block_size`` itself when it is a whole number >= 1; else ValueError naming it."""
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a whole number >= 1, got {block_size!r}")
     return block_size
@@ -106,8 +102,8 @@ def encode_blockwise(w, bits: int, block_size: int = 64) -> tuple:
         scales: (n_blocks,) of w's float dtype, max|w| / L over each block (0 for an all-zero
             block).
     """
-    bits, block_size = _check_bits(bits), _check_block_size(block_size)
-    xp = _module_of(w)
+    bits, block_size = _check_bits(bits), check_block_size(block_size)
+    xp = backend.module_of(w)
     if w.size == 0:
         raise ValueError("encode_blockwise: w is empty; expected at least one value")
     dtype = w.dtype if xp.issubdtype(w.dtype, xp.floating) else xp.float64
@@ -163,7 +159,7 @@ def pack_codes(codes, bits: int):
     ``bits`` bits. Returns uint8 of ceil(codes.size * bits / 8) bytes.
     """
     bits = _check_bits(bits)
-    xp = _module_of(codes)
+    xp = backend.module_of(codes)
     unsigned = (codes.reshape(-1).astype(xp.int16) + 2 ** (bits - 1)).astype(xp.uint8)
     bit_rows = xp.unpackbits(unsigned[:, None], axis=1)[:, 8 - bits :]  # (n, bits), high first
     return xp.packbits(bit_rows.reshape(-1))
@@ -172,7 +168,7 @@ def pack_codes(codes, bits: int):
 def unpack_codes(packed, bits: int, count: int):
     """The first ``count`` codes of :func:`pack_codes`' bytes, as int8 (count,)."""
     bits = _check_bits(bits)
-    xp = _module_of(packed)
+    xp = backend.module_of(packed)
     if count * bits > 8 * packed.size:
         raise ValueError(
             f"unpack_codes: {packed.size} bytes hold at most {8 * packed.size // bits} codes of "
@@ -237,13 +233,14 @@ def code_book(kind: str, bits: int = 4):
     "nf4": :data:`NF4`. "absmax": the integers ``i - 2**(bits - 1)``; index 0 (the most negative
     integer) is never used, since absmax codes run over -L..L.
     """
-    kind, bits = _check_kind(kind, bits)
+    kind, bits = check_kind(kind, bits)
     if kind == "nf4":
         return NF4
     return (backend.np.arange(2**bits) - 2 ** (bits - 1)).astype(backend.np.float32)
 
 
-def _check_kind(kind, bits) -> tuple:
+def check_kind(kind, bits) -> tuple:
+    """(kind, bits) when ``kind`` is in :data:`KINDS` and ``bits`` fits it; else ValueError."""
     if kind not in KINDS:
         raise ValueError(f"unknown quantisation kind {kind!r}; expected one of {KINDS}")
     if kind == "nf4" and (isinstance(bits, bool) or bits != 4):
@@ -253,8 +250,8 @@ def _check_kind(kind, bits) -> tuple:
 
 def _blocks(w, block_size: int, who: str):
     """w flattened, zero-padded and cut into (n_blocks, block_size), in w's float dtype."""
-    block_size = _check_block_size(block_size)
-    xp = _module_of(w)
+    block_size = check_block_size(block_size)
+    xp = backend.module_of(w)
     if w.size == 0:
         raise ValueError(f"{who}: w is empty; expected at least one value")
     if w.dtype.kind != "f":
@@ -283,7 +280,7 @@ def encode_nf4(w, block_size: int = 64) -> tuple:
         indices: uint8 (n_blocks, block_size), each in 0..15 (padding slots hold 7, the 0 level).
         absmax: (n_blocks,) of w's dtype, max|w| per block (0 for an all-zero block).
     """
-    xp = _module_of(w)
+    xp = backend.module_of(w)
     blocks = _blocks(w, block_size, "encode_nf4")  # (n_blocks, block_size)
     absmax = xp.abs(blocks).max(axis=1)  # (n_blocks,)
     safe = xp.where(absmax > 0, absmax, 1)  # an all-zero block maps to the level 0 either way
@@ -305,7 +302,7 @@ def decode_nf4(indices, absmax, shape):
     Returns:
         an array of ``shape`` in absmax's dtype.
     """
-    xp = _module_of(absmax)
+    xp = backend.module_of(absmax)
     book = xp.asarray(NF4, dtype=absmax.dtype)
     return _decode(xp.take(book, indices.astype(xp.intp)), absmax, shape, "decode_nf4")
 
@@ -347,7 +344,7 @@ def double_quantize(scales, block_size: int = 256) -> tuple:
     Returns:
         codes: int8 (n,); second: float32 (ceil(n / block_size),); offset: float32 (1,), the mean.
     """
-    xp = _module_of(scales)
+    xp = backend.module_of(scales)
     if scales.ndim != 1:
         raise ValueError(f"double_quantize: scales must be 1-D (n,), got shape {scales.shape}")
     scales = scales.astype(xp.float32)
@@ -358,8 +355,8 @@ def double_quantize(scales, block_size: int = 256) -> tuple:
 
 def double_dequantize(codes, second, offset, block_size: int = 256):
     """The float32 scales (n,) back from :func:`double_quantize`'s codes, second scales, offset."""
-    block_size = _check_block_size(block_size)
-    xp = _module_of(second)
+    block_size = check_block_size(block_size)
+    xp = backend.module_of(second)
     n = codes.size
     m = math.ceil(n / block_size)
     if codes.ndim != 1 or second.shape != (m,) or offset.shape != (1,):
@@ -385,7 +382,7 @@ def pack_indices(indices, bits: int):
     with 4 bits the first index of each pair sits in the byte's high nibble.
     """
     bits = _check_bits(bits)
-    xp = _module_of(indices)
+    xp = backend.module_of(indices)
     flat = indices.reshape(-1).astype(xp.uint8)
     if flat.size and int(flat.max()) >= 2**bits:
         raise ValueError(f"pack_indices: an index is {int(flat.max())}, above 2**{bits} - 1")
@@ -402,7 +399,7 @@ def pack_indices(indices, bits: int):
 def unpack_indices(packed, bits: int, count: int):
     """The first ``count`` indices of :func:`pack_indices`' bytes, as uint8 (count,)."""
     bits = _check_bits(bits)
-    xp = _module_of(packed)
+    xp = backend.module_of(packed)
     if count * bits > 8 * packed.size:
         raise ValueError(
             f"unpack_indices: {packed.size} bytes hold at most {8 * packed.size // bits} indices "

@@ -27,8 +27,8 @@ from . import backend, nn
 from . import functional as F
 from .autograd import Tensor
 from .quantization import (
-    _check_block_size,
-    _check_kind,
+    check_block_size,
+    check_kind,
     code_book,
     double_dequantize,
     double_quantize,
@@ -39,11 +39,6 @@ from .quantization import (
 )
 
 # ============================================================================ the stored form
-
-
-def _module_of(array):
-    """Host NumPy for a host array, the backend's module for a backend array."""
-    return backend.np if backend.array_module(array) == "numpy" else backend.xp
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +95,7 @@ class QuantizedWeight:
 
     def dequantize(self):
         """The weight as float32 of ``shape``: level[index] * its block's scale."""
-        xp = _module_of(self.packed)
+        xp = backend.module_of(self.packed)
         scales = self.block_scales()  # (n_blocks,)
         n_blocks = scales.shape[0]
         indices = unpack_indices(self.packed, self.bits, self.size)  # (size,) uint8
@@ -132,14 +127,14 @@ def quantize_weight(
             (bits 2..8). block_size: weights per scale (QLoRA: 64). double_quant: store the
             scales in 8 bits (QLoRA: yes). scale_block_size: scales per second-level block (256).
     """
-    kind, bits = _check_kind(kind, bits)
-    block_size = _check_block_size(block_size)
-    scale_block_size = _check_block_size(scale_block_size)
+    kind, bits = check_kind(kind, bits)
+    block_size = check_block_size(block_size)
+    scale_block_size = check_block_size(scale_block_size)
     if not isinstance(double_quant, bool):
         raise ValueError(f"double_quant must be True or False, got {double_quant!r}")
     if getattr(w, "dtype", None) is None or w.dtype.kind != "f":
         raise TypeError(f"quantize_weight: w must be a float array, got {type(w).__name__}")
-    xp = _module_of(w)
+    xp = backend.module_of(w)
     w32 = w.astype(xp.float32)
     if kind == "nf4":
         indices, scales = encode_nf4(w32, block_size)  # (n_blocks, block_size) uint8, float32
@@ -240,11 +235,6 @@ DEFAULT_SKIP = ("head",)
 """What :func:`quantize_model` keeps in float by default: the GPT's output head."""
 
 
-def _matches(name: str, entry: str) -> bool:
-    """PEFT's rule for a module name (the whole name, or its last dotted parts)."""
-    return name == entry or name.endswith("." + entry)
-
-
 def _check_skip(skip) -> list:
     entries = [skip] if isinstance(skip, str) else skip
     if not isinstance(entries, list | tuple) or not all(isinstance(e, str) and e for e in entries):
@@ -258,11 +248,6 @@ def _lora_parent(modules: dict, name: str):
     parent_name, _, attribute = name.rpartition(".")
     parent = modules.get(parent_name)
     return parent_name if attribute == "base" and hasattr(parent, "adapters") else None
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, module)
 
 
 def quantize_model(
@@ -292,14 +277,14 @@ def quantize_model(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_model needs an nn.Module, got {type(model).__name__}")
-    _check_kind(kind, bits)
-    _check_block_size(block_size)
+    check_kind(kind, bits)
+    check_block_size(block_size)
     if not isinstance(double_quant, bool):
         raise ValueError(f"double_quant must be True or False, got {double_quant!r}")
     entries = _check_skip(skip)
     modules = dict(model.named_modules())
     if skip is not DEFAULT_SKIP:
-        unknown = [e for e in entries if not any(_matches(n, e) for n in modules if n)]
+        unknown = [e for e in entries if not any(nn.name_matches(n, e) for n in modules if n)]
         if unknown:
             raise ValueError(f"skip entries {unknown} match no module of the model")
     done = [n for n, m in modules.items() if isinstance(m, QuantizedLinear)]
@@ -318,7 +303,7 @@ def quantize_model(
     def kept(name: str) -> bool:
         parts = name.split(".")
         prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
-        return any(_matches(p, e) for p in prefixes for e in entries)
+        return any(nn.name_matches(p, e) for p in prefixes for e in entries)
 
     names = [n for n, m in modules.items() if isinstance(m, nn.Linear) and not kept(n)]
     if not names:
@@ -332,7 +317,7 @@ def quantize_model(
         except (ValueError, TypeError) as err:
             raise type(err)(f"{name}: {err}") from None
     for name, layer in replacements.items():
-        _set_submodule(model, name, layer)
+        model.set_submodule(name, layer)
     return names
 
 
@@ -362,7 +347,7 @@ def dequantize_model(model: nn.Module) -> list:
     modules = dict(model.named_modules())
     for name in names:
         layer = modules[name]
-        _set_submodule(model, name, _float_linear(layer.dequantize(), layer.bias))
+        model.set_submodule(name, _float_linear(layer.dequantize(), layer.bias))
     return names
 
 

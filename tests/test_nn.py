@@ -315,3 +315,27 @@ def test_a_parameter_copies_the_array_it_is_made_from():
     ln.optim.SGD([p], lr=0.5).step()
     assert np.array_equal(w0, np.ones((2, 2), dtype=np.float32))
     assert np.array_equal(p.data, np.full((2, 2), 0.5, dtype=np.float32))
+
+
+def test_set_submodule_replaces_the_module_at_a_dotted_name():
+    model = ln.nn.Sequential(ln.nn.Linear(3, 4), ln.nn.Linear(4, 2))
+    names = [n for n, _ in model.named_modules() if n]
+    new = ln.nn.Linear(4, 2)
+    model.set_submodule(names[-1], new)
+    assert model.get_submodule(names[-1]) is new
+    with pytest.raises(AttributeError, match="no sub-module"):
+        model.set_submodule("missing.child", new)
+
+
+@pytest.mark.parametrize(
+    "name, entry, expected",
+    [
+        ("blocks.0.attn.q", "q", True),
+        ("blocks.0.attn.q", "attn.q", True),
+        ("q", "q", True),
+        ("blocks.0.attn.qq", "q", False),
+        ("blocks.0.attn.q.x", "q", False),
+    ],
+)
+def test_name_matches_is_peft_rule(name, entry, expected):
+    assert ln.nn.name_matches(name, entry) is expected

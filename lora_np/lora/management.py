@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from .. import nn
-from .targeting import lora_layers, lora_layers_or_error, matches, set_submodule
+from .targeting import lora_layers, lora_layers_or_error, matches
 from .validation import check_each
 
 
@@ -98,7 +98,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     for name, layer in layers:
         if not layer.merged:
             layer.merge()
-        set_submodule(model, name, layer.base)
+        model.set_submodule(name, layer.base)
     return model
 
 
@@ -110,5 +110,5 @@ def unload(model: nn.Module) -> nn.Module:
     for name, layer in lora_layers_or_error(model):
         if layer.merged:
             layer.unmerge()
-        set_submodule(model, name, layer.base)
+        model.set_submodule(name, layer.base)
     return model

@@ -26,7 +26,7 @@ from .. import backend, nn
 from ..quantized import QuantizedLinear
 from ..serialization import atomic_write_folder, read_safetensors, safetensors_bytes
 from .layer import LoRALinear
-from .targeting import lora_layers, matches, set_submodule
+from .targeting import lora_layers, matches
 from .validation import DEFAULT_ADAPTER, check_adapter_name, check_alpha, check_rank
 
 CONFIG_NAME = "adapter_config.json"
@@ -389,7 +389,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             layer.add_adapter(adapter_name, r, alpha, **options)
         else:
             layer = LoRALinear(module, r, alpha, adapter_name=adapter_name, **options)
-            set_submodule(model, name, layer)
+            model.set_submodule(name, layer)
         adapter = layer.adapters[adapter_name]
         adapter.A.data = backend.xp.asarray(A, dtype=layer.base.weight.dtype)
         adapter.B.data = backend.xp.asarray(B, dtype=layer.base.weight.dtype)

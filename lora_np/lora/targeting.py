@@ -28,9 +28,7 @@ def lora_layers_or_error(model: nn.Module) -> list:
     return layers
 
 
-def matches(name: str, target: str) -> bool:
-    """PEFT's rule for a target_modules entry: the whole name, or its last dotted parts."""
-    return name == target or name.endswith("." + target)
+matches = nn.name_matches  # PEFT's rule for a target_modules entry
 
 
 def _inside_lora(name: str, lora_names: list) -> bool:
@@ -81,11 +79,6 @@ def find_targets(model: nn.Module, targets) -> list:
     return sorted(selected, key=order.index)  # model order, whatever the order of targets
 
 
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, module)
-
-
 def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> list:
     """Wrap every Linear that ``targets`` select in a LoRALinear, in place; return their names.
 
@@ -119,7 +112,7 @@ def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> li
     )
     check_adapter_name(lora_kwargs.get("adapter_name", DEFAULT_ADAPTER))
     for name in names:
-        set_submodule(model, name, LoRALinear(modules[name], r, alpha, **lora_kwargs))
+        model.set_submodule(name, LoRALinear(modules[name], r, alpha, **lora_kwargs))
     mark_only_lora_as_trainable(model)
     return names
 
