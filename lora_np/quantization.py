@@ -156,28 +156,18 @@ def pack_codes(codes, bits: int):
     """The codes as a byte array, ``bits`` bits each (the last byte padded with zeros).
 
     Each code q in -L..L is stored as the unsigned number q + 2**(bits - 1), which fits in
-    ``bits`` bits. Returns uint8 of ceil(codes.size * bits / 8) bytes.
+    ``bits`` bits (:func:`pack_indices`). Returns uint8 of ceil(codes.size * bits / 8) bytes.
     """
     bits = _check_bits(bits)
     xp = backend.module_of(codes)
-    unsigned = (codes.reshape(-1).astype(xp.int16) + 2 ** (bits - 1)).astype(xp.uint8)
-    bit_rows = xp.unpackbits(unsigned[:, None], axis=1)[:, 8 - bits :]  # (n, bits), high first
-    return xp.packbits(bit_rows.reshape(-1))
+    return pack_indices((codes.reshape(-1).astype(xp.int16) + 2 ** (bits - 1)), bits)
 
 
 def unpack_codes(packed, bits: int, count: int):
     """The first ``count`` codes of :func:`pack_codes`' bytes, as int8 (count,)."""
     bits = _check_bits(bits)
-    xp = backend.module_of(packed)
-    if count * bits > 8 * packed.size:
-        raise ValueError(
-            f"unpack_codes: {packed.size} bytes hold at most {8 * packed.size // bits} codes of "
-            f"{bits} bits, asked for {count}"
-        )
-    bit_rows = xp.unpackbits(packed)[: count * bits].reshape(count, bits)  # high bit first
-    weights = (2 ** xp.arange(bits - 1, -1, -1)).astype(xp.int16)  # (bits,)
-    unsigned = (bit_rows.astype(xp.int16) * weights).sum(axis=1)
-    return (unsigned - 2 ** (bits - 1)).astype(xp.int8)
+    unsigned = unpack_indices(packed, bits, count).astype(backend.module_of(packed).int16)
+    return (unsigned - 2 ** (bits - 1)).astype(backend.module_of(packed).int8)
 
 
 # ============================================================================ NF4
