@@ -149,6 +149,8 @@ class GPT(nn.Module):
     are not -100 (None when no targets are given).
     """
 
+    output_layer_name = "head"  # what lora.inject(model, "all-linear", ...) leaves out
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config

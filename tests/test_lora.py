@@ -645,3 +645,53 @@ def test_set_scale_dials_the_update_and_is_refused_while_merged():
     assert layer.scaling == 2.0  # alpha / r, unchanged by the refused call
     with pytest.raises(ValueError, match="real number"):
         layer.set_scale("big")
+
+
+# --------------------------------------------------------------------------- all-linear
+def _gpt_for_all_linear():
+    from lora_np.transformer import GPT, GPTConfig
+
+    ln.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=11, block_size=8, n_embd=16, n_head=2, n_layer=2))
+
+
+def test_all_linear_targets_every_linear_but_the_output_head():
+    model = _gpt_for_all_linear()
+    linear = [n for n, m in model.named_modules() if isinstance(m, ln.nn.Linear)]
+    names = lora.inject(model, "all-linear", r=2, alpha=4)
+    assert "head" in linear and "head" not in names
+    assert names == [n for n in linear if n != "head"]
+    assert len(names) == 2 * 6  # q, k, v, o, fc, proj in each of 2 blocks
+    assert isinstance(model.head, ln.nn.Linear)  # untouched, and frozen like the rest
+    assert not model.head.weight.requires_grad
+
+
+def test_all_linear_on_a_quantised_base_and_on_a_model_without_an_output_name():
+    model = _gpt_for_all_linear()
+    ln.quantized.quantize_model(model)  # keeps the head in float
+    assert len(lora.inject(model, "all-linear", r=2, alpha=4)) == 12
+    plain = ln.nn.Sequential(ln.nn.Linear(3, 4), ln.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="output_layer_name"):
+        lora.inject(plain, "all-linear", r=1, alpha=1)
+    assert not any(isinstance(m, lora.LoRALinear) for _, m in plain.named_modules())
+
+
+def test_all_linear_twice_is_refused_as_injecting_twice():
+    model = _gpt_for_all_linear()
+    lora.inject(model, "all-linear", r=2, alpha=4)
+    with pytest.raises(ValueError, match="already has LoRA"):
+        lora.inject(model, "all-linear", r=2, alpha=4)
+
+
+def test_an_all_linear_adapter_saves_and_loads_back(tmp_path):
+    model = _gpt_for_all_linear()
+    lora.inject(model, "all-linear", r=2, alpha=4)
+    for _, layer in lora.lora_layers(model):
+        layer.B.data[...] = 0.01
+    lora.save_adapter(model, tmp_path / "a")
+    again = _gpt_for_all_linear()
+    lora.load_adapter(again, tmp_path / "a")
+    names = [n for n, _ in lora.lora_layers(again)]
+    assert names == [n for n, _ in lora.lora_layers(model)] and "head" not in names
+    idx = np.arange(8)[None, :] % 11
+    np.testing.assert_allclose(again(idx)[0].data, model(idx)[0].data, rtol=1e-6, atol=1e-6)

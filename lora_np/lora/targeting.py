@@ -39,9 +39,15 @@ def find_targets(model: nn.Module, targets) -> list:
     """The dotted names of the Linear modules (float or quantised) that ``targets`` select (model
     order), checked as ``inject`` does.
 
+    ``"all-linear"`` (PEFT's shorthand) selects every Linear but the model's output layer, the
+    one its ``output_layer_name`` attribute names (the GPT's ``head``): a model without one is
+    refused, as PEFT refuses models that do not name their output embeddings.
+
     Raises ValueError when a target matches nothing (listing the Linear names that exist) or
     matches a module that is not a Linear, and when a match already carries LoRA.
     """
+    if targets == ALL_LINEAR:
+        targets = _all_linear(model)
     if isinstance(targets, str):
         targets = [targets]
     targets = list(targets)
@@ -79,6 +85,27 @@ def find_targets(model: nn.Module, targets) -> list:
     return sorted(selected, key=order.index)  # model order, whatever the order of targets
 
 
+ALL_LINEAR = "all-linear"
+
+
+def _all_linear(model: nn.Module) -> list:
+    """The full names of every Linear (float or quantised) except the output layer."""
+    output = getattr(model, "output_layer_name", None)
+    if not isinstance(output, str):
+        raise ValueError(
+            f"'all-linear' leaves out the model's output layer, but this {type(model).__name__} "
+            "does not name one: give it an output_layer_name attribute, or list the targets"
+        )
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear | QuantizedLinear) and n and not matches(n, output)
+    ]
+    if not names:
+        raise ValueError(f"'all-linear': the model has no Linear layer besides {output!r}")
+    return names
+
+
 def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> list:
     """Wrap every Linear that ``targets`` select in a LoRALinear, in place; return their names.
 
@@ -89,7 +116,7 @@ def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> li
 
     Args:
         model: any Module.
-        targets: a name or a list of names.
+        targets: a name, a list of names, or "all-linear" (every Linear but the output layer).
         r, alpha, lora_kwargs: passed to every ``LoRALinear`` (rslora, init, dropout, adapter_name).
     Returns:
         The dotted names of the replaced layers, in model order.
