@@ -1,65 +1,86 @@
-"""Notebook 08's precomputed experiments: task adapters, their combinations, a rank sweep.
+"""Notebook 08's precomputed experiments: task adapters over 3 seeds, their combinations, a
+QLoRA comparison with tuned learning rates, a rank sweep.
 
 Run from the repository root:
 
     .venv/bin/python experiments/08_adapters.py
 
-It writes, under ``lora_np/results/08_adapters/`` (``lora_np.results``, shipped with the package):
+Every LoRA below is r = 8 on q and v with alpha 16 (the recipe of the shipped base's LoRA,
+``lora_np/checkpoints/tiny_gpt.json``) unless stated. Every score is greedy exact match on 200
+held-out prompts (``data.exact_match(model, task, n=200)``, seed 1234). It writes, under
+``lora_np/results/08_adapters/`` (``lora_np.results``, shipped with the package):
 
-* ``swp/``, ``rot/``, ``prv/``: one LoRA adapter per task (r = 8 on q and v, alpha 16, 300
-  steps on the task alone), each a PEFT folder written by ``lora_np.lora.save_adapter``.
-* ``swp_replay/``, ``rot_replay/``: the same tasks trained for 600 steps with replay (half of
-  each batch is the task, a quarter the pretraining mixture, a quarter the base model's own
-  answers on the other downstream tasks' prompts), the best attempt at adapters that can be
-  summed (they still cannot; see the notebook).
-* ``joint/``: one adapter of the same size (r = 8 on q and v) trained on an even mixture of
-  swp and rot for 600 steps (each task sees as many examples as its own adapter did): what
-  works where summing two adapters does not.
-* ``scores.json``: every score the notebook shows from these runs (exact match on 100
-  held-out prompts): the task x adapter matrix, the combinations, the "sub" rank sweep
-  (r = 1, 2, 8 and a full fine-tune, 3 seeds each, a score every 200 steps) and the QLoRA-style
-  recovery run on a 2-bit base.
+* ``swp/``, ``rot/``, ``prv/``: seed 0's task adapters (300 steps at lr 3e-3 on the task alone),
+  PEFT folders written by ``lora_np.lora.save_adapter``; ``swp_replay/``, ``rot_replay/``: seed
+  0's replay adapters (600 steps; half of each batch the task, a quarter the pretraining
+  mixture, a quarter the base's own answers on the other downstream tasks' prompts); ``joint/``:
+  seed 0's adapter trained on an even swp + rot mixture for 600 steps; ``qlora_nf4/``: seed 0's
+  prv adapter trained on the NF4 base. Seeds 1 and 2 are trained and scored, not kept.
+* ``scores.json``:
+  - ``adapters``: name -> seed -> scores on swp, rot, prv (task adapters) and the pretraining
+    mean, for swp, rot (seeds 0-2), prv (seed 0), swp_replay, rot_replay, joint (seeds 0-2);
+    ``matrix`` and ``adapter_pretrain``: seed 0's task x adapter matrix, as notebook 08 shows it;
+  - ``combine``: "plain" / "replay" -> seed -> {swp, rot, cat, linear, svd, ties_svd_20,
+    ties_svd_50} (TIES at density 0.2 and 0.5) -> {swp, rot, pretrain}: seed i's swp adapter combined with seed i's rot;
+  - ``qlora``: prv learned by LoRA on the float base and on the NF4 base (double quantised, head
+    in float32): the learning-rate grid for each base on tuning seed 100 (mean training loss of
+    the last 50 steps), the chosen rates, and seeds 0-2 at the chosen rate;
+  - ``sub_sweep``: "sub" at LoRA r = 1, 2, 8 and a full fine-tune, 3 seeds, a score every 200
+    of 800 steps. Recomputed only with ``--sub`` (about 20 more minutes on a busy 2-core
+    machine); without it the stored sweep is kept as it is (computed with an earlier engine, on
+    100 prompts: ``sub_sweep_settings["eval_n"]``).
 
-``--only joint`` (re)computes the joint adapter alone and updates its entry in ``scores.json``,
-leaving every other stored result as it is.
-
-Deterministic (seeded); about 10-15 minutes on a shared 2-core machine (the sweep runs in 2
-processes; set WORKERS=1 for one).
+Workers: 2 processes (WORKERS=1 for one), one BLAS thread each, so a run repeats bit for bit on
+one machine. Took 15 minutes (886 s, ``seconds`` in scores.json) on a 2-core machine shared
+with another experiment; about half that on a quiet one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 
 import lora_np as ln
-from lora_np import data, lora, nn, serialization, train, transformer
+from lora_np import data, lora, quantized, serialization, train, transformer
 from lora_np.results import FOLDER as RESULTS_FOLDER
 
 OUT = RESULTS_FOLDER / "08_adapters"  # lora_np/results/08_adapters, shipped with the package
 TASKS = ("swp", "rot", "prv")  # the three task adapters of the notebook
 PAIR = ("swp", "rot")  # the two that are combined
-EVAL_N = 100  # held-out prompts per score (data.exact_match, seed 1234)
+SEEDS = (0, 1, 2)  # reported seeds of every compared adapter
+EVAL_N = 200  # held-out prompts per score (data.exact_match, seed 1234)
 R, ALPHA, LR, BATCH = 8, 16, 3e-3, 32  # the recipe of lora_np/checkpoints/tiny_gpt.json
 STEPS = 300
 REPLAY_STEPS = 600
 # The downstream tasks whose prompts the replay adapters rehearse: those that existed when the
-# stored adapters were made (hop came later), so that a rerun reproduces them.
+# replay recipe was written (hop came later).
 REPLAY_POOL_TASKS = ("swp", "rot", "rvn", "prv", "dup", "sub")
 JOINT_STEPS = 600  # = 2 x STEPS: each task of the pair gets as many examples as its own adapter
+# TIES densities: no held-out split of the prompts exists to choose one on, so two are reported
+# (keep a fifth and half of each update's entries) rather than the best picked on the test set.
+TIES_DENSITIES = (0.2, 0.5)
+# adapter names hold no dot: "ties_svd_20" is density 0.2
+COMBOS = ("cat", "linear", "svd") + tuple(f"ties_svd_{round(100 * d)}" for d in TIES_DENSITIES)
+QLORA_TASK = "prv"  # the base scores 0 on it
+QLORA_BASES = ("float", "nf4")
+QLORA_GRID = (1e-3, 3e-3, 1e-2, 3e-2)  # extended by x3 steps while the best sits on an edge
+QLORA_TUNING_SEED = 100  # chooses the learning rate; never reported
+QLORA_TUNING_WINDOW = 50  # mean training loss over the last 50 steps
 SUB_RANKS = (1, 2, 8)
-SUB_SEEDS = (0, 1, 2)
 SUB_STEPS = 800
 SUB_EVAL_EVERY = 200
 FULL_LR = 1e-3
-QUANT_BITS, QUANT_BLOCK = 2, 64
-QLORA_TARGETS = ("q", "k", "v", "o", "fc", "proj")
-QLORA_STEPS = 200
+
+_TMP = Path(tempfile.gettempdir()) / "lora_np_08_adapters"  # seeds 1, 2's adapters, then deleted
+_POOL: dict = {}  # the replay pool, filled in the parent before the workers fork
 
 
 def score(model, task: str) -> float:
@@ -70,16 +91,32 @@ def pretrain_mean(model) -> float:
     return float(np.mean([score(model, t) for t in data.PRETRAIN_TASKS]))
 
 
-# ---------------------------------------------------------------------------- task adapters
+def folder(name: str, seed: int) -> Path:
+    """Where seed ``seed``'s adapter ``name`` lives: seed 0 in the results, others in a tmp dir."""
+    return OUT / name if seed == 0 else _TMP / f"seed{seed}" / name
 
 
-def train_task_adapter(task: str, steps: int = STEPS, seed: int = 0):
-    """A fresh base with one LoRA (r=8 on q, v) trained on ``task`` alone; returns the model."""
+# ---------------------------------------------------------------------------- adapters
+
+
+def fresh_lora(seed: int, base: str = "float"):
+    """The shipped base (NF4-quantised when base="nf4", head kept float32) with a fresh LoRA."""
     ln.manual_seed(seed)
     model = transformer.load_pretrained()
+    if base == "nf4":
+        quantized.quantize_model(model, kind="nf4", double_quant=True)
     lora.inject(model, ["q", "v"], R, alpha=ALPHA)
-    train.train(model, data.batches(task, BATCH, seed=seed), steps=steps, lr=LR, progress=False)
-    return model.eval()
+    return model
+
+
+def train_task_adapter(task: str, steps: int = STEPS, seed: int = 0, base="float", lr=LR):
+    """A fresh base with one LoRA (r=8 on q, v) trained on ``task`` alone; returns
+    (model in eval mode, training history)."""
+    model = fresh_lora(seed, base)
+    history = train.train(
+        model, data.batches(task, BATCH, seed=seed), steps=steps, lr=lr, progress=False
+    )
+    return model.eval(), history
 
 
 def base_answers_pool(n: int = 256) -> dict:
@@ -97,15 +134,14 @@ def train_replay_adapter(task: str, pool: dict, steps: int = REPLAY_STEPS, seed:
     """Like ``train_task_adapter``, but each batch of 32 is 16 examples of ``task``, 8 of the
     pretraining mixture and 8 prompts of the *other* downstream tasks answered as the base
     answers them: the adapter is told what not to change."""
-    ln.manual_seed(seed)
-    model = transformer.load_pretrained()
-    lora.inject(model, ["q", "v"], R, alpha=ALPHA)
+    model = fresh_lora(seed)
     others = [t for t in REPLAY_POOL_TASKS if t != task]
     rng = np.random.default_rng([seed, 8])
 
     def batch(step):
-        examples = data.make_examples(task, 16, seed=step)
-        examples += data.make_mixture(list(data.PRETRAIN_TASKS), 8, seed=step)
+        stream = step + 100_000 * seed  # seed 0: the stream the first replay adapters used
+        examples = data.make_examples(task, 16, seed=stream)
+        examples += data.make_mixture(list(data.PRETRAIN_TASKS), 8, seed=stream)
         for _ in range(8):
             other = pool[others[int(rng.integers(len(others)))]]
             examples.append(other[int(rng.integers(len(other)))])
@@ -118,37 +154,73 @@ def train_replay_adapter(task: str, pool: dict, steps: int = REPLAY_STEPS, seed:
 def train_joint_adapter(tasks=PAIR, steps: int = JOINT_STEPS, seed: int = 0):
     """One LoRA of the task adapters' size (r=8 on q, v) trained on an even mixture of ``tasks``
     (every batch half swp, half rot): combining two tasks *before* training."""
-    ln.manual_seed(seed)
-    model = transformer.load_pretrained()
-    lora.inject(model, ["q", "v"], R, alpha=ALPHA)
+    model = fresh_lora(seed)
     train.train(
         model, data.batches(list(tasks), BATCH, seed=seed), steps=steps, lr=LR, progress=False
     )
     return model.eval()
 
 
-def joint_scores() -> dict:
-    """Train, save and score the joint adapter: ``{task: score, ..., "pretrain": mean}``."""
-    model = train_joint_adapter()
-    lora.save_adapter(model, OUT / "joint")
-    return {t: score(model, t) for t in PAIR} | {"pretrain": pretrain_mean(model)}
+def adapter_job(job: tuple) -> tuple:
+    """("task" | "replay" | "joint", name, seed): train, save, score; -> (name, seed, scores)."""
+    kind, name, seed = job
+    if kind == "task":
+        model, _ = train_task_adapter(name, seed=seed)
+        tasks = TASKS
+    elif kind == "replay":
+        model = train_replay_adapter(name.removesuffix("_replay"), _POOL, seed=seed)
+        tasks = PAIR
+    else:
+        model = train_joint_adapter(seed=seed)
+        tasks = PAIR
+    lora.save_adapter(model, folder(name, seed))
+    scores = {t: score(model, t) for t in tasks} | {"pretrain": pretrain_mean(model)}
+    print(f"  {name} seed {seed}: {scores}", flush=True)
+    return name, seed, scores
 
 
-def combination_scores(folders: dict) -> dict:
-    """Load two adapters into one base, combine them three ways, score both tasks."""
+def combine_job(job: tuple) -> tuple:
+    """("plain" | "replay", seed): seed's swp and rot adapters, alone and combined."""
+    kind, seed = job
+    suffix = "" if kind == "plain" else "_replay"
     model = transformer.load_pretrained()
-    for name, folder in folders.items():
-        lora.load_adapter(model, folder, adapter_name=name)
-    names = list(folders)
+    for t in PAIR:
+        lora.load_adapter(model, folder(t + suffix, seed), adapter_name=t)
+    names = list(PAIR)
+    for how in COMBOS:
+        if how.startswith("ties_svd"):
+            density = int(how.rsplit("_", 1)[1]) / 100
+            lora.combine_adapters(model, names, [1.0, 1.0], "ties_svd", how, density=density)
+        else:
+            lora.combine_adapters(model, names, [1.0, 1.0], how=how, new_name=how)
     result = {}
-    for name in names:
+    for name in names + list(COMBOS):
         lora.set_adapter(model, name)
-        result[name] = {t: score(model, t) for t in names} | {"pretrain": pretrain_mean(model)}
-    for how in ("cat", "linear", "svd"):
-        lora.combine_adapters(model, names, [1.0, 1.0], how=how, new_name=how)
-        lora.set_adapter(model, how)
-        result[how] = {t: score(model, t) for t in names} | {"pretrain": pretrain_mean(model)}
-    return result
+        result[name] = {t: score(model, t) for t in PAIR} | {"pretrain": pretrain_mean(model)}
+    print(f"  combine {kind} seed {seed}: done", flush=True)
+    return kind, seed, result
+
+
+# ---------------------------------------------------------------------------- QLoRA
+
+
+def qlora_job(job: tuple) -> dict:
+    """(base, lr, seed): LoRA on ``QLORA_TASK`` over the float or NF4 base. Returns the tuning
+    loss (mean of the last 50 training losses, inf if training diverged) and, for a reported
+    seed, the held-out score."""
+    base, lr, seed = job
+    try:
+        model, history = train_task_adapter(QLORA_TASK, seed=seed, base=base, lr=lr)
+        loss = float(np.mean(history["loss"][-QLORA_TUNING_WINDOW:]))
+    except FloatingPointError:  # train.TrainingDiverged
+        return {"base": base, "lr": lr, "seed": seed, "loss": float("inf")}
+    out = {"base": base, "lr": lr, "seed": seed, "loss": loss}
+    if seed != QLORA_TUNING_SEED:
+        out[QLORA_TASK] = score(model, QLORA_TASK)
+        if base == "nf4" and seed == 0:
+            lora.save_adapter(model, OUT / "qlora_nf4")
+    print(f"  qlora {base} lr={lr:.0e} seed {seed}: {out}", flush=True)
+    return out
 
 
 # ---------------------------------------------------------------------------- rank sweep on sub
@@ -188,53 +260,12 @@ def sub_run(job: tuple) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------- quantised base
-
-
-def quantise_blockwise(w: np.ndarray, bits: int, block: int):
-    """Blockwise absmax quantisation: int codes in [-L, L] (L = 2^(bits-1) - 1), one float32
-    scale per block of ``block`` weights. The notebook writes the same function."""
-    flat = w.reshape(-1, block)  # (n_blocks, block)
-    levels = 2 ** (bits - 1) - 1
-    absmax = np.abs(flat).max(axis=1, keepdims=True)  # (n_blocks, 1)
-    codes = np.clip(np.round(flat / absmax * levels), -levels, levels).astype(np.int8)
-    return codes, (absmax / levels).astype(np.float32)
-
-
-def quantised_base(bits: int = QUANT_BITS, block: int = QUANT_BLOCK):
-    """The shipped base with every Linear weight replaced by its dequantised codes."""
-    model = transformer.load_pretrained()
-    for _, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            w = module.weight.data
-            codes, scales = quantise_blockwise(w, bits, block)
-            module.weight.data = (codes * scales).reshape(w.shape).astype(w.dtype)
-    return model
-
-
-def qlora_run(seed: int = 0) -> dict:
-    """A LoRA (r=8, every Linear of the blocks) trained on the pretraining mixture on top of the
-    2-bit base: how much of what quantisation lost does it recover?"""
-    model = quantised_base()
-    ln.manual_seed(seed)
-    lora.inject(model, list(QLORA_TARGETS), R, alpha=ALPHA)
-    history = train.train(
-        model,
-        data.batches(list(data.PRETRAIN_TASKS), BATCH, seed=seed),
-        steps=QLORA_STEPS,
-        lr=LR,
-        progress=False,
-    )
-    model.eval()
-    return {
-        "bits": QUANT_BITS,
-        "block": QUANT_BLOCK,
-        "targets": list(QLORA_TARGETS),
-        "steps": QLORA_STEPS,
-        "seed": seed,
-        "scores": {t: score(model, t) for t in data.PRETRAIN_TASKS},
-        "final_loss": round(float(np.mean(history["loss"][-20:])), 4),
-    }
+def any_job(job: tuple):
+    """Dispatch for the worker pool: (what, *arguments)."""
+    what, *args = job
+    return {"adapter": adapter_job, "combine": combine_job, "qlora": qlora_job, "sub": sub_run}[
+        what
+    ](tuple(args))
 
 
 # ---------------------------------------------------------------------------- main
@@ -245,19 +276,47 @@ def write_scores(results: dict) -> None:
     serialization.atomic_write(OUT / "scores.json", text.encode())
 
 
+def best_lr(losses: dict) -> float:
+    """The rate with the lowest tuning loss (``losses``: lr -> loss)."""
+    return min(losses, key=lambda lr: (losses[lr], lr))
+
+
+def tune(run, base: str, losses: dict) -> tuple:
+    """``losses`` (lr -> tuning loss on the grid) extended by x3 steps while the best rate is on
+    an edge of the grid; returns (losses, best rate)."""
+    while True:
+        best = best_lr(losses)
+        lrs = sorted(losses)
+        if lrs[0] < best < lrs[-1]:
+            return losses, best
+        new = best * 3 if best == lrs[-1] else best / 3
+        losses |= {r["lr"]: r["loss"] for r in run([("qlora", base, new, QLORA_TUNING_SEED)])}
+
+
 def main() -> None:
     ln.backend.set_blas_threads(1)  # one BLAS thread: bit-reproducible runs
+    if sys.argv[1:] not in ([], ["--sub"]):
+        raise SystemExit(f"unknown arguments {sys.argv[1:]}; expected none or --sub")
+    with_sub = sys.argv[1:] == ["--sub"]
+    old = json.loads((OUT / "scores.json").read_text()) if (OUT / "scores.json").exists() else {}
+    if not with_sub and "sub_sweep" not in old:
+        raise SystemExit("no stored sub sweep to keep: run with --sub")
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
-    if sys.argv[1:] == ["--only", "joint"]:
-        results = json.loads((OUT / "scores.json").read_text())
-        results["joint"] = joint_scores()
-        results["settings"]["joint_steps"] = JOINT_STEPS
-        print("  joint adapter:", results["joint"], flush=True)
-        write_scores(results)
-        return
-    if sys.argv[1:]:
-        raise SystemExit(f"unknown arguments {sys.argv[1:]}; expected none or --only joint")
+    shutil.rmtree(_TMP, ignore_errors=True)
+    _POOL.update(base_answers_pool())  # before the fork: every worker shares it
+    workers = int(os.environ.get("WORKERS", "2"))
+    pool = None
+    if workers > 1:
+        pool = get_context("fork").Pool(
+            workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
+        )
+
+    def run(jobs):
+        if pool is None:
+            return [any_job(j) for j in jobs]
+        return pool.map(any_job, jobs, chunksize=1)
+
     results: dict = {
         "settings": {
             "r": R,
@@ -268,58 +327,86 @@ def main() -> None:
             "steps": STEPS,
             "replay_steps": REPLAY_STEPS,
             "joint_steps": JOINT_STEPS,
+            "seeds": list(SEEDS),
+            "ties_densities": list(TIES_DENSITIES),
+            "eval_n": EVAL_N,
             "eval": f"data.exact_match(model, task, n={EVAL_N}) (held-out, seed 1234)",
         }
     }
+    try:
+        print("1. adapters: task, replay, joint (3 seeds) and the sub sweep", flush=True)
+        jobs = []
+        if with_sub:
+            jobs += [("sub", "lora", r, s) for r in SUB_RANKS for s in SEEDS]
+            jobs += [("sub", "full", 0, s) for s in SEEDS]
+        jobs += [("adapter", "replay", t + "_replay", s) for t in PAIR for s in SEEDS]
+        jobs += [("adapter", "joint", "joint", s) for s in SEEDS]
+        jobs += [("adapter", "task", t, s) for t in PAIR for s in SEEDS] + [
+            ("adapter", "task", "prv", 0)
+        ]
+        done = run(jobs)
+        if with_sub:
+            results["sub_sweep"] = [d for d in done if isinstance(d, dict)]
+        else:  # kept as stored (see the module docstring)
+            results["sub_sweep"] = old["sub_sweep"]
+        adapters: dict = {}
+        for name, seed, scores in (d for d in done if isinstance(d, tuple)):
+            adapters.setdefault(name, {})[str(seed)] = scores
+        results["adapters"] = adapters
+        results["matrix"] = {t: {u: adapters[t]["0"][u] for u in TASKS} for t in TASKS}
+        results["adapter_pretrain"] = {t: adapters[t]["0"]["pretrain"] for t in TASKS}
+        results["sub_sweep_settings"] = (
+            {
+                "steps": SUB_STEPS,
+                "eval_every": SUB_EVAL_EVERY,
+                "full_lr": FULL_LR,
+                "seeds": list(SEEDS),
+                "eval_n": EVAL_N,
+            }
+            if with_sub
+            else old["sub_sweep_settings"]
+            | {"eval_n": old["sub_sweep_settings"].get("eval_n", 100)}
+        )
 
-    print("1. task adapters (r=8 on q, v, 300 steps each)", flush=True)
-    models = {}
-    for task in TASKS:
-        models[task] = train_task_adapter(task)
-        lora.save_adapter(models[task], OUT / task)
-    results["matrix"] = {
-        name: {t: score(m, t) for t in TASKS} for name, m in models.items()
-    }  # adapter -> task -> score
-    results["adapter_pretrain"] = {name: pretrain_mean(m) for name, m in models.items()}
-    print("  ", results["matrix"], flush=True)
-
-    print("2. replay adapters for", PAIR, flush=True)
-    pool = base_answers_pool()
-    for task in PAIR:
-        lora.save_adapter(train_replay_adapter(task, pool), OUT / f"{task}_replay")
-
-    print("3. combining swp and rot", flush=True)
-    results["combine"] = {
-        "plain": combination_scores({t: OUT / t for t in PAIR}),
-        "replay": combination_scores({t: OUT / f"{t}_replay" for t in PAIR}),
-    }
-    print("  ", json.dumps(results["combine"]), flush=True)
-
-    print("3b. one adapter trained on both tasks", flush=True)
-    results["joint"] = joint_scores()
-    print("  ", results["joint"], flush=True)
-
-    print("4. QLoRA-style recovery on a 2-bit base", flush=True)
-    results["qlora"] = qlora_run()
-    print("  ", results["qlora"]["scores"], flush=True)
-
-    print("5. 'sub': LoRA r = 1, 2, 8 and full fine-tuning, 3 seeds", flush=True)
-    jobs = [("lora", r, s) for r in SUB_RANKS for s in SUB_SEEDS]
-    jobs += [("full", 0, s) for s in SUB_SEEDS]
-    workers = int(os.environ.get("WORKERS", "2"))
-    if workers > 1:
-        with get_context("fork").Pool(
-            workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
-        ) as pool_:
-            results["sub_sweep"] = pool_.map(sub_run, jobs, chunksize=1)
-    else:
-        results["sub_sweep"] = [sub_run(job) for job in jobs]
-    results["sub_sweep_settings"] = {
-        "steps": SUB_STEPS,
-        "eval_every": SUB_EVAL_EVERY,
-        "full_lr": FULL_LR,
-        "seeds": list(SUB_SEEDS),
-    }
+        print("2. combinations (per seed) and the QLoRA learning-rate grids", flush=True)
+        combine: dict = {"plain": {}, "replay": {}}
+        jobs = [("qlora", b, lr, QLORA_TUNING_SEED) for b in QLORA_BASES for lr in QLORA_GRID]
+        jobs += [("combine", k, s) for k in combine for s in SEEDS]
+        grids: dict = {b: {} for b in QLORA_BASES}
+        for d in run(jobs):
+            if isinstance(d, dict):
+                grids[d["base"]][d["lr"]] = d["loss"]
+            else:
+                combine[d[0]][str(d[1])] = d[2]
+        results["combine"] = combine
+        tuned = {base: tune(run, base, grids[base]) for base in QLORA_BASES}
+        print("3. QLoRA: reported seeds at each base's chosen rate", flush=True)
+        reported = run([("qlora", b, tuned[b][1], s) for b in QLORA_BASES for s in SEEDS])
+        results["qlora"] = {
+            "task": QLORA_TASK,
+            "steps": STEPS,
+            "quantisation": "quantize_model(kind='nf4', double_quant=True), head kept float32",
+            "tuning_seed": QLORA_TUNING_SEED,
+            "tuning_window": QLORA_TUNING_WINDOW,
+            "grid": {
+                b: {f"{lr:.0e}": loss for lr, loss in sorted(tuned[b][0].items())}
+                for b in QLORA_BASES
+            },
+            "chosen_lr": {b: tuned[b][1] for b in QLORA_BASES},
+            "runs": {
+                b: {
+                    str(r["seed"]): {"score": r[QLORA_TASK], "loss": r["loss"]}
+                    for r in reported
+                    if r["base"] == b
+                }
+                for b in QLORA_BASES
+            },
+        }
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        shutil.rmtree(_TMP, ignore_errors=True)
 
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_scores(results)
