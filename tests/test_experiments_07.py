@@ -1,9 +1,10 @@
-"""The committed results of experiments/07_finetune.py: their schema, and one point rerun."""
+"""The committed results of experiments/07_finetune.py and 07_which_matrices.py: schema, one point rerun."""
 
 from __future__ import annotations
 
 import pytest
 
+import lora_np as ln
 from lora_np import results as stored_results
 
 RUN_KEYS = {
@@ -128,3 +129,73 @@ def test_rerun_one_point(results, script):
     assert min(scores) - 0.05 <= row["exact_match"] <= max(scores) + 0.05, (row, scores)
     losses = [s["final_loss"] for s in seeds]
     assert 0.5 * min(losses) <= row["final_loss"] <= 2 * max(losses), (row, losses)
+
+
+# --- experiments/07_which_matrices.py: which matrices under a fixed budget, alpha / r fixed ---
+
+WHICH_RERUN = {"task": "prv", "targets": ["q", "v"], "r": 4, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def which_results():
+    return stored_results.load_json("07_which_matrices.json")
+
+
+@pytest.fixture(scope="module")
+def which_script(load_experiment):
+    return load_experiment("07_which_matrices")
+
+
+def test_which_schema(which_results, which_script):
+    """Every configuration and seed is there, alpha = 2 r everywhere, each prv rate is the
+    tuning rule's choice and was tried beside a smaller and a larger one when the grid allowed."""
+    s = which_script
+    res = which_results
+    assert res["complete"] is True
+    assert res["settings"]["alpha_per_rank"] == s.ALPHA_PER_RANK == 2.0
+    rows = res["runs"] + res["prv_tuning"] + res["hop_bracket"]
+    for row in rows:
+        assert row["alpha"] == 2 * row["r"] and row["scaling"] == 2.0
+        assert 0.0 <= row["exact_match"] <= 1.0
+    assert {row["seed"] for row in res["prv_tuning"]} == {s.TUNE_SEED}
+    assert s.TUNE_SEED not in s.SEEDS
+    for targets, r in s.WHICH:
+        choice = res["prv_lr"][s.name(targets, r)]
+        redo = s.choose_lr(res["prv_tuning"], targets, r)
+        assert redo["next"] is None and redo["lr"] == choice["lr"], (targets, r)
+        assert set(s.PRV_GRID) <= set(choice["grid"])
+        for seed in s.SEEDS:
+            _find(res["runs"], **s.PRV, targets=list(targets), r=r, seed=seed, lr=choice["lr"])
+        for row in _rows(res["runs"], task="prv", targets=list(targets), r=r):
+            assert row["trainable_params"] == 8192
+    for targets, r in s.HOP_WHICH:
+        for seed in s.SEEDS:
+            _find(res["runs"], **s.HOP, targets=list(targets), r=r, seed=seed, lr=s.HOP_LR)
+    assert len(res["runs"]) == len(s.SEEDS) * (len(s.WHICH) + len(s.HOP_WHICH))
+    # the learning-rate check on hop: the best configurations by mean, at the other two rates
+    best = [(list(t), r) for t, r in s._hop_best(res)]
+    assert best == [
+        (c["targets"], c["r"]) for c in res["settings"]["hop"]["bracket"]["configurations"]
+    ]
+    assert len(best) == s.BRACKET_TOP and len(res["hop_bracket"]) == 2 * s.BRACKET_TOP
+    for targets, r in best:
+        for lr in s.BRACKET_LRS:
+            _find(res["hop_bracket"], **s.HOP, targets=targets, r=r, seed=0, lr=lr)
+
+
+def _rows(rows, **where):
+    return [r for r in rows if all(r[k] == v for k, v in where.items())]
+
+
+def test_which_rerun_one_point(which_results, which_script):
+    """Rerun prv, q+v r=4 (alpha 8), seed 0, at its tuned lr (300 steps, about 40 s): one BLAS
+    thread makes it bit-reproducible on one machine, so it must match to the printed digits."""
+    s = which_script
+    lr = which_results["prv_lr"][s.name(WHICH_RERUN["targets"], WHICH_RERUN["r"])]["lr"]
+    stored = _find(which_results["runs"], **WHICH_RERUN, lr=lr)
+    ln.backend.set_blas_threads(1)  # as in every process of the script
+    row = s.run("prv", tuple(WHICH_RERUN["targets"]), WHICH_RERUN["r"], 0, lr, s.PRV["steps"])
+    for key in ("trainable_params", "alpha", "scaling", "steps", "lr"):
+        assert row[key] == stored[key], key
+    assert f"{row['exact_match']:.3f}" == f"{stored['exact_match']:.3f}", (row, stored)
+    assert f"{row['final_loss']:.4f}" == f"{stored['final_loss']:.4f}", (row, stored)
