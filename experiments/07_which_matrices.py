@@ -35,8 +35,9 @@ batch 32: the settings of experiments/07_finetune.py, whose constants this scrip
 
 Run:  python experiments/07_which_matrices.py [--resume] [--no-bracket]
 Two worker processes (LORA_NP_WORKERS=1 for one), one BLAS thread each (bit-reproducible runs
-on one machine). About 110 core-minutes: a 300-step prv run takes ~40 s on one core, a
-1,200-step hop run ~160 s. Writes lora_np/results/07_which_matrices.json after every finished
+on one machine). 85 runs; 2,027 s (34 min) in all on a 2-core x86_64 machine shared with
+another experiment, where a 300-step prv run took 15-40 s and a 1,200-step hop run 45-170 s.
+Writes lora_np/results/07_which_matrices.json after every finished
 run; ``--resume`` keeps the runs already in the file and does only the missing ones.
 """
 
