@@ -18,7 +18,8 @@ Two families of tasks live here:
   one in well under two minutes on a laptop CPU, except hop. They differ in what the adapter
   must change (each generator's docstring says what): swp, rot and dup change where the model
   looks; prv and sub change which letter it writes; rvn combines two skills the base already
-  has. sub is the task where rank shows; hop is the task where q and v are not enough. Measured
+  has. sub is the task where rank shows; hop is the hardest (q and v at r = 8 reach about 0.7 in
+  1,200 steps, no better than k, o or all four at the same budget). Measured
   on the shipped base (batch 32, AdamW lr 3e-3, alpha 16, one CPU core; scores on 100
   held-out prompts)::
 
@@ -29,8 +30,9 @@ Two families of tasks live here:
       prv    0.00   300                             -                -
       sub    0.00   800                             0.17             0.53
       rvn    0.00   plateaus near 0.87: the base's rev fails 7-letter inputs, rvn inherits it
-      hop    0.00   0.63-0.78 after 1200 steps; q, k, v, o at r=4 (as many parameters):
-                    0.79-0.93 (3 seeds, 200 prompts, experiments/07_finetune.py)
+      hop    0.00   0.64-0.80 after 1200 steps (alpha = 2r); k, o at r=8: 0.70-0.82;
+                    q, k, v, o at r=4: 0.72-0.77 (3 seeds, 200 prompts,
+                    experiments/07_which_matrices.py)
 
   (300 steps take about 10 s.) Two tasks combine through the data, not through the weights:
   one adapter trained on a mixture of swp and rot (``data.batches(["swp", "rot"], 32)``) does
