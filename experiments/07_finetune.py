@@ -1,41 +1,49 @@
-"""Experiment for notebook 07: the frozen base, full fine-tuning and LoRA side by side.
+"""Experiment for notebook 07: the frozen base, full fine-tuning and LoRA, each at its own
+tuned learning rate.
 
-Two downstream tasks the shipped base fails (lora_np/checkpoints/tiny_gpt.json):
+Tasks the shipped base (lora_np/checkpoints/tiny_gpt.json) fails at:
 
-* ``prv`` (each letter to the previous one): easy, a LoRA of rank 8 on q, v passes 90% in
-  about 300 steps;
-* ``sub`` (a fixed 26-letter substitution key): the task where rank shows.
+* ``prv`` (each letter to the previous one): easy, only the direction is new;
+* ``sub`` (a fixed 26-letter substitution key): a new lookup table, the task where rank shows;
+* ``hop`` (shift each letter by the digit after it): only full fine-tuning at 1,200 steps, the
+  reference line of notebook 07's which-matrices figure (experiments/07_which_matrices.py).
 
-For each task: the frozen base, full fine-tuning, and LoRA on q, v at ranks 1, 2, 4, 8, 16, 32,
-64, three seeds each (the seed draws the training batches and the adapter's A). Recorded per
-run: exact match on 200 held-out prompts, trainable parameters, optimiser-state bytes
-(``optimizer.state_bytes()``), bytes on disk (the PEFT adapter folder from
-``lora_np.lora.save_adapter``; for full fine-tuning the whole model from ``serialization.save_weights``) and
-seconds per step (machine-dependent; the notebook measures ratios live).
+What is compared (``CONFIGS``, one entry per configuration):
 
-Then "which matrices under a fixed budget" on ``prv``, as the paper's Table 5: q, k, v, o alone
-at r = 8, q+k and q+v at r = 4, all four at r = 2 (8,192 trainable parameters each), 3 seeds.
+1. **Rank** (``RANKS``): LoRA on q, v at r = 1 ... 64, and full fine-tuning, on prv (300 steps)
+   and sub (600 steps).
+2. **LoRA against full fine-tuning at three budgets** (``BUDGETS``): full fine-tuning, LoRA on
+   q, v at r = 8 and LoRA on every Linear layer but the head (PEFT's "all-linear": q, k, v, o,
+   fc, proj) at r = 8, on prv at 100, 300 and 900 steps and on sub at 200 and 600 steps.
+3. ``hop``: full fine-tuning, 1,200 steps at a constant rate, as the hop LoRAs of
+   07_which_matrices.py were trained.
 
-Learning rates are tuned once, on ``prv`` with seed 0, before everything else: full fine-tuning
-and LoRA r = 8 each try three values; the lr with the lowest mean training loss over the last 50
-steps wins (exact match saturates on prv, the loss does not). Every other run uses the winner
-for its method.
+The recipe, the same for every configuration unless stated: AdamW (betas 0.9, 0.99, no weight
+decay), batch 32, gradient clipping at 1, a linear warm-up over the first 10% of the steps and
+a cosine decay to a tenth of the peak rate (``train.lr_at``); hop: constant rate, no warm-up.
+LoRA: alpha = 2 r, so s = alpha / r = 2 at every rank (the recipe's r = 8, alpha = 16; the
+which-matrices experiment holds s at 2 too). A seed draws the training batches and the
+adapters' A; full fine-tuning starts from the same base every time.
 
-Then LoRA q, v at r = 8 on ``prv`` for 1,200 steps (4x the budget), 3 seeds: does LoRA catch
-up with full fine-tuning when it trains longer?
+**Learning rates, per configuration.** Each configuration (task, method, rank, budget) gets its
+own peak rate: tried on the tuning seed ``TUNE_SEED`` (never reported) over its method's grid
+(``GRID``), chosen by the lowest mean training loss over the last ``loss_window(steps)`` steps
+(ties: the smaller rate; exact match saturates, the loss does not). While the best sits on an
+edge of the rates tried, the next rate of ``LADDER`` beyond that edge is tried too, at most
+``MAX_EXTENSIONS`` times; a best still on an edge after that is recorded (``on_edge``). Then
+seeds 0, 1, 2 at the chosen rate. Every run is scored by greedy exact match on 200 held-out
+prompts (``data.exact_match``, test split, seed 1234).
 
-Last, "which matrices" again on ``hop`` (shift each letter by the digit after it), the task
-where q and v are not enough: 16,384 trainable parameters spent on one matrix at r = 16, two
-at r = 8 or all four at r = 4, plus the MLP (fc, proj at r = 3) and q, v at r = 32; 1,200
-steps at lr 3e-3, 3 seeds (``HOP_WHICH``). Two of them are also run at lr 1e-2 to show why
-hop uses the smaller rate (``HOP_LR_CHECK``).
+Recorded per run: exact match, final training loss, trainable parameters, optimiser-state bytes
+(``optimizer.state_bytes()``), bytes on disk (the PEFT adapter folder that
+``lora.save_adapter`` writes; for full fine-tuning the whole model from
+``serialization.save_weights``) and seconds per step (machine-dependent: compare ratios only).
 
-Run:  python experiments/07_finetune.py [--resume]   (one BLAS thread per process)
-Two worker processes (LORA_NP_WORKERS=1 for one): 544 s for everything but hop on a 2-core
-x86_64 machine with little else running (25 minutes when other jobs shared it); hop adds
-about 10 minutes. Writes lora_np/results/07_finetune.json (``lora_np.results``)
-after every finished run, so a partial sweep is usable; ``--resume`` keeps the runs already in
-the file and does only the missing ones.
+Run:  python experiments/07_finetune.py [--resume]
+Two worker processes (LORA_NP_WORKERS=1 for one), one BLAS thread each (a run repeats bit for bit
+on one machine). See ``script_seconds`` in the results for how long it took. Writes
+lora_np/results/07_finetune.json (``lora_np.results``) after every finished run, so a partial
+sweep is usable; ``--resume`` keeps the runs already in the file and does only the missing ones.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import lora_np as ln
@@ -56,323 +64,363 @@ from lora_np import results as results_folder
 
 RESULTS = results_folder.FOLDER / "07_finetune.json"  # lora_np/results/, shipped with the package
 
-TASKS = ("prv", "sub")  # easy, rank-sensitive
-STEPS = {"prv": 300, "sub": 600}  # fixed per task, the same for every method
-RANKS = (1, 2, 4, 8, 16, 32, 64)
-SEEDS = (0, 1, 2)
+# The shared recipe (07_which_matrices.py imports these)
 BATCH = 32
-ALPHA = 16.0  # as in tiny_gpt.json's LoRA measurements; s = alpha / r
 GRAD_CLIP = 1.0
 BETAS = (0.9, 0.99)
 WEIGHT_DECAY = 0.0
 EVAL_N = 200
 EVAL_SEED = 1234
 LOSS_WINDOW = 50  # steps averaged for "final loss"
+ALPHA_PER_RANK = 2.0  # alpha = 2 r: s = 2 at every rank
+WARMUP_FRACTION = 0.1
 
-LONG = {"task": "prv", "r": 8, "steps": 1200}  # does LoRA catch up with more steps?
+SEEDS = (0, 1, 2)
+TUNE_SEED = 100  # picks every learning rate; never reported
+TASKS = ("prv", "sub")
+STEPS = {"prv": 300, "sub": 600}  # the main budget of each task
+RANKS = (1, 2, 4, 8, 16, 32, 64)
+BUDGETS = {"prv": (100, 300, 900), "sub": (200, 600)}
+BUDGET_METHODS = (("full", None, None), ("lora", ("q", "v"), 8), ("lora", "all-linear", 8))
+HOP_FULL = {"task": "hop", "method": "full", "steps": 1200, "schedule": "constant"}
 
-# "hop": a task where q and v are not enough. Its own budget of steps and its own learning
-# rate: at the sweep's LoRA lr (1e-2) the four-matrix adapter diverges, so both lrs are run
-# for the two headline configurations (HOP_LR_CHECK) and the notebook shows why 3e-3 is used.
-HOP = {"task": "hop", "steps": 1200, "lr": 3e-3}
-HOP_WHICH = (  # (targets, r): 16,384 trainable parameters each, except the last two
-    (("q",), 16),
-    (("k",), 16),
-    (("v",), 16),
-    (("o",), 16),
-    (("q", "k"), 8),
-    (("q", "v"), 8),
-    (("k", "o"), 8),
-    (("q", "k", "v", "o"), 4),
-    (("fc", "proj"), 3),  # the MLP: 4 x 3 x (128 + 512) x 2 = 15,360
-    (("q", "v"), 32),  # q, v at 4x the budget: is it rank that q, v lack?
-)
-HOP_LR_CHECK = ((("q", "v"), 8), (("q", "k", "v", "o"), 4))  # also run at lr 1e-2, seed 0
+GRID = {"full": (1e-4, 3e-4, 1e-3), "lora": (3e-3, 1e-2, 3e-2)}
+LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+MAX_EXTENSIONS = 3
 
-LR_GRID = {"full": (3e-4, 1e-3, 3e-3), "lora": (1e-3, 3e-3, 1e-2)}
-LR_TASK = "prv"
 
-WHICH_TASK = "prv"
-WHICH = (  # (targets, r): 4 layers x r x (128 + 128) x len(targets) = 8,192 parameters each
-    (("q",), 8),
-    (("k",), 8),
-    (("v",), 8),
-    (("o",), 8),
-    (("q", "k"), 4),
-    (("q", "v"), 4),
-    (("q", "k", "v", "o"), 2),
-)
+def _config(task, method, targets=None, r=None, steps=None, schedule="cosine") -> dict:
+    targets = list(targets) if isinstance(targets, tuple | list) else targets
+    return {
+        "task": task,
+        "method": method,
+        "targets": targets,
+        "r": r,
+        "steps": STEPS[task] if steps is None else steps,
+        "schedule": schedule,
+    }
+
+
+def _configs() -> list:
+    out = []
+    for task in TASKS:
+        out.append(_config(task, "full"))
+        out += [_config(task, "lora", ("q", "v"), r) for r in RANKS]
+    for task, budgets in BUDGETS.items():
+        for steps in budgets:
+            out += [_config(task, m, t, r, steps) for m, t, r in BUDGET_METHODS]
+    out.append(_config(**HOP_FULL))
+    unique = []
+    for c in out:
+        if c not in unique:
+            unique.append(c)
+    return unique
+
+
+CONFIGS = _configs()
+
+
+def name(config: dict) -> str:
+    """A configuration's name, e.g. ``"prv lora q+v r=8 300 steps"``."""
+    c = config
+    what = "full" if c["method"] == "full" else f"lora {targets_name(c['targets'])} r={c['r']}"
+    return f"{c['task']} {what} {c['steps']} steps" + (
+        "" if c["schedule"] == "cosine" else f" {c['schedule']}"
+    )
+
+
+def targets_name(targets) -> str:
+    return targets if isinstance(targets, str) else "+".join(targets)
+
+
+def loss_window(steps: int) -> int:
+    """Steps averaged for the final loss: 50, or a quarter of a shorter run."""
+    return min(LOSS_WINDOW, steps // 4)
+
+
+def warmup_steps(steps: int, schedule: str) -> int:
+    return int(WARMUP_FRACTION * steps) if schedule == "cosine" else 0
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
 
-def build(method: str, targets=("q", "v"), r: int | None = None, seed: int = 0):
-    """The shipped base prepared for ``method`` ("base", "full" or "lora")."""
+def base_score(task: str) -> float:
+    """The frozen base's exact match on ``task``."""
+    model = transformer.load_pretrained()
+    model.eval()
+    return data.exact_match(model, task, n=EVAL_N, seed=EVAL_SEED)
+
+
+def run(task, method, targets=None, r=None, steps=None, schedule="cosine", *, seed, lr) -> dict:
+    """Train one configuration at peak rate ``lr`` with ``seed`` and measure it; one row."""
+    started = time.perf_counter()
+    config = _config(task, method, targets, r, steps, schedule)
+    steps = config["steps"]
     ln.manual_seed(seed)  # draws the adapters' A
     model = transformer.load_pretrained()
+    alpha = None
     if method == "lora":
-        lora.inject(model, list(targets), r, alpha=ALPHA)
+        alpha = ALPHA_PER_RANK * r
+        lora.inject(model, config["targets"], r, alpha=alpha)
     elif method == "full":
         model.requires_grad_(True)
-    elif method == "base":
-        model.requires_grad_(False)
     else:
-        raise ValueError(f"unknown method {method!r}")
-    return model
-
-
-def run(
-    task: str,
-    method: str,
-    seed: int = 0,
-    lr: float = 0.0,
-    targets=("q", "v"),
-    r=None,
-    steps: int | None = None,
-):
-    """Train one configuration and measure it; returns one result row (a dict).
-
-    ``steps`` defaults to ``STEPS[task]``, the sweep's fixed budget.
-    """
-    steps = STEPS[task] if steps is None else steps
-    model = build(method, targets, r, seed)
-    row = {
-        "task": task,
-        "method": method,
-        "targets": list(targets) if method == "lora" else None,
-        "r": r if method == "lora" else None,
-        "seed": seed,
-        "lr": lr if method != "base" else None,
-        "steps": steps if method != "base" else 0,
-    }
+        raise ValueError(f"unknown method {method!r}; expected 'lora' or 'full'")
     trainable, _ = lora.count_parameters(model)
-    row["trainable_params"] = int(trainable)
-    if method == "base":
-        row.update(optimizer_state_bytes=0, disk_bytes=0, step_seconds=None, final_loss=None)
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = optim.AdamW(params, lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
-        history = train.train(
-            model,
-            data.batches(task, BATCH, seed=seed),
-            steps,
-            lr,
-            optimizer=opt,
-            grad_clip=GRAD_CLIP,
-            progress=False,
-        )
-        row["final_loss"] = float(statistics.fmean(history["loss"][-LOSS_WINDOW:]))
-        row["optimizer_state_bytes"] = int(opt.state_bytes())
-        row["step_seconds"] = history["train_seconds"] / history["steps_done"]
-        with tempfile.TemporaryDirectory() as tmp:
-            if method == "lora":
-                row["disk_bytes"] = folder_bytes(lora.save_adapter(model, Path(tmp) / "adapter"))
-            else:
-                row["disk_bytes"] = (
-                    serialization.save_weights(model, Path(tmp) / "m.safetensors").stat().st_size
-                )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optim.AdamW(params, lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    warmup = warmup_steps(steps, schedule)
+    history = train.train(
+        model,
+        data.batches(task, BATCH, seed=seed),
+        steps,
+        lr,
+        optimizer=opt,
+        grad_clip=GRAD_CLIP,
+        warmup_steps=warmup,
+        schedule=schedule,
+        progress=False,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        if method == "lora":
+            disk = folder_bytes(lora.save_adapter(model, Path(tmp) / "adapter"))
+        else:
+            disk = serialization.save_weights(model, Path(tmp) / "m.safetensors").stat().st_size
     model.eval()
-    row["exact_match"] = data.exact_match(model, task, n=EVAL_N, seed=EVAL_SEED)
-    return row
+    return {
+        **config,
+        "alpha": alpha,
+        "seed": seed,
+        "lr": lr,
+        "warmup_steps": warmup,
+        "trainable_params": int(trainable),
+        "optimizer_state_bytes": int(opt.state_bytes()),
+        "disk_bytes": int(disk),
+        "final_loss": float(statistics.fmean(history["loss"][-loss_window(steps) :])),
+        "exact_match": data.exact_match(model, task, n=EVAL_N, seed=EVAL_SEED),
+        "step_seconds": history["train_seconds"] / history["steps_done"],
+        "wall_seconds": time.perf_counter() - started,
+    }
 
 
-def _run_job(job: dict) -> dict:
-    started = time.perf_counter()
-    row = run(**job)
-    row["wall_seconds"] = time.perf_counter() - started
-    return row
+def _same(row: dict, config: dict) -> bool:
+    return all(row[k] == v for k, v in config.items())
+
+
+def choose_lr(rows: list, config: dict) -> dict:
+    """The tuning decision for ``config`` from its tuning rows so far.
+
+    Returns ``{"lr", "tried", "on_edge", "next"}``: ``next`` is the rate still to try (the
+    ladder's next rate beyond the best's edge) or None when the choice is made.
+    """
+    mine = [x for x in rows if _same(x, config)]
+    tried = sorted(x["lr"] for x in mine)
+    best = min(mine, key=lambda x: (x["final_loss"], x["lr"]))["lr"]
+    on_edge = best in (tried[0], tried[-1])
+    extensions = len(tried) - len(GRID[config["method"]])
+    nxt = None
+    if on_edge and extensions < MAX_EXTENSIONS:
+        i = LADDER.index(best) + (1 if best == tried[-1] else -1)
+        if 0 <= i < len(LADDER):
+            nxt = LADDER[i]
+    return {"lr": best, "tried": tried, "on_edge": on_edge, "next": nxt}
 
 
 def summary(rows: list) -> list:
-    """Mean, min and max exact match per (task, method, targets, r), as the notebook shows it."""
-    groups: dict = {}
-    for row in rows:
-        key = (row["task"], row["method"], tuple(row["targets"] or ()), row["r"], row["steps"])
-        groups.setdefault(key, []).append(row)
+    """Per configuration: exact match per seed, mean, std, min, max; the mean final loss."""
     out = []
-    for (task, method, targets, r, steps), group in groups.items():
+    for config in CONFIGS:
+        group = sorted((r for r in rows if _same(r, config)), key=lambda r: r["seed"])
+        if not group:
+            continue
         em = [g["exact_match"] for g in group]
         out.append(
             {
-                "task": task,
-                "method": method,
-                "targets": list(targets) or None,
-                "r": r,
-                "steps": steps,
-                "n_seeds": len(group),
+                **config,
+                "lr": group[0]["lr"],
+                "trainable_params": group[0]["trainable_params"],
+                "seeds": [g["seed"] for g in group],
+                "exact_match": em,
                 "exact_match_mean": statistics.fmean(em),
+                "exact_match_std": statistics.pstdev(em),
                 "exact_match_min": min(em),
                 "exact_match_max": max(em),
+                "final_loss_mean": statistics.fmean(g["final_loss"] for g in group),
             }
         )
     return out
 
 
-def _sort_key(row: dict):
-    return (
-        row["task"],
-        row["method"],
-        ",".join(row["targets"] or []),
-        row["r"] or 0,
-        row["steps"],
-        row["lr"] or 0.0,
-        row["seed"],
-    )
+def _key(row: dict) -> tuple:
+    return (name(row), row["seed"], row["lr"])
 
 
 def write(results: dict) -> None:
-    results["runs"] = sorted(results["runs"], key=_sort_key)
-    results["lr_tuning"] = sorted(results["lr_tuning"], key=_sort_key)
-    results["summary"] = summary([r for r in results["runs"]])
+    order = {name(c): i for i, c in enumerate(CONFIGS)}
+    for where in ("tuning", "runs"):
+        results[where].sort(key=lambda r: (order[name(r)], r["lr"], r["seed"]))
+    results["summary"] = summary(results["runs"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     tmp.replace(RESULTS)
 
 
-def pick_lr(rows: list, method: str) -> float:
-    """The lr with the lowest final training loss (ties: the smaller lr)."""
-    chosen = [r for r in rows if r["method"] == method]
-    return min(chosen, key=lambda r: (r["final_loss"], r["lr"]))["lr"]
-
-
-def _key(job: dict) -> tuple:
-    """What identifies a run: the same for a job and for the row it produces."""
-    method = job["method"]
-    if method == "base":
-        return (job["task"], "base", None, None, 0, None, 0)
-    targets = tuple(job.get("targets") or ("q", "v")) if method == "lora" else None
-    steps = job.get("steps") or STEPS[job["task"]]
-    return (job["task"], method, targets, job.get("r"), job["seed"], job["lr"], steps)
-
-
 def _settings(workers: int) -> dict:
     return {
+        "configs": CONFIGS,
         "tasks": list(TASKS),
         "steps": STEPS,
         "ranks": list(RANKS),
+        "budgets": BUDGETS,
         "seeds": list(SEEDS),
+        "tune_seed": TUNE_SEED,
         "batch_size": BATCH,
-        "alpha": ALPHA,
+        "alpha": "2 r for every LoRA (s = alpha / r = 2)",
+        "alpha_per_rank": ALPHA_PER_RANK,
         "grad_clip": GRAD_CLIP,
         "betas": list(BETAS),
         "weight_decay": WEIGHT_DECAY,
-        "optimizer": "AdamW, constant lr, no warm-up",
+        "schedule": (
+            f"cosine: linear warm-up over the first {WARMUP_FRACTION:.0%} of the steps, then "
+            "cosine decay to 0.1 x the peak (train.lr_at); constant: the peak throughout"
+        ),
+        "warmup_fraction": WARMUP_FRACTION,
         "eval": f"data.exact_match(model, task, n={EVAL_N}, seed={EVAL_SEED}) (test split)",
-        "lr_grid": {k: list(v) for k, v in LR_GRID.items()},
-        "lr_task": LR_TASK,
-        "lr_rule": f"lowest mean training loss over the last {LOSS_WINDOW} steps, seed 0",
-        "which_task": WHICH_TASK,
-        "which": [{"targets": list(t), "r": r} for t, r in WHICH],
-        "long": LONG,
-        "hop": HOP,
-        "hop_which": [{"targets": list(t), "r": r} for t, r in HOP_WHICH],
-        "hop_lr_check": [{"targets": list(t), "r": r, "lr": 1e-2} for t, r in HOP_LR_CHECK],
+        "lr_grid": {k: list(v) for k, v in GRID.items()},
+        "lr_ladder": list(LADDER),
+        "lr_max_extensions": MAX_EXTENSIONS,
+        "lr_rule": (
+            f"per configuration, on tuning seed {TUNE_SEED} (never reported): the lowest mean "
+            f"training loss over the last min({LOSS_WINDOW}, steps // 4) steps, ties to the "
+            "smaller rate; while the best is on an edge of the rates tried, the ladder's next "
+            f"rate beyond it is tried (at most {MAX_EXTENSIONS} times)"
+        ),
         "blas_threads": "1",  # set_blas_threads(1) in every process
         "workers": workers,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-        "step_seconds_note": "wall-clock per step on the machine that ran the script, "
-        f"with {workers} worker processes and other jobs possibly running: compare ratios only",
+        "seconds_note": "wall-clock on the machine that ran the script, possibly shared with "
+        "other jobs: compare ratios only",
     }
 
 
-def _run_all(pool, jobs: list, results: dict, where: str, started: float, before: float) -> None:
-    """Run the jobs not yet in ``results[where]``; write the file after each one."""
-    done = {_key(row) for row in results[where]}
-    todo = [j for j in jobs if _key(j) not in done]
-    if len(todo) < len(jobs):
-        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in the file", flush=True)
-    futures = [pool.submit(_run_job, j) for j in todo]
-    for i, future in enumerate(as_completed(futures), 1):
-        row = future.result()
-        results[where].append(row)
-        name = row["method"]
-        if name == "lora":
-            name = f"lora {'+'.join(row['targets'])} r={row['r']}"
-        print(
-            f"[{i}/{len(todo)}] {row['task']} {name} lr {row['lr'] or 0:.0e} seed {row['seed']} "
-            f"{row['steps']} steps: exact match {row['exact_match']:.3f} "
-            f"({row['wall_seconds']:.0f} s)",
-            flush=True,
-        )
-        results["script_seconds"] = before + time.perf_counter() - started
-        write(results)
+class _Runner:
+    """Keeps ``workers`` runs in flight, lowest priority number first; writes after each."""
+
+    def __init__(self, pool, workers, results, started, before):
+        self.pool, self.workers, self.results = pool, workers, results
+        self.started, self.before = started, before
+        self.queue: list = []  # (priority, order, where, job)
+        self.flight: dict = {}
+        self.order = 0
+
+    def add(self, where: str, job: dict, priority: int) -> None:
+        key = (where, _key(job))
+        done = {(where, _key(r)) for r in self.results[where]}
+        queued = {(w, _key(j)) for _, _, w, j in self.queue} | set(self.flight.values())
+        if key in done or key in queued:
+            return
+        self.queue.append((priority, self.order, where, job))
+        self.order += 1
+
+    def step(self) -> None:
+        self.queue.sort(key=lambda q: q[:2])
+        while self.queue and len(self.flight) < self.workers:
+            _, _, where, job = self.queue.pop(0)
+            self.flight[self.pool.submit(_run_job, job)] = (where, _key(job))
+        if not self.flight:
+            return
+        finished, _ = wait(self.flight, return_when=FIRST_COMPLETED)
+        for future in finished:
+            where, _ = self.flight.pop(future)
+            row = future.result()
+            self.results[where].append(row)
+            print(
+                f"{where}: {name(row)} lr {row['lr']:.0e} seed {row['seed']}: exact match "
+                f"{row['exact_match']:.3f}, loss {row['final_loss']:.4f} "
+                f"({row['wall_seconds']:.0f} s)",
+                flush=True,
+            )
+        self.results["script_seconds"] = self.before + time.perf_counter() - self.started
+        write(self.results)
+
+    def busy(self) -> bool:
+        return bool(self.queue or self.flight)
+
+
+def _run_job(job: dict) -> dict:
+    return run(**job)
+
+
+def _priority(config: dict) -> int:
+    """Main budgets first, then the other budgets, hop last."""
+    if config["task"] == "hop":
+        return 4
+    return 0 if config["steps"] == STEPS[config["task"]] else 2
+
+
+def _decide(results: dict, runner: _Runner) -> None:
+    """Queue what the tuning rows so far call for: more rates, or the seeds."""
+    for config in CONFIGS:
+        rows = [x for x in results["tuning"] if _same(x, config)]
+        if not set(GRID[config["method"]]) <= {x["lr"] for x in rows}:
+            continue
+        choice = choose_lr(results["tuning"], config)
+        if choice["next"] is not None:
+            job = {**config, "seed": TUNE_SEED, "lr": choice["next"]}
+            runner.add("tuning", job, _priority(config))
+            continue
+        del choice["next"]
+        results["lr"][name(config)] = choice
+        for seed in SEEDS:
+            runner.add("runs", {**config, "seed": seed, "lr": choice["lr"]}, _priority(config) + 1)
 
 
 def main() -> None:
-    """Run every job; with --resume, keep the runs already in the results file (each run is
-    deterministic, so a resumed sweep equals a fresh one up to timings)."""
+    """Tune every configuration's rate, then run its seeds; see the module docstring."""
     workers = int(os.environ.get("LORA_NP_WORKERS", "2"))
     started = time.perf_counter()
     results = {
-        "about": "notebook 07: base vs full fine-tuning vs LoRA; see experiments/07_finetune.py",
+        "about": "notebook 07: base vs full fine-tuning vs LoRA, each configuration at its own "
+        "tuned learning rate; see experiments/07_finetune.py",
         "settings": _settings(workers),
-        "lr_tuning": [],
+        "base": {},
+        "tuning": [],
+        "lr": {},
         "runs": [],
         "complete": False,
         "script_seconds": 0.0,
     }
     if "--resume" in sys.argv[1:] and RESULTS.exists():
         old = json.loads(RESULTS.read_text())
-        results["lr_tuning"], results["runs"] = old["lr_tuning"], old["runs"]
+        known = {name(c) for c in CONFIGS}
+        for where in ("tuning", "runs"):
+            results[where] = [r for r in old.get(where, []) if name(r) in known]
         results["script_seconds"] = old.get("script_seconds", 0.0)
     before = results["script_seconds"]
     ln.backend.set_blas_threads(1)  # one BLAS thread: bit-reproducible runs
-    # ... and in every worker, whatever the start method
+    for task in (*TASKS, HOP_FULL["task"]):
+        results["base"][task] = base_score(task)
+    # ... and one BLAS thread in every worker, whatever the start method
     with ProcessPoolExecutor(
         max_workers=workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
     ) as pool:
-        # 1. the learning rates
-        jobs = [
-            {"task": LR_TASK, "method": m, "seed": 0, "lr": lr, "r": 8 if m == "lora" else None}
-            for m, grid in LR_GRID.items()
-            for lr in grid
-        ]
-        _run_all(pool, jobs, results, "lr_tuning", started, before)
-        lrs = {m: pick_lr(results["lr_tuning"], m) for m in LR_GRID}
-        results["settings"]["lr"] = lrs
-        print(f"chosen learning rates: {lrs}", flush=True)
-
-        # 2. the rank sweep, the fixed-budget comparison, the long runs
-        jobs = [{"task": t, "method": "base"} for t in TASKS]
-        for task in TASKS:
-            for seed in SEEDS:
-                jobs.append({"task": task, "method": "full", "seed": seed, "lr": lrs["full"]})
-                for r in RANKS:
-                    jobs.append(
-                        {"task": task, "method": "lora", "seed": seed, "lr": lrs["lora"], "r": r}
-                    )
-        for targets, r in WHICH:
-            if tuple(targets) == ("q", "v"):
-                continue  # q, v at r = 4 on WHICH_TASK is already in the rank sweep
-            for seed in SEEDS:
-                jobs.append(
-                    {
-                        "task": WHICH_TASK,
-                        "method": "lora",
-                        "seed": seed,
-                        "lr": lrs["lora"],
-                        "targets": targets,
-                        "r": r,
-                    }
-                )
-        for seed in SEEDS:
-            jobs.append({"method": "lora", "seed": seed, "lr": lrs["lora"], **LONG})
-        # 3. hop: which matrices when q and v are not enough
-        jobs.append({"task": HOP["task"], "method": "base", "steps": HOP["steps"]})
-        for targets, r in HOP_WHICH:
-            for seed in SEEDS:
-                jobs.append({"method": "lora", "seed": seed, "targets": targets, "r": r, **HOP})
-        for targets, r in HOP_LR_CHECK:
-            jobs.append(
-                {**HOP, "method": "lora", "seed": 0, "targets": targets, "r": r, "lr": 1e-2}
-            )
-        _run_all(pool, jobs, results, "runs", started, before)
+        runner = _Runner(pool, workers, results, started, before)
+        for config in CONFIGS:
+            for lr in GRID[config["method"]]:
+                runner.add("tuning", {**config, "seed": TUNE_SEED, "lr": lr}, _priority(config))
+        _decide(results, runner)
+        while runner.busy():
+            runner.step()
+            _decide(results, runner)
     results["script_seconds"] = before + time.perf_counter() - started
     results["complete"] = True
     write(results)
+    for key, choice in results["lr"].items():
+        edge = " (on an edge)" if choice["on_edge"] else ""
+        print(f"{key}: lr {choice['lr']:.0e} from {choice['tried']}{edge}", flush=True)
     print(f"done in {results['script_seconds']:.0f} s -> {RESULTS}")
 
 

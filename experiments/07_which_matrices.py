@@ -71,7 +71,7 @@ def _load_finetune():
     return sys.modules[name]
 
 
-FT = _load_finetune()  # the training settings are shared with the 07 sweep
+FT = _load_finetune()  # the shared recipe (batch, clipping, AdamW's betas, evaluation)
 
 RESULTS = results_folder.FOLDER / "07_which_matrices.json"
 
@@ -81,10 +81,29 @@ TUNE_SEED = 100  # picks prv's learning rates; never reported
 PRV = {"task": "prv", "steps": 300}
 PRV_GRID = (1e-3, 3e-3, 1e-2)
 GRID_BELOW, GRID_ABOVE = 3e-4, 3e-2  # the one extension allowed on each side
-WHICH = FT.WHICH  # 8,192 trainable parameters each
+WHICH = (  # (targets, r): 4 layers x r x (128 + 128) x len(targets) = 8,192 parameters each
+    (("q",), 8),
+    (("k",), 8),
+    (("v",), 8),
+    (("o",), 8),
+    (("q", "k"), 4),
+    (("q", "v"), 4),
+    (("q", "k", "v", "o"), 2),
+)
 HOP = {"task": "hop", "steps": 1200}
 HOP_LR = 3e-3
-HOP_WHICH = FT.HOP_WHICH  # 16,384 each, except the MLP (15,360) and q, v at r = 32 (65,536)
+HOP_WHICH = (  # (targets, r): 16,384 trainable parameters each, except the last two
+    (("q",), 16),
+    (("k",), 16),
+    (("v",), 16),
+    (("o",), 16),
+    (("q", "k"), 8),
+    (("q", "v"), 8),
+    (("k", "o"), 8),
+    (("q", "k", "v", "o"), 4),
+    (("fc", "proj"), 3),  # the MLP: 4 x 3 x (128 + 512) x 2 = 15,360
+    (("q", "v"), 32),  # q, v at 4x the budget: is it rank that q, v lack?
+)
 BRACKET_LRS = (1e-3, 1e-2)  # the best hop configurations, seed 0
 BRACKET_TOP = 3  # three, as q+v at 4x the budget can take one of the places
 

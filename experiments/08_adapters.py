@@ -1,5 +1,6 @@
 """Notebook 08's precomputed experiments: task adapters over 3 seeds, their combinations, a
-QLoRA comparison with tuned learning rates, a rank sweep.
+QLoRA comparison with tuned learning rates. (Notebook 08's rank section reads the sub runs of
+experiments/07_finetune.py, where every rank has its own tuned learning rate.)
 
 Run from the repository root:
 
@@ -25,10 +26,6 @@ held-out prompts (``data.exact_match(model, task, n=200)``, seed 1234). It write
   - ``qlora``: prv learned by LoRA on the float base and on the NF4 base (double quantised, head
     in float32): the learning-rate grid for each base on tuning seed 100 (mean training loss of
     the last 50 steps), the chosen rates, and seeds 0-2 at the chosen rate;
-  - ``sub_sweep``: "sub" at LoRA r = 1, 2, 8 and a full fine-tune, 3 seeds, a score every 200
-    of 800 steps. Recomputed only with ``--sub`` (about 20 more minutes on a busy 2-core
-    machine); without it the stored sweep is kept as it is (computed with an earlier engine, on
-    100 prompts: ``sub_sweep_settings["eval_n"]``).
 
 Workers: 2 processes (WORKERS=1 for one), one BLAS thread each, so a run repeats bit for bit on
 one machine. Took 15 minutes (886 s, ``seconds`` in scores.json) on a 2-core machine shared
@@ -74,10 +71,6 @@ QLORA_BASES = ("float", "nf4")
 QLORA_GRID = (1e-3, 3e-3, 1e-2, 3e-2)  # extended by x3 steps while the best sits on an edge
 QLORA_TUNING_SEED = 100  # chooses the learning rate; never reported
 QLORA_TUNING_WINDOW = 50  # mean training loss over the last 50 steps
-SUB_RANKS = (1, 2, 8)
-SUB_STEPS = 800
-SUB_EVAL_EVERY = 200
-FULL_LR = 1e-3
 
 _TMP = Path(tempfile.gettempdir()) / "lora_np_08_adapters"  # seeds 1, 2's adapters, then deleted
 _POOL: dict = {}  # the replay pool, filled in the parent before the workers fork
@@ -223,49 +216,10 @@ def qlora_job(job: tuple) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------- rank sweep on sub
-
-
-def sub_run(job: tuple) -> dict:
-    """One run of the sweep: ``("lora", r, seed)`` or ``("full", 0, seed)`` on "sub"."""
-    kind, r, seed = job
-    ln.manual_seed(seed)
-    model = transformer.load_pretrained()
-    if kind == "lora":
-        lora.inject(model, ["q", "v"], r, alpha=ALPHA)
-        lr = LR
-    else:
-        model.requires_grad_(True)
-        lr = FULL_LR
-    trainable = sum(p.size for p in model.parameters() if p.requires_grad)
-    history = train.train(
-        model,
-        data.batches("sub", BATCH, seed=seed),
-        steps=SUB_STEPS,
-        lr=lr,
-        eval_every=SUB_EVAL_EVERY,
-        eval_fn=lambda m: score(m, "sub"),
-        progress=False,
-    )
-    print(f"  sub {kind} r={r} seed={seed}: {history['eval'][-1]:.2f}", flush=True)
-    return {
-        "kind": kind,
-        "r": r,
-        "seed": seed,
-        "lr": lr,
-        "trainable": int(trainable),
-        "eval_step": history["eval_step"],
-        "exact_match": history["eval"],
-        "train_seconds": round(history["train_seconds"], 1),
-    }
-
-
 def any_job(job: tuple):
     """Dispatch for the worker pool: (what, *arguments)."""
     what, *args = job
-    return {"adapter": adapter_job, "combine": combine_job, "qlora": qlora_job, "sub": sub_run}[
-        what
-    ](tuple(args))
+    return {"adapter": adapter_job, "combine": combine_job, "qlora": qlora_job}[what](tuple(args))
 
 
 # ---------------------------------------------------------------------------- main
@@ -295,12 +249,8 @@ def tune(run, base: str, losses: dict) -> tuple:
 
 def main() -> None:
     ln.backend.set_blas_threads(1)  # one BLAS thread: bit-reproducible runs
-    if sys.argv[1:] not in ([], ["--sub"]):
-        raise SystemExit(f"unknown arguments {sys.argv[1:]}; expected none or --sub")
-    with_sub = sys.argv[1:] == ["--sub"]
-    old = json.loads((OUT / "scores.json").read_text()) if (OUT / "scores.json").exists() else {}
-    if not with_sub and "sub_sweep" not in old:
-        raise SystemExit("no stored sub sweep to keep: run with --sub")
+    if sys.argv[1:]:
+        raise SystemExit(f"unknown arguments {sys.argv[1:]}; expected none")
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(_TMP, ignore_errors=True)
@@ -334,39 +284,19 @@ def main() -> None:
         }
     }
     try:
-        print("1. adapters: task, replay, joint (3 seeds) and the sub sweep", flush=True)
-        jobs = []
-        if with_sub:
-            jobs += [("sub", "lora", r, s) for r in SUB_RANKS for s in SEEDS]
-            jobs += [("sub", "full", 0, s) for s in SEEDS]
-        jobs += [("adapter", "replay", t + "_replay", s) for t in PAIR for s in SEEDS]
+        print("1. adapters: task, replay, joint (3 seeds)", flush=True)
+        jobs = [("adapter", "replay", t + "_replay", s) for t in PAIR for s in SEEDS]
         jobs += [("adapter", "joint", "joint", s) for s in SEEDS]
         jobs += [("adapter", "task", t, s) for t in PAIR for s in SEEDS] + [
             ("adapter", "task", "prv", 0)
         ]
         done = run(jobs)
-        if with_sub:
-            results["sub_sweep"] = [d for d in done if isinstance(d, dict)]
-        else:  # kept as stored (see the module docstring)
-            results["sub_sweep"] = old["sub_sweep"]
         adapters: dict = {}
         for name, seed, scores in (d for d in done if isinstance(d, tuple)):
             adapters.setdefault(name, {})[str(seed)] = scores
         results["adapters"] = adapters
         results["matrix"] = {t: {u: adapters[t]["0"][u] for u in TASKS} for t in TASKS}
         results["adapter_pretrain"] = {t: adapters[t]["0"]["pretrain"] for t in TASKS}
-        results["sub_sweep_settings"] = (
-            {
-                "steps": SUB_STEPS,
-                "eval_every": SUB_EVAL_EVERY,
-                "full_lr": FULL_LR,
-                "seeds": list(SEEDS),
-                "eval_n": EVAL_N,
-            }
-            if with_sub
-            else old["sub_sweep_settings"]
-            | {"eval_n": old["sub_sweep_settings"].get("eval_n", 100)}
-        )
 
         print("2. combinations (per seed) and the QLoRA learning-rate grids", flush=True)
         combine: dict = {"plain": {}, "replay": {}}

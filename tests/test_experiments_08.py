@@ -29,7 +29,7 @@ def stored():
 
 
 def test_results_schema(stored, exp):
-    assert set(stored) >= {"settings", "adapters", "matrix", "combine", "qlora", "sub_sweep"}
+    assert set(stored) >= {"settings", "adapters", "matrix", "combine", "qlora"}
     assert stored["settings"]["eval_n"] == exp.EVAL_N == 200
     seeds = [str(s) for s in exp.SEEDS]
     assert len(seeds) >= 3
