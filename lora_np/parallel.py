@@ -38,9 +38,10 @@ repeats bit for bit.
 
 Which path runs:
 
-* ``threads=1``, or the CuPy backend: the plain path, one pass over the whole batch (exactly
-  ``model(idx, targets)`` then ``loss.backward()``). Threads do not help a GPU: its kernels
-  already run in parallel, and they queue on one stream.
+* ``threads=1``, or the CuPy backend (and ``numpy-strict``, its stand-in in tests): the
+  plain path, one pass over the whole batch (exactly ``model(idx, targets)`` then
+  ``loss.backward()``). Threads do not help a GPU: its kernels already run in parallel, and
+  they queue on one stream.
 * fewer rows than ``threads``: one shard per row.
 * otherwise ``threads`` shards, run on a thread pool kept per thread count (the calling
   thread runs the first shard), first every forward pass, then every backward pass: an
