@@ -262,3 +262,41 @@ def test_the_leaf_lock_is_held_while_adding():
         assert leaf.grad is None
     thread.join()
     np.testing.assert_array_equal(leaf.grad, [2.0, 2.0, 2.0])
+
+
+# ------------------------------------------------------------------ train.train(threads=...)
+def _train(threads, steps=4, batches=None):
+    model = _model()
+    batches = batches or (lambda step: _batch(6, seed=step))
+    history = ln.train.train(model, batches, steps, lr=1e-2, progress=False, threads=threads)
+    return model, history
+
+
+def test_training_on_threads_follows_the_one_thread_run():
+    one, h1 = _train(1)
+    two, h2 = _train(2)
+    np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-10)
+    np.testing.assert_allclose(h2["grad_norm"], h1["grad_norm"], rtol=1e-10)
+    for (name, p), q in zip(one.named_parameters(), two.parameters()):
+        np.testing.assert_allclose(q.data, p.data, rtol=0, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("threads", [0, 1.5, True])
+def test_train_refuses_a_bad_thread_count_before_changing_anything(threads):
+    model = _model()
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match=f"threads must be an int >= 1, got {threads!r}"):
+        ln.train.train(model, lambda step: _batch(4), 2, progress=False, threads=threads)
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        ln.train.TrainSettings(steps=1, threads=threads)
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, b)
+
+
+def test_a_nan_loss_on_threads_stops_training_and_keeps_no_gradient():
+    idx, targets = _batch(4)
+    targets[:] = -100  # nothing counts: the loss is NaN at the first step
+    model = _model()
+    with pytest.raises(ln.train.TrainingDiverged, match="the loss became nan at step 0"):
+        ln.train.train(model, lambda step: (idx, targets), 3, progress=False, threads=2)
+    assert all(p.grad is None for p in model.parameters())
