@@ -14,8 +14,8 @@ shards' arithmetic overlaps while the Python bookkeeping of the graph takes turn
 
 The maths. The model is called as ``model(idx, targets) -> (logits, loss)`` with ``idx`` and
 ``targets`` of ``B`` rows (the tiny GPT: both ``(B, T)``), and ``loss`` the mean of the
-per-token losses ``l_t`` over the ``n`` targets that count (those not ``ignore_index``, -100,
-as :func:`lora_np.functional.cross_entropy` does)::
+per-token losses ``l_t`` over the ``n`` targets that count (those not -100,
+:data:`IGNORE_INDEX`, as :func:`lora_np.functional.cross_entropy` counts them)::
 
     L = (1/n) sum_t l_t
 
@@ -42,14 +42,14 @@ Which path runs:
   plain path, one pass over the whole batch (exactly ``model(idx, targets)`` then
   ``loss.backward()``). Threads do not help a GPU: its kernels already run in parallel, and
   they queue on one stream.
-* fewer rows than ``threads``: one shard per row.
+* fewer rows than ``threads``: one shard per row (one row: the plain path).
 * otherwise ``threads`` shards, run on a thread pool kept per thread count (the calling
   thread runs the first shard), first every forward pass, then every backward pass: an
   error in a forward pass (a bad token id) leaves every ``.grad`` as it was.
 
 BLAS threads: call ``ln.backend.set_blas_threads(1)`` before using this module. Otherwise
-each shard's products start their own BLAS threads, ``threads`` x cores threads compete for
-the cores, and the step gets slower than the plain path. This module does not change the
+each shard's products start their own BLAS threads, and ``threads`` x cores threads compete
+for the cores. This module does not change the
 setting itself: the setting is global to the process, and changing it costs milliseconds.
 """
 
