@@ -7,9 +7,10 @@ pool or allocator affects the other): each round gives one ratio from neighbouri
 measurements, and the report is the median ratio with its spread over the rounds. Both
 frameworks run under the same thread count.
 
-A worker is this file run as ``python interleave.py WORKER_MODULE FRAMEWORK THREADS``: it
-calls ``WORKER_MODULE.setup(framework)``, which returns {mode: step function}, then answers
-one JSON line per request ``"mode steps"`` on its standard input with the step times.
+A worker is this file run as ``python interleave.py WORKER_MODULE FRAMEWORK THREADS [OPTIONS]``:
+it calls ``WORKER_MODULE.setup(framework, **options)`` (OPTIONS: a JSON object, default {}),
+which returns {mode: step function}, then answers one JSON line per request ``"mode steps"``
+on its standard input with the step times.
 """
 
 from __future__ import annotations
@@ -41,21 +42,30 @@ def cpu_model() -> str:
 
 def _limit_threads(framework: str, threads: int) -> dict:
     """Set the thread count of ``framework`` and say what library does its maths."""
+    if framework == "lora_np":
+        import lora_np
+
+        lora_np.backend.set_blas_threads(threads)
+    else:
+        import torch
+
+        torch.set_num_threads(threads)
+    return _describe(framework)
+
+
+def _describe(framework: str) -> dict:
+    """What library does ``framework``'s maths, with how many threads (as set now)."""
     import numpy
     from threadpoolctl import threadpool_info
 
     info = {"numpy": numpy.__version__}
     if framework == "lora_np":
-        import lora_np
-
-        lora_np.backend.set_blas_threads(threads)
         blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
         keys = ("internal_api", "version", "architecture", "num_threads")
         info["blas"] = [{k: b.get(k) for k in keys} for b in blas]
     else:
         import torch
 
-        torch.set_num_threads(threads)
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
         info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
@@ -63,11 +73,12 @@ def _limit_threads(framework: str, threads: int) -> dict:
     return info
 
 
-def _worker(module_name: str, framework: str, threads: int) -> None:
+def _worker(module_name: str, framework: str, threads: int, options: dict) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    info = _limit_threads(framework, threads)
-    steps = importlib.import_module(module_name).setup(framework)
+    _limit_threads(framework, threads)
+    steps = importlib.import_module(module_name).setup(framework, **options)
+    info = _describe(framework)  # after setup, which may change the thread count
     print(json.dumps({"info": info, "modes": sorted(steps)}), flush=True)
     for line in sys.stdin:
         mode, count = line.split()
@@ -83,13 +94,15 @@ def _worker(module_name: str, framework: str, threads: int) -> None:
 
 class Worker:
     """One framework's long-lived process; ``time(mode, n)`` returns n step times (seconds),
-    {"wall": [...], "cpu": [...]}: wall-clock and this process's CPU time."""
+    {"wall": [...], "cpu": [...]}: wall-clock and this process's CPU time. ``options`` go to
+    the worker module's ``setup(framework, **options)``."""
 
-    def __init__(self, module_name: str, framework: str, threads: int):
+    def __init__(self, module_name: str, framework: str, threads: int, options: dict | None = None):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.framework = framework
+        command = [sys.executable, __file__, module_name, framework, str(threads)]
         self.process = subprocess.Popen(
-            [sys.executable, __file__, module_name, framework, str(threads)],
+            command + [json.dumps(options or {})],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -168,4 +181,4 @@ def header(workers: dict, threads: int, rounds: int, steps: int) -> str:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    _worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))

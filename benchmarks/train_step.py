@@ -7,6 +7,11 @@ Modes:
   base / merged / unmerged   inference forward passes (no graph): the plain model, the model
             with LoRA merged into its weights, and LoRA kept as a side path.
 
+lora_np's path with more than one thread (``--lora-np-path``):
+  data-parallel  (default) BLAS at 1 thread; each step's batch split by rows over THREADS
+                 threads (lora_np.parallel), for the train steps and the inference forwards
+  plain          one pass over the whole batch with BLAS at THREADS threads
+
 Each framework runs in one long-lived worker process that holds a model per mode; the two are
 timed in alternation, a few steps at a time, over many rounds (``interleave.py``), under the
 same thread count. Each round gives a ratio from neighbouring measurements; the report is the
@@ -51,8 +56,25 @@ def _batch(np):
     return idx, targets
 
 
-def _lora_np_step(mode: str):
-    """(step function, optimiser or None) of ``mode`` for lora_np."""
+PATHS = ("data-parallel", "plain")
+
+
+def _lora_np_path(threads: int, path: str) -> str:
+    """The path lora_np takes: ``data-parallel`` only pays with more than one thread."""
+    return path if threads > 1 else "plain"
+
+
+def _describe_path(threads: int, path: str) -> str:
+    if _lora_np_path(threads, path) == "data-parallel":
+        return (
+            f"data-parallel: each batch split by rows over {threads} threads "
+            "(lora_np.parallel), BLAS at 1 thread"
+        )
+    return f"plain: one pass over the batch, BLAS at {threads} thread(s)"
+
+
+def _lora_np_step(mode: str, threads: int = 1, path: str = "plain"):
+    """(step function, optimiser or None) of ``mode`` for lora_np, on ``path``."""
     import lora_np as ln
     from lora_np.transformer import GPT, GPTConfig
 
@@ -65,7 +87,19 @@ def _lora_np_step(mode: str):
             layer.B.data[...] = 0.01
         if mode == "merged":
             ln.lora.merge_adapter(model)
-    return _step(model, idx, targets, mode, ln.optim.AdamW, ln.no_grad)
+    if _lora_np_path(threads, path) == "plain":
+        return _step(model, idx, targets, mode, ln.optim.AdamW, ln.no_grad)
+    ln.backend.set_blas_threads(1)  # the shards' threads use the cores, not BLAS
+    return _step(
+        model,
+        idx,
+        targets,
+        mode,
+        ln.optim.AdamW,
+        ln.no_grad,
+        forward=lambda: ln.parallel.forward(model, idx, threads=threads),
+        loss_and_backward=lambda: ln.parallel.loss_and_backward(model, idx, targets, threads),
+    )
 
 
 def _torch_step(mode: str):
@@ -82,22 +116,32 @@ def _torch_step(mode: str):
     return _step(model, idx, targets, mode, torch.optim.AdamW, torch.no_grad)
 
 
-def _step(model, idx, targets, mode: str, adamw, no_grad):
-    """The same calls for both frameworks: a training step, or an eval forward pass."""
-    if mode in ("base", "merged", "unmerged"):
-        model.eval()
+def _step(model, idx, targets, mode: str, adamw, no_grad, forward=None, loss_and_backward=None):
+    """The same calls for both frameworks: a training step, or an eval forward pass.
+
+    ``forward`` and ``loss_and_backward`` replace the plain one-pass calls (lora_np's
+    data-parallel path).
+    """
+    if forward is None:
 
         def forward():
             with no_grad():
                 model(idx)
 
+    if loss_and_backward is None:
+
+        def loss_and_backward():
+            _, loss = model(idx, targets)
+            loss.backward()
+
+    if mode in ("base", "merged", "unmerged"):
+        model.eval()
         return forward, None
     opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
     def step():
         opt.zero_grad()
-        _, loss = model(idx, targets)
-        loss.backward()
+        loss_and_backward()
         opt.step()
 
     return step, opt
@@ -109,17 +153,17 @@ MODES = {
 }
 
 
-def setup(framework: str) -> dict:
-    """{mode: step function} for a worker of ``interleave.py``."""
+def setup(framework: str, threads: int = 1, path: str = "plain") -> dict:
+    """{mode: step function} for a worker of ``interleave.py``; lora_np on ``path``."""
     if framework == "lora_np":
         import lora_np as ln
 
         ln.fastpaths.tune_allocator()  # keep freed activation memory for reuse, as training does
-        return {mode: _lora_np_step(mode)[0] for mode in MODES[framework]}
+        return {mode: _lora_np_step(mode, threads, path)[0] for mode in MODES[framework]}
     return {mode: _torch_step(mode)[0] for mode in MODES[framework]}
 
 
-def _memory(framework: str, mode: str, steps: int) -> dict:
+def _memory(framework: str, mode: str, steps: int, threads: int, path: str) -> dict:
     """In a fresh process: optimiser state, peak RSS a step adds, NumPy's peak in one step."""
     import tracemalloc
 
@@ -127,7 +171,7 @@ def _memory(framework: str, mode: str, steps: int) -> dict:
         import lora_np as ln
 
         ln.fastpaths.tune_allocator()
-        step, opt = _lora_np_step(mode)
+        step, opt = _lora_np_step(mode, threads, path)
     else:
         step, opt = _torch_step(mode)
     rss_before = _rss_bytes()
@@ -153,12 +197,12 @@ def _memory(framework: str, mode: str, steps: int) -> dict:
     return result
 
 
-def _memory_pass(threads: int, steps: int) -> dict:
+def _memory_pass(threads: int, steps: int, path: str) -> dict:
     results = {}
     for framework in ("lora_np", "torch"):
         for mode in ("full", "lora"):
             command = [sys.executable, __file__, "--memory-child", framework, mode]
-            command += ["--steps", str(steps), "--threads", str(threads)]
+            command += ["--steps", str(steps), "--threads", str(threads), "--lora-np-path", path]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"memory pass {framework} {mode} failed:\n{done.stderr}")
@@ -206,6 +250,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed train steps per round")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for both")
+    parser.add_argument(
+        "--lora-np-path",
+        choices=PATHS,
+        default="data-parallel",
+        help="how lora_np uses more than one thread (see the top of this file)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory pass")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,10 +263,12 @@ def main() -> None:
         from interleave import _limit_threads
 
         _limit_threads(args.memory_child[0], args.threads)
-        print(json.dumps(_memory(*args.memory_child, args.steps)))
+        memory = _memory(*args.memory_child, args.steps, args.threads, args.lora_np_path)
+        print(json.dumps(memory))
         return
 
-    workers = {fw: Worker("train_step", fw, args.threads) for fw in ("lora_np", "torch")}
+    options = {"lora_np": {"threads": args.threads, "path": args.lora_np_path}, "torch": {}}
+    workers = {fw: Worker("train_step", fw, args.threads, options[fw]) for fw in options}
     pairs = [(fw, mode) for mode in ("full", "lora") for fw in ("lora_np", "torch")]
     pairs += [("lora_np", m) for m in ("base", "merged", "unmerged")] + [("torch", "base")]
     steps = {p: args.steps * (1 if p[1] in ("full", "lora") else 3) for p in pairs}
@@ -224,6 +276,7 @@ def main() -> None:
     for worker in workers.values():
         worker.close()
     print(header(workers, args.threads, args.rounds, args.steps))
+    print(f"lora_np path: {_describe_path(args.threads, args.lora_np_path)}")
     print("\nTiny GPT (vocab 64, context 64, n_embd 128, 4 heads, 4 layers), batch 32, float32")
     print(f"LoRA: r = {RANK}, alpha = {ALPHA:g}, on q and v; AdamW")
     # CPU time is comparable only between single-threaded runs (waiting threads spin)
@@ -231,7 +284,7 @@ def main() -> None:
         _report(clocks[clock], "wall-clock" if clock == "wall" else "CPU time of each process")
     if args.no_memory:
         return
-    last = _memory_pass(args.threads, args.warmup)
+    last = _memory_pass(args.threads, args.warmup, args.lora_np_path)
     print("\nmemory (fresh process each)     full          lora")
     for framework in ("lora_np", "torch"):
         full, lora = last[(framework, "full")], last[(framework, "lora")]

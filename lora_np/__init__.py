@@ -11,7 +11,8 @@ with their gradients), gradcheck, nn (layers), optim (optimisers), serialization
 files, safetensors, model weights), quantization and quantized (4-bit codes, NF4, a
 quantised Linear and model), lora (the LoRA package: layer, targeting, adapters,
 combining, PEFT's file format), analysis (SVD tools), plotting (one figure style),
-transformer (the tiny GPT), data (its synthetic tasks) and train (a training loop).
+transformer (the tiny GPT), data (its synthetic tasks), parallel (a batch's shards on CPU
+threads) and train (a training loop).
 """
 
 from . import (
@@ -25,6 +26,7 @@ from . import (
     lora,
     nn,
     optim,
+    parallel,
     plotting,
     quantization,
     quantized,
@@ -58,6 +60,7 @@ __all__ = [
     "nn",
     "no_grad",
     "optim",
+    "parallel",
     "plotting",
     "quantization",
     "quantized",

@@ -7,6 +7,9 @@
 * **Grad mode**: :func:`no_grad` turns graph recording off inside a block. The flag is
   per thread (as PyTorch's is): a data-loading or evaluation thread inside ``no_grad()``
   does not switch recording off for the thread that trains.
+* **Threads**: two threads may run ``backward()`` at once on graphs that share leaves (the
+  same parameters, one graph per shard of a batch: :mod:`lora_np.parallel`). Adding into a
+  leaf's ``.grad`` holds a lock, so the two never interleave a read and a write of one array.
 * **Topological order**: :func:`topological_order` lists a graph's nodes so that every node
   comes before the nodes it was computed from; ``backward()`` walks it from the root, so
   gradients flow in the reverse of the order the forward pass computed the nodes.
@@ -312,18 +315,28 @@ def _check_versions(node: Node) -> None:
             )
 
 
+# Held while a gradient is added into a leaf. Threads running backward() on graphs that share
+# a leaf (lora_np.parallel) would otherwise race: both may see ``grad is None`` and one store
+# is lost, or NumPy's ``+=``, which releases the GIL while it loops, reads a block of the
+# array that the other thread is writing. One lock for every leaf is enough: it is taken once
+# per leaf per backward, and the addition it guards is a small part of a backward pass.
+_leaf_lock = threading.Lock()
+
+
 def _accumulate_leaf(node: Node, grad) -> None:
     """Add ``grad`` into ``node.grad``; the first time, store a private copy.
 
     The copy matters: an op may pass one array to several inputs (``a + b`` gives both the
-    same gradient), and ``node.grad`` must stay safe to update in place.
+    same gradient), and ``node.grad`` must stay safe to update in place. Thread-safe (see
+    ``_leaf_lock``).
     """
     if grad.shape != node.data.shape:  # a backward closure must unbroadcast; fail loudly if not
         raise RuntimeError(f"internal error: gradient shape {grad.shape} != data {node.shape}")
-    if node.grad is None:
-        node.grad = grad.astype(node.data.dtype, copy=True)
-    else:
-        node.grad += grad
+    with _leaf_lock:
+        if node.grad is None:
+            node.grad = grad.astype(node.data.dtype, copy=True)
+        else:
+            node.grad += grad
 
 
 def short(value, limit: int = 60) -> str:

@@ -8,7 +8,8 @@ evaluation, a history for plots, a progress bar, and a guard against NaN or infi
 
 Only parameters that require a gradient are optimised, so the same loop does full
 fine-tuning and LoRA (freeze the base first). Every setting is checked before the first
-step (:class:`TrainSettings`), so a bad one never changes the model.
+step (:class:`TrainSettings`), so a bad one never changes the model. ``threads=2`` splits each
+batch over two CPU threads (:mod:`lora_np.parallel`; set BLAS to one thread first).
 
 The NaN guard: a loss that is not finite at step ``s`` means the update of step ``s - 1`` went
 wrong (too high a learning rate, most often). The loop keeps a copy of the weights and the
@@ -25,11 +26,11 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from tqdm.std import tqdm  # the plain text bar: never warns, works in a terminal and a notebook
 
-from . import backend, fastpaths, optim
+from . import backend, fastpaths, optim, parallel
 
 SCHEDULES = ("constant", "cosine")
 
@@ -84,6 +85,7 @@ class TrainSettings:
     max_seconds: float | None = None
     progress: bool = True
     desc: str = "train"
+    threads: int = 1
 
     def __post_init__(self):
         def bad(name, expected):
@@ -111,10 +113,11 @@ class TrainSettings:
             raise bad("eval_every", "an int >= 1 or None")
         if not (_is_int(self.log_every) and self.log_every >= 1):
             raise bad("log_every", "an int >= 1")
-        if self.max_seconds is not None and not (
-            _is_number(self.max_seconds) and self.max_seconds >= 0
-        ):
+        seconds = self.max_seconds
+        if seconds is not None and not (_is_number(seconds) and seconds >= 0):
             raise bad("max_seconds", "a number >= 0 or None")
+        if not (_is_int(self.threads) and self.threads >= 1):
+            raise bad("threads", "an int >= 1")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of ``step`` under this schedule (see :func:`lr_at`)."""
@@ -273,6 +276,7 @@ def train(
     max_seconds: float | None = None,
     progress: bool = True,
     desc: str = "train",
+    threads: int = 1,
 ) -> dict:
     """Train ``model`` for ``steps`` optimiser steps; return the history.
 
@@ -294,6 +298,8 @@ def train(
         max_seconds: stop early (after a whole step) once this much training time has passed;
             evaluation time is not counted.
         progress: show a text progress bar on stderr (off: nothing is printed).
+        threads: run each step's batch as this many shards of rows on as many threads
+            (:func:`lora_np.parallel.loss_and_backward`; the same gradient to rounding).
 
     Returns:
         ``{"step": [...], "loss": [...], "lr": [...], "grad_norm": [...],
@@ -308,20 +314,8 @@ def train(
             error's ``history`` runs up to it. Any other error (in ``eval_fn``, say) leaves
             the model in the train or eval mode it had when ``train`` was called.
     """
-    settings = TrainSettings(
-        steps=steps,
-        lr=lr,
-        weight_decay=weight_decay,
-        betas=betas,
-        grad_clip=grad_clip,
-        warmup_steps=warmup_steps,
-        schedule=schedule,
-        eval_every=eval_every,
-        log_every=log_every,
-        max_seconds=max_seconds,
-        progress=progress,
-        desc=desc,
-    )
+    arguments = locals()  # every field of TrainSettings is an argument of the same name
+    settings = TrainSettings(**{f.name: arguments[f.name] for f in fields(TrainSettings)})
     if eval_every is not None and eval_fn is None:
         raise ValueError(f"eval_every={eval_every} needs a positive number and an eval_fn")
     params = _trained_params(model, params)
@@ -377,13 +371,12 @@ class _Run:
         self.optimizer.lr = rate
         idx, targets = _next_batch(self.batches, step)
         self.optimizer.zero_grad()
-        _, loss = self.model(idx, targets)
-        loss_value = float(loss.item())
+        loss_value = parallel.loss_and_backward(self.model, idx, targets, self.settings.threads)
         if not math.isfinite(loss_value):
+            self.optimizer.zero_grad()  # the gradient of a non-finite loss is of no use
             raise self.diverged(
                 f"the loss became {loss_value} at step {step} (lr {rate:.3g})", step, undo=True
             )
-        loss.backward()
         norm = _grad_norm(self.params, self.settings.grad_clip)
         if not math.isfinite(norm):
             raise self.diverged(
