@@ -306,30 +306,37 @@ def _settings(workers: int) -> dict:
     }
 
 
-class _Runner:
-    """Keeps ``workers`` runs in flight, lowest priority number first; writes after each."""
+class Runner:
+    """Keeps ``workers`` runs in flight, lowest priority number first; writes after each.
 
-    def __init__(self, pool, workers, results, started, before):
+    Shared with 07_which_matrices.py. ``run_job(job) -> row`` trains one job in a worker,
+    ``key(job or row)`` identifies a run, ``describe(row)`` names it in the log, and
+    ``write(results)`` stores the results file.
+    """
+
+    def __init__(self, pool, workers, results, started, before, *, run_job, key, describe, write):
         self.pool, self.workers, self.results = pool, workers, results
         self.started, self.before = started, before
+        self.run_job, self.key, self.describe, self.write = run_job, key, describe, write
         self.queue: list = []  # (priority, order, where, job)
         self.flight: dict = {}
         self.order = 0
 
     def add(self, where: str, job: dict, priority: int) -> None:
-        key = (where, _key(job))
-        done = {(where, _key(r)) for r in self.results[where]}
-        queued = {(w, _key(j)) for _, _, w, j in self.queue} | set(self.flight.values())
+        key = (where, self.key(job))
+        done = {(where, self.key(r)) for r in self.results[where]}
+        queued = {(w, self.key(j)) for _, _, w, j in self.queue} | set(self.flight.values())
         if key in done or key in queued:
             return
         self.queue.append((priority, self.order, where, job))
         self.order += 1
 
     def step(self) -> None:
+        """Start what fits, wait for one run to finish, store it."""
         self.queue.sort(key=lambda q: q[:2])
         while self.queue and len(self.flight) < self.workers:
             _, _, where, job = self.queue.pop(0)
-            self.flight[self.pool.submit(_run_job, job)] = (where, _key(job))
+            self.flight[self.pool.submit(self.run_job, job)] = (where, self.key(job))
         if not self.flight:
             return
         finished, _ = wait(self.flight, return_when=FIRST_COMPLETED)
@@ -338,13 +345,13 @@ class _Runner:
             row = future.result()
             self.results[where].append(row)
             print(
-                f"{where}: {name(row)} lr {row['lr']:.0e} seed {row['seed']}: exact match "
-                f"{row['exact_match']:.3f}, loss {row['final_loss']:.4f} "
+                f"{where}: {self.describe(row)} lr {row['lr']:.0e} seed {row['seed']}: exact "
+                f"match {row['exact_match']:.3f}, loss {row['final_loss']:.4f} "
                 f"({row['wall_seconds']:.0f} s)",
                 flush=True,
             )
         self.results["script_seconds"] = self.before + time.perf_counter() - self.started
-        write(self.results)
+        self.write(self.results)
 
     def busy(self) -> bool:
         return bool(self.queue or self.flight)
@@ -361,7 +368,7 @@ def _priority(config: dict) -> int:
     return 0 if config["steps"] == STEPS[config["task"]] else 2
 
 
-def _decide(results: dict, runner: _Runner) -> None:
+def _decide(results: dict, runner: Runner) -> None:
     """Queue what the tuning rows so far call for: more rates, or the seeds."""
     for config in CONFIGS:
         rows = [x for x in results["tuning"] if _same(x, config)]
@@ -407,7 +414,17 @@ def main() -> None:
     with ProcessPoolExecutor(
         max_workers=workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
     ) as pool:
-        runner = _Runner(pool, workers, results, started, before)
+        runner = Runner(
+            pool,
+            workers,
+            results,
+            started,
+            before,
+            run_job=_run_job,
+            key=_key,
+            describe=name,
+            write=write,
+        )
         for config in CONFIGS:
             for lr in GRID[config["method"]]:
                 runner.add("tuning", {**config, "seed": TUNE_SEED, "lr": lr}, _priority(config))

@@ -50,7 +50,7 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import lora_np as ln
@@ -268,59 +268,11 @@ def _settings(workers: int, bracket: bool) -> dict:
     }
 
 
-class _Runner:
-    """Keeps ``workers`` jobs in flight, highest priority first; writes after each run."""
-
-    def __init__(self, pool, workers, results, started, before):
-        self.pool, self.workers, self.results = pool, workers, results
-        self.started, self.before = started, before
-        self.queue: list = []  # (priority, order, where, job)
-        self.flight: dict = {}
-        self.order = 0
-
-    def done(self, where: str) -> set:
-        return {_key(r) for r in self.results[where]}
-
-    def add(self, where: str, job: dict, priority: int) -> None:
-        queued = {(w, _key(j)) for _, _, w, j in self.queue} | set(self.flight.values())
-        if _key(job) in self.done(where) or (where, _key(job)) in queued:
-            return
-        self.queue.append((priority, self.order, where, job))
-        self.order += 1
-
-    def _fill(self) -> None:
-        self.queue.sort(key=lambda q: q[:2])
-        while self.queue and len(self.flight) < self.workers:
-            _, _, where, job = self.queue.pop(0)
-            self.flight[self.pool.submit(run, **job)] = (where, _key(job))
-
-    def step(self) -> list:
-        """Start what fits, wait for one run to finish, store it; returns the finished rows."""
-        self._fill()
-        if not self.flight:
-            return []
-        finished, _ = wait(self.flight, return_when=FIRST_COMPLETED)
-        out = []
-        for future in finished:
-            where, _ = self.flight.pop(future)
-            row = future.result()
-            self.results[where].append(row)
-            out.append((where, row))
-            print(
-                f"{where}: {row['task']} {name(row['targets'], row['r'])} lr {row['lr']:.0e} "
-                f"seed {row['seed']}: exact match {row['exact_match']:.3f}, "
-                f"loss {row['final_loss']:.4f} ({row['wall_seconds']:.0f} s)",
-                flush=True,
-            )
-        self.results["script_seconds"] = self.before + time.perf_counter() - self.started
-        write(self.results)
-        return out
-
-    def busy(self) -> bool:
-        return bool(self.queue or self.flight)
+def _run_job(job: dict) -> dict:
+    return run(**job)
 
 
-def _prv_decisions(results: dict, runner: _Runner) -> bool:
+def _prv_decisions(results: dict, runner: FT.Runner) -> bool:
     """Queue what the prv tuning rows so far call for; True when every rate is chosen."""
     all_chosen = True
     for targets, r in WHICH:
@@ -382,7 +334,17 @@ def main() -> None:
     with ProcessPoolExecutor(
         max_workers=workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
     ) as pool:
-        runner = _Runner(pool, workers, results, started, before)
+        runner = FT.Runner(
+            pool,
+            workers,
+            results,
+            started,
+            before,
+            run_job=_run_job,
+            key=_key,
+            describe=lambda row: f"{row['task']} {name(row['targets'], row['r'])}",
+            write=write,
+        )
         for targets, r in WHICH:  # 1. prv: each configuration's learning rate
             for lr in PRV_GRID:
                 job = {**PRV, "targets": targets, "r": r, "seed": TUNE_SEED, "lr": lr}
