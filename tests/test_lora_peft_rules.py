@@ -40,6 +40,7 @@ def test_loading_into_a_fresh_model_trains_nothing_by_default(tmp_path):
     assert _trainable(fresh) == [n for n, _ in fresh.named_parameters()]  # a fresh model: all
     lora.load_adapter(fresh, folder)
     assert _trainable(fresh) == []
+    assert fresh.training  # PEFT also calls eval() here; lora_np leaves the mode alone
     with pytest.raises(ValueError, match="nothing to train"):
         ln.train.train(fresh, lambda step: None, 1, progress=False)
 
@@ -55,6 +56,9 @@ def test_is_trainable_makes_the_loaded_adapter_and_only_it_trainable(tmp_path):
 
 
 def test_a_second_adapter_loads_frozen_and_the_base_stays_frozen(tmp_path):
+    """Where the loaded adapter goes it becomes active (PEFT's load_adapter leaves the active
+    adapter as it was) and frozen; elsewhere the flags stay as they were. PEFT differs: its
+    load_adapter(..., is_trainable=False) also freezes the adapter that was active."""
     _, folder = _saved(tmp_path, targets=("q",))
     model = make_net()
     lora.inject(model, ["q", "v"], r=2, alpha=4)  # "default" trains on q and v
