@@ -40,17 +40,17 @@ Which path runs:
 
 * ``threads=1``, or the CuPy backend (and ``numpy-strict``, its stand-in in tests): the
   plain path, one pass over the whole batch (exactly ``model(idx, targets)`` then
-  ``loss.backward()``). Threads do not help a GPU: its kernels already run in parallel, and
-  they queue on one stream.
+  ``loss.backward()``, all or nothing as below). Threads do not help a GPU: its kernels
+  already run in parallel, and they queue on one stream.
 * fewer rows than ``threads``: one shard per row (one row: the plain path).
 * otherwise ``threads`` shards, run on a thread pool kept per thread count (the calling
   thread runs the first shard), first every forward pass, then every backward pass.
 
 All or nothing: an error in any shard's forward pass (a bad token id) comes before any
 gradient is added; an error in a backward pass, or Ctrl-C, puts every ``.grad`` back as it
-was (the trained leaves' gradients are kept aside first: free after ``zero_grad()``, one copy
-otherwise). Either way the call returns only when every shard has stopped, so no thread goes
-on writing gradients after it. An empty batch (no rows, or rows of length 0) is refused. A
+was, on every path (the trained leaves' gradients are kept aside first: free after
+``zero_grad()``, one copy otherwise). Either way the call returns only when every shard has
+stopped, so no thread goes on writing gradients after it. An empty batch (no rows, or rows of length 0) is refused. A
 model whose forward pass calls this module itself is refused: the inner call would wait for
 the pool the outer call occupies, forever.
 
@@ -213,15 +213,13 @@ def _leaves(losses: list) -> list:
     return leaves
 
 
-def _backward_all_or_nothing(live: list, threads: int) -> None:
-    """Each ``loss.backward(weight)`` of ``live``; on any error (or Ctrl-C) every leaf's
-    ``.grad`` is put back as it was, once every shard has stopped."""
-    kept = [
-        (leaf, None if leaf.grad is None else leaf.grad.copy())
-        for leaf in _leaves([loss for loss, _ in live])
-    ]
+def _all_or_nothing(losses: list, backward) -> None:
+    """Run ``backward()`` (the backward passes of ``losses``); on any error, Ctrl-C included,
+    put every leaf's ``.grad`` back as it was. ``backward`` returns only once every pass has
+    stopped, so nothing writes a gradient after the restore."""
+    kept = [(leaf, None if leaf.grad is None else leaf.grad.copy()) for leaf in _leaves(losses)]
     try:
-        _run(lambda pair: pair[0].backward(pair[1]), live, threads)
+        backward()
     except BaseException:
         for leaf, grad in kept:
             leaf.grad = grad
@@ -230,7 +228,7 @@ def _backward_all_or_nothing(live: list, threads: int) -> None:
 
 def _plain_loss_and_backward(model, idx, targets) -> float:
     _, loss = model(idx, targets)
-    loss.backward()
+    _all_or_nothing([loss], loss.backward)
     return float(loss.item())
 
 
@@ -278,7 +276,8 @@ def loss_and_backward(model, idx, targets, threads: int = 2) -> float:
     losses = _run(lambda s: model(ids[s], tgt[s])[1], shards, threads)
     weights = [n_i / total for n_i in counted]
     live = [(loss, w) for loss, w in zip(losses, weights) if w > 0]  # skip NaN, weight-0 shards
-    _backward_all_or_nothing(live, threads)
+    backward = [loss for loss, _ in live]
+    _all_or_nothing(backward, lambda: _run(lambda pair: pair[0].backward(pair[1]), live, threads))
     return sum(w * float(loss.item()) for loss, w in live)
 
 

@@ -347,6 +347,37 @@ def test_an_error_in_one_shards_backward_leaves_every_gradient_as_it_was():
         np.testing.assert_array_equal(g, before[name], err_msg=name)
 
 
+class _ChangedAfterForward(_Hooked):
+    """Its forward pass ends by assigning a weight the graph used: backward() refuses there,
+    midway, after some leaves already received their gradient."""
+
+    def __init__(self, model):
+        super().__init__(model, lambda loss: loss)
+
+    def __call__(self, idx, targets=None):
+        out = self.model(idx, targets)
+        weight = self.model.blocks[0].attn.q.weight
+        weight.data = weight.data.copy()
+        return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_error_midway_through_backward_leaves_every_gradient_as_it_was(threads):
+    model = _model()
+    idx, targets = _batch(6)
+    rng = np.random.default_rng(3)
+    for name, p in model.named_parameters():  # some gradients there already, some not
+        p.grad = rng.standard_normal(p.shape) if "attn" in name else None
+    before = _grads(model)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        parallel.loss_and_backward(_ChangedAfterForward(model), idx, targets, threads=threads)
+    for name, g in _grads(model).items():
+        if before[name] is None:
+            assert g is None, name
+        else:
+            np.testing.assert_array_equal(g, before[name], err_msg=name)
+
+
 def test_ctrl_c_during_threaded_training_leaves_no_worker_running_and_no_gradient():
     """Ctrl-C reaches the main thread while the other shard's backward is still running: the
     call must wait for it, and leave no gradient of the interrupted step."""
