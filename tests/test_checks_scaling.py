@@ -58,7 +58,7 @@ def test_scaling_stub_non_callable_nan_shape():
         check_lora_scaling(8.0)
     with pytest.raises(AssertionError, match="NaN"):
         check_lora_scaling(lambda alpha, r, rslora=False: float("nan"))
-    with pytest.raises(AssertionError, match="shape"):
+    with pytest.raises(AssertionError, match="a list of 2 items"):
         check_lora_scaling(lambda alpha, r, rslora=False: [alpha / r, alpha / r])
     with pytest.raises(AssertionError, match="rslora"):
         check_lora_scaling(lambda alpha, r: alpha / r)  # no rslora argument at all
