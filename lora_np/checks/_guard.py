@@ -218,11 +218,15 @@ def fingerprint(value: Any) -> Any:
         return ("array", value.dtype.str, value.shape, value.copy())
     if isinstance(value, Tensor):
         data = backend.to_numpy(value.data)
-        return ("tensor", data.dtype.str, data.shape, np.array(data, copy=True), value.requires_grad)
-    if isinstance(value, Module):
-        return ("module",) + tuple(
-            (n, id(p), fingerprint(p)) for n, p in value.named_parameters()
+        return (
+            "tensor",
+            data.dtype.str,
+            data.shape,
+            np.array(data, copy=True),
+            value.requires_grad,
         )
+    if isinstance(value, Module):
+        return ("module",) + tuple((n, id(p), fingerprint(p)) for n, p in value.named_parameters())
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, tuple(id(v) for v in value)) + tuple(
             fingerprint(v) for v in value

@@ -147,10 +147,13 @@ def _host(value: Any, name: str, case: str) -> Any:
     return value
 
 
-def as_array(value: Any, name: str, case: str, shape: Sequence[int] | None = None) -> Any:
+def as_array(
+    value: Any, name: str, case: str, shape: Sequence[int] | None = None, finite: bool = True
+) -> Any:
     """The learner's output as a host array of real numbers (of ``shape``), or an error that
     says what came back: only arrays, NumPy scalars, Python ints and floats and ``Tensor`` s
-    are read; a bool, a complex number, a list or any other object is refused."""
+    are read; a bool, a complex number, a list or any other object is refused. NaN and inf
+    are refused too unless ``finite`` is False."""
     if value is None:
         raise ExerciseError(f"{name} returned None on {case}: did you forget `return`?")
     value = _host(value, name, case)
@@ -163,7 +166,9 @@ def as_array(value: Any, name: str, case: str, shape: Sequence[int] | None = Non
             f"or a single number{hint}"
         )
     if array.dtype == bool:
-        raise ExerciseError(f"{name} returned booleans ({describe(value)}) on {case}; expected numbers")
+        raise ExerciseError(
+            f"{name} returned booleans ({describe(value)}) on {case}; expected numbers"
+        )
     if np.issubdtype(array.dtype, np.complexfloating):
         raise ExerciseError(
             f"{name} returned complex numbers ({describe(value)}) on {case}; expected real "
@@ -177,7 +182,7 @@ def as_array(value: Any, name: str, case: str, shape: Sequence[int] | None = Non
         raise ExerciseError(
             f"{name} returned shape {tuple(array.shape)} on {case}; expected {tuple(shape)}"
         )
-    if np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
+    if finite and np.issubdtype(array.dtype, np.inexact) and not np.all(np.isfinite(array)):
         raise ExerciseError(f"{name} returned NaN or inf on {case}")
     return array
 
@@ -231,8 +236,6 @@ def _close(a, b, rtol: float, atol: float) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=atol))
 
 
-
-
 def compare(
     got: Any,
     want: Any,
@@ -244,13 +247,15 @@ def compare(
 ) -> None:
     """Raise an :class:`ExerciseError` unless ``got`` equals ``want`` to the inputs' precision.
 
-    ``precision`` is the least precise dtype of the case's inputs (:func:`precision_of`); left
-    out, the output's own dtype. ``mistakes`` lists ``(explanation, wrong_answer)`` pairs: the
+    ``precision`` is the least precise dtype of the case's inputs (:func:`precision_of`): the
+    answer is judged at that precision or its own, whichever is coarser (a float32 answer to
+    float64 inputs, or a float64 answer computed from float32 inputs, both pass). ``mistakes`` lists ``(explanation, wrong_answer)`` pairs: the
     answers that known wrong versions give on this case. A match names the mistake; otherwise
     the message gives the largest difference and where it is.
     """
     got = as_array(got, name, case, np.shape(want))
-    rtol, atol = _tolerance(got.dtype if precision is None else np.dtype(precision))
+    judged_at = got.dtype if precision is None else precision_of(np.zeros(0, precision), got)
+    rtol, atol = _tolerance(judged_at)
     scale = max(1.0, float(np.max(np.abs(want))) if np.size(want) else 1.0)
     if _close(got, want, rtol, atol * scale):
         return
