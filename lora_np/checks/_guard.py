@@ -261,33 +261,34 @@ def changed(before: Any, value: Any) -> str | None:
         for n, i, fp in before[1:]:
             if n not in now or now[n][0] != i:
                 return f"its parameter `{n}` was replaced or removed"
-            what = changed_tensor(fp, now[n][1], f"parameter `{n}`")
+            what = changed_tensor(fp, now[n][1], f"parameter `{n}`'s")
             if what:
                 return what
         extra = [n for n in now if n not in names]
         return f"a parameter `{extra[0]}` was added" if extra else "its parameters changed"
     if before[0] == "tensor":
-        return changed_tensor(before, after, "it")
+        return changed_tensor(before, after, "its")
     if before[0] in ("list", "tuple"):
         if before[1] != after[1]:
             return "items were added, removed or replaced"
         for i, (b, a) in enumerate(zip(before[2:], after[2:], strict=True)):
             if not _same(b, a):
-                return f"item {i}: " + (changed_tensor(b, a, "it") or "its values were changed")
+                return f"item {i}: " + (changed_tensor(b, a, "its") or "its values were changed")
     if before[0] == "array" and before[2] != after[2]:
         return f"its shape became {after[2]} (it was {before[2]})"
     return "its values were changed"
 
 
-def changed_tensor(before: tuple, after: tuple, label: str) -> str | None:
+def changed_tensor(before: tuple, after: tuple, owner: str) -> str | None:
+    """What changed in a Tensor, said of ``owner`` (a possessive: "its", "parameter `w`'s")."""
     if before[0] != "tensor" or after[0] != "tensor":
         return None
     if before[4] != after[4]:
-        return f"{label} now has requires_grad={after[4]} (it was {before[4]})"
+        return f"{owner} requires_grad is now {after[4]} (it was {before[4]})"
     if before[2] != after[2]:
-        return f"{label}'s data now has shape {after[2]} (it was {before[2]})"
+        return f"{owner} data now has shape {after[2]} (it was {before[2]})"
     if not _same(before, after):
-        return f"{label}'s values (.data) were changed"
+        return f"{owner} values (.data) were changed"
     return None
 
 

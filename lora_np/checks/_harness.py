@@ -124,10 +124,15 @@ def unchanged(name: str, case: str, labels: Sequence[str], before: list, inputs:
     for label, fingerprint, value in zip(labels, before, inputs, strict=True):
         what = _guard.changed(fingerprint, value)
         if what is not None:
+            hint = (
+                f" (write `{label} + ...` or work on `{label}.copy()`, not `{label} += ...` or "
+                f"`{label}[...] = ...`)"
+                if isinstance(value, np.ndarray)
+                else ""
+            )
             raise ExerciseError(
-                f"{name} changed its input `{label}` on {case} ({what}): leave the inputs as "
-                f"they were given, the caller still needs them (write `{label} + ...` or work "
-                f"on `{label}.copy()`, not `{label} += ...` or `{label}[...] = ...`)"
+                f"{name} changed its input {label} in place on {case} ({what}): leave the "
+                f"inputs as they were given, the caller still needs them{hint}"
             )
 
 
@@ -199,7 +204,7 @@ def as_items(value: Any, n: int, name: str, case: str, what: str) -> tuple:
         raise ExerciseError(f"{name} returned {describe(value)} on {case}; expected {what}")
     if len(items) != n:
         raise ExerciseError(
-            f"{name} returned {describe(list(items))} on {case}; expected {n} items: {what}"
+            f"{name} returned {describe(value)} on {case}; expected {n} items: {what}"
         )
     return items
 

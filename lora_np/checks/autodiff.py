@@ -299,6 +299,13 @@ def check_topological_order(fn: Any, *, quiet: bool = False) -> None:
     graphs = _graphs()
     for what, root, outside in graphs:
         case = what
+        graph = [(node, node.name, node.parents) for node in _reachable(root) + outside]
         got = _call_order(fn, name, case, root)
+        for node, label, parents in graph:
+            if node.name != label or node.parents is not parents:
+                raise ExerciseError(
+                    f"{name} changed the graph on {case}: node {label}'s .name or .parents was "
+                    "reassigned. Only read the nodes; the engine needs the graph as it was"
+                )
         _check_order(got, name, case, root, outside)
     passed(name, len(graphs), quiet)

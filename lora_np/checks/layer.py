@@ -166,6 +166,11 @@ def _wrong_forwards(x, W0, b, A, B, s) -> list:
             base + bias + s * s * low,
         ),
         (
+            "It matches (scaling / r) on the low-rank path: `scaling` is already alpha / r, so "
+            "do not divide by r again.",
+            base + bias + s / A.shape[0] * low,
+        ),
+        (
             "It matches scaling applied to the whole output: only the low-rank path is scaled, "
             "x W0^T + b stays as it is.",
             s * (base + bias + low),
@@ -296,7 +301,8 @@ def check_lora_grads(fn, *, quiet: bool = False) -> None:
 
 # (d, k, r, scaling, dtype, description)
 _MERGE_CASES = [
-    (6, 6, 2, 2.0, "float64", "a square W0 (d = k = 6), r = 2, scaling 2"),
+    # scaling 3 with r = 2: scaling / r differs from 1 (at scaling = r it would read as "no scale")
+    (6, 6, 2, 3.0, "float64", "a square W0 (d = k = 6), r = 2, scaling 3"),
     (7, 4, 3, 0.5, "float64", "d = 7, k = 4, r = 3, scaling 0.5"),
     (3, 8, 1, 16.0, "float64", "d = 3, k = 8, r = 1, scaling 16"),
     (5, 9, 2, 1.5, "float32", "float32 weights, d = 5, k = 9, r = 2, scaling 1.5"),
@@ -317,6 +323,11 @@ def _wrong_merges(W0, A, B, s) -> list:
     wrong = [
         ("Your update is off by the factor `scaling`: merge W0 + scaling · B A.", W0 + delta),
         ("It matches scaling applied twice (scaling**2).", W0 + s * s * delta),
+        (
+            "It matches W0 + (scaling / r) · B A: `scaling` is already alpha / r, so do not "
+            "divide by r again.",
+            W0 + s / A.shape[0] * delta,
+        ),
         (
             "It matches the update scaling · B A alone: merge returns the whole new weight "
             "W0 + scaling · B A.",
