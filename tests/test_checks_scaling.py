@@ -140,3 +140,12 @@ def test_the_first_cases_give_every_mistake_its_own_number():
         want = alpha / r
         values = [v for _, v in _scaling_mistakes(alpha, r, False) if v is not None and v != want]
         assert len(set(values)) == len(values), (alpha, r, values)
+
+
+def test_an_adam_step_that_changes_G_is_refused():
+    def scales_G(G, A, scaling, lr):
+        G *= scaling  # the caller's gradient changed
+        return -lr * np.sign(G @ A.T) @ A * scaling
+
+    with pytest.raises(AssertionError, match="changed its input G"):
+        check_adam_first_update(scales_G)
