@@ -393,7 +393,7 @@ def read_pair(folder, weights_name: str, partner_name: str) -> tuple[dict, dict,
 
 # ================================================================================ whole models
 def _check_savable(model: nn.Module, path) -> None:
-    modules = model.named_modules()
+    modules = list(model.named_modules())
     outside = [n for n, m in modules if not getattr(m, "weights_are_parameters", True)]
     if outside:  # quantised layers: their codes are not parameters, so the file would miss them
         raise ValueError(

@@ -433,3 +433,25 @@ def test_layers_to_transform_that_agrees_with_the_file_loads(tmp_path):
     config["target_modules"], config["layers_to_transform"] = ["q", "v"], [0]
     path.write_text(json.dumps(config))
     assert lora.load_adapter(make_net(), folder) == ["blocks.0.q", "blocks.0.v"]
+
+
+def test_a_model_with_a_merged_adapter_is_neither_saved_nor_loaded_into(tmp_path):
+    """Its base.weight holds W0 + s·BA beside A and B: loaded into an unmerged model, s·BA
+    would count twice. Both directions are refused, with what to do instead."""
+    model = adapted_net()
+    path = tmp_path / "m.safetensors"
+    lora.merge_adapter(model)
+    with pytest.raises(ValueError, match=r"blocks\.0\.q, .*merged LoRA adapter.*unmerge"):
+        serialization.save_weights(model, path)
+    assert not path.exists()
+    lora.unmerge_adapter(model)
+    serialization.save_weights(model, path)
+    lora.merge_adapter(model)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="merged LoRA adapter: unmerge first"):
+        serialization.load_weights(model, path)
+    assert_unchanged(before, model)
+    lora.unmerge_adapter(model)
+    fresh = adapted_net()
+    serialization.load_weights(fresh, path)
+    np.testing.assert_array_equal(fresh(x_batch()).data, model(x_batch()).data)
