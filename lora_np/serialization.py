@@ -37,8 +37,6 @@ except ImportError:  # Windows: saves into one folder do not take turns there
     fcntl = None
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
-PAIR_KEY = "lora_np.pair_sha256"
-"""Metadata key of a weights file written by :func:`write_pair`: the sha256 of its partner."""
 
 
 # ================================================================================ writing
@@ -125,7 +123,10 @@ def _folder_lock(folder: Path, shared: bool = False):
         return
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): go on without
+            pass
         yield
     finally:
         os.close(fd)
@@ -144,14 +145,6 @@ def _keep_old(target: Path):
     return backup
 
 
-def _holds(path: Path, digest: str) -> bool:
-    """Whether the file at ``path`` exists and its bytes have this sha256."""
-    try:
-        return path.is_file() and sha256(path.read_bytes()) == digest
-    except FileNotFoundError:
-        return False
-
-
 def _remove_stale_temps(target: Path) -> None:
     """Delete what killed saves left beside ``target``: only names matching _is_own_temp."""
     for entry in target.parent.iterdir():
@@ -165,19 +158,14 @@ def write_pair(
     """Write a safetensors file and its partner file (say, a JSON config) into ``folder`` so
     that :func:`read_pair` always gets a pair from one save, and a failed save changes nothing.
 
-    Two renames cannot happen at once, so the pair is tied by content: the weights file's
-    metadata records the partner's sha256 (``PAIR_KEY``). The order is:
-
-    1. the new partner is written beside its target, named by its digest
-       (``.<partner_name>.<sha256>.tmp``), and the new weights to a temporary file;
-    2. the weights are renamed into place, then the partner.
-
-    A reader that meets the new weights beside the old partner finds the new partner under
-    its digest name, so a reader never sees a mix, and a process killed between the two
-    renames leaves the new pair readable (never nothing). When the second rename fails, the old
-    weights (kept under a second name) are put back. The next save into ``folder`` removes
-    the temporary files a killed save left (only names of this module's pattern); saves into
-    one folder take turns. No other entry of ``folder`` is read, changed or removed.
+    Two renames cannot happen at once, so the new partner first goes to a name derived from
+    the new weights' sha256 (``.<partner_name>.<sha256>.tmp``); then the weights are renamed
+    into place, then the partner. Readers wait while a save runs (it holds a lock on the
+    folder); a process killed between the two renames leaves the new weights with their
+    partner findable by their digest, so the folder reads as the old pair or the new one,
+    never a mix and never nothing. When a rename fails, what was there is put back. The next
+    save removes the temporary files a killed save left (only names of this module's
+    pattern). No other entry of ``folder`` is read, changed or removed.
 
     Returns:
         The weights file's path.
@@ -187,37 +175,43 @@ def write_pair(
     second = _target(folder / partner_name)
     for target, name in ((weights, weights_name), (second, partner_name)):
         _check_not_a_folder(target, folder / name)
-    digest = sha256(partner)
-    header = {**{str(k): str(v) for k, v in (metadata or {}).items()}, PAIR_KEY: digest}
+    header = {str(k): str(v) for k, v in (metadata or {}).items()}
     data = safetensors_bytes(arrays, header)
     with _folder_lock(folder):
-        staged, created = _temp_name(second, digest), None
-        if not _holds(staged, digest):  # else a killed save left this very partner: keep it
-            _discard(staged)
-            staged = created = _write_temp(second, partner, token=digest)
+        staged = _temp_name(second, sha256(data))  # where a reader of these weights looks
+        previous = staged.read_bytes() if staged.is_file() else None  # from a killed save
+        temp = _write_temp(second, partner)
         new = backup = None
         try:
+            os.replace(temp, staged)
             new = _write_temp(weights, data)
             backup = _keep_old(weights)
             os.replace(new, weights)
         except BaseException:
-            _discard(new, created, backup)
+            _discard(temp, new, backup)
+            _put_back(staged, previous)
             raise
         try:
             os.replace(staged, second)
         except BaseException:
-            # Put the old weights back. Should that fail too, the staged partner stays, so
-            # readers still get the new pair whole.
             if backup is not None:
                 os.replace(backup, weights)
             else:
                 os.unlink(weights)
-            _discard(created)
+            _put_back(staged, previous)
             raise
         _discard(backup)
         _remove_stale_temps(weights)
         _remove_stale_temps(second)
     return folder / weights_name
+
+
+def _put_back(staged: Path, previous) -> None:
+    """Leave ``staged`` as it was before a failed save: absent, or with ``previous``."""
+    if previous is None:
+        _discard(staged)
+    else:
+        atomic_write(staged, previous)
 
 
 def safetensors_bytes(arrays: dict, metadata: dict | None = None) -> bytes:
@@ -347,15 +341,23 @@ def read_weights(path) -> tuple[dict, dict]:
     back as float32 (exactly). A missing file raises FileNotFoundError, a folder
     IsADirectoryError, a truncated or corrupt file a ValueError that names it.
     """
-    path = Path(path)
+    tensors, metadata, _ = _read_weights(Path(path))
+    return tensors, metadata
+
+
+def _read_weights(path: Path) -> tuple[dict, dict, str]:
+    """read_weights, and the sha256 of the file's bytes."""
     _check_is_file(path)
     with open(path, "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         entries, metadata, start = _parse_header(path, stream, size)
-        body = stream.read(size - start)
-    if len(body) != size - start:
+        stream.seek(0)
+        blob = stream.read(size)
+    if len(blob) != size:
         raise _corrupt(path, "the file shrank while it was read")
-    return {name: _array(body, *entry) for name, entry in entries.items()}, metadata
+    body = memoryview(blob)[start:]
+    tensors = {name: _array(body, *entry) for name, entry in entries.items()}
+    return tensors, metadata, sha256(blob)
 
 
 def read_safetensors(path) -> dict:
@@ -373,21 +375,19 @@ def read_pair(folder, weights_name: str, partner_name: str) -> tuple[dict, dict,
     one save, even while another process saves into ``folder``.
 
     The two files are read under a shared lock on ``folder``, which a save holds exclusively,
-    so never halfway through a save. When the weights record another partner than the one
-    beside them, a save was killed between its two renames and the partner is taken from its
-    staged name; when there is no such file, the partner was edited after the save (by hand,
-    as PEFT users do) and is taken as it is, as are weights without a digest (from PEFT).
+    so never halfway through a save. When a partner is staged under the weights' digest, a
+    save was killed between its two renames: that partner is the one these weights belong
+    to. Otherwise the partner beside the weights is theirs (edited by hand, perhaps, as PEFT
+    users do; or written by PEFT).
     """
     folder = Path(folder)
     partner_path = folder / partner_name
     with _folder_lock(folder, shared=True):
         partner = _read_file(partner_path)
-        tensors, metadata = read_weights(folder / weights_name)
-        recorded = metadata.get(PAIR_KEY)
-        if recorded is not None and recorded != sha256(partner):
-            staged = _temp_name(_target(partner_path), recorded)
-            if _holds(staged, recorded):
-                partner = staged.read_bytes()
+        tensors, metadata, digest = _read_weights(folder / weights_name)
+        staged = _temp_name(_target(partner_path), digest)
+        if staged.is_file():
+            partner = staged.read_bytes()
     return tensors, metadata, partner
 
 

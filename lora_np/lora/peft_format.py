@@ -110,6 +110,12 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     the most common one go into ``rank_pattern`` / ``alpha_pattern`` under their full name, as
     PEFT would read them.
 
+    As PEFT's ``save_pretrained``: the folder is created if needed, a path that is a file is
+    refused, and only the adapter's two files are written; every other entry of the folder
+    (checkpoints, notes, ``.git``, symlinks) is left as it is. The two files are written as a
+    pair (``serialization.write_pair``): a load never pairs one save's config with another's
+    weights, a failed save leaves the old adapter, and symlinks are written through.
+
     A "pissa" adapter is stored like any other, but it belongs to the *residual* base weight:
     load it into a model whose base weights are that residual, not the original W0.
 
@@ -287,10 +293,14 @@ def _targeted(model: nn.Module, config: dict) -> list:
 def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) -> list:
     """Load a PEFT-layout adapter folder into ``model`` under ``adapter_name``; make it active.
 
-    Plain Linear layers named in the file are wrapped in a LoRALinear; layers that already are
+    The two files are read as one save's pair, even while another process saves into the
+    folder; the weights file's header is checked against its size before its tensors are read;
+    bf16 weights load as float32. Plain Linear layers named in the file are wrapped in a
+    LoRALinear; layers that already are
     LoRALinear get a new adapter. Everything is checked before anything changes: readable files,
     a LoRA config, key names, missing keys (a targeted layer without weights, or A without B),
-    unexpected keys (a layer the model does not have, or that is not a Linear), shapes (the key
+    unexpected keys (a layer the model does not have, or that is not a Linear), target_modules
+    that select no layer of the model (as PEFT, even when the keys would fit), shapes (the key
     and both shapes are named), an adapter name already in use, a merged layer.
 
     Returns:
