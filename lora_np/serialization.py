@@ -313,6 +313,8 @@ def _array(body, dtype: str, shape: tuple, begin: int, stop: int):
     """One tensor as a host array of its own; bf16 (which NumPy lacks) becomes float32 exactly,
     its 16 bits being the top half of a float32's."""
     np = backend.np
+    if stop == begin:  # an empty tensor: frombuffer refuses an offset at the buffer's end
+        return np.zeros(shape, np.float32 if dtype == "BF16" else _DTYPES[dtype])
     flat = np.frombuffer(
         body,
         dtype=_DTYPES[dtype],

@@ -455,3 +455,41 @@ def test_a_model_with_a_merged_adapter_is_neither_saved_nor_loaded_into(tmp_path
     fresh = adapted_net()
     serialization.load_weights(fresh, path)
     np.testing.assert_array_equal(fresh(x_batch()).data, model(x_batch()).data)
+
+
+def _raw_safetensors(path, header: dict, body: bytes):
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + body)
+
+
+@pytest.mark.parametrize(
+    "entry, body, message",
+    [
+        (
+            {"dtype": "F32", "shape": [2], "data_offsets": [0, 12]},
+            12,
+            r"shape \[2\] holds 12 bytes",
+        ),
+        (
+            {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            12,
+            "starts at byte 4, expected 0",
+        ),
+        ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, 8, "no valid dtype, shape"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, 8, "describes 16 bytes"),
+    ],
+)
+def test_a_header_that_does_not_describe_its_file_is_refused(tmp_path, entry, body, message):
+    """The header is checked as safetensors checks it (sizes, offsets without gaps or
+    overlaps, the file's length) before any tensor is read: our own reader, so bf16 loads."""
+    path = tmp_path / "x.safetensors"
+    _raw_safetensors(path, {"x": entry}, b"\0" * body)
+    with pytest.raises(ValueError, match="truncated or corrupt.*" + message):
+        serialization.read_weights(path)
+
+
+def test_a_dtype_lora_np_does_not_read_is_named(tmp_path):
+    path = tmp_path / "x.safetensors"
+    _raw_safetensors(path, {"x": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"ab")
+    with pytest.raises(ValueError, match="dtype 'F8_E4M3', which lora_np does not read"):
+        serialization.read_weights(path)
