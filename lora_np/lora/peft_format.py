@@ -296,8 +296,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     The two files are read as one save's pair, even while another process saves into the
     folder; the weights file's header is checked against its size before its tensors are read;
     bf16 weights load as float32. Plain Linear layers named in the file are wrapped in a
-    LoRALinear; layers that already are
-    LoRALinear get a new adapter. Everything is checked before anything changes: readable files,
+    LoRALinear; layers that already are LoRALinear get a new adapter. Everything is checked before anything changes: readable files,
     a LoRA config, key names, missing keys (a targeted layer without weights, or A without B),
     unexpected keys (a layer the model does not have, or that is not a Linear), target_modules
     that select no layer of the model (as PEFT, even when the keys would fit), shapes (the key
