@@ -118,18 +118,20 @@ def _folder_lock(folder: Path, shared: bool = False):
     """Saves into one folder take turns, and reads of a pair wait for a save to finish
     (``flock`` on the folder itself: no lock file is left behind, and a killed process's lock
     goes with it)."""
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        except OSError:  # a file system without locks (some network mounts): go on without
-            pass
+        fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
+    except OSError:  # a folder we may enter but not list: go on without the lock
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            except OSError:  # a file system without locks (some network mounts): go on without
+                pass
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _keep_old(target: Path):
