@@ -88,7 +88,7 @@ def merge_reference(W0, A, B, scaling):
     layer = lora.LoRALinear(base, r=r, alpha=float(r))  # scaling alpha / r = 1 ...
     if saved is not None:  # building the layer must not move the caller's random stream
         generator.bit_generator.state = saved
-    layer.set_scale(float(scaling))  # ... times the factor: exactly `scaling`
+    layer.set_scale(layer.active_adapter, float(scaling))  # ... times the factor: `scaling`
     base.weight.data = backend.xp.asarray(W0.copy())
     layer.A.data = backend.xp.asarray(np.asarray(A, dtype=W0.dtype))
     layer.B.data = backend.xp.asarray(np.asarray(B, dtype=W0.dtype))

@@ -22,11 +22,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .. import backend, nn
+from .. import nn
 from ..quantized import QuantizedLinear
 from ..serialization import read_pair, write_pair
 from .layer import LoRALinear
-from .targeting import lora_layers, matches
+from .targeting import freeze_base, lora_layers, matches
 from .validation import DEFAULT_ADAPTER, check_adapter_name, check_alpha, check_rank
 
 CONFIG_NAME = "adapter_config.json"
@@ -290,21 +290,29 @@ def _targeted(model: nn.Module, config: dict) -> list:
     return names
 
 
-def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) -> list:
+def load_adapter(
+    model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER, is_trainable: bool = False
+) -> list:
     """Load a PEFT-layout adapter folder into ``model`` under ``adapter_name``; make it active.
+
+    As PEFT's ``PeftModel.from_pretrained`` / ``load_adapter``: every parameter outside the
+    adapters is frozen, and the loaded adapter trains only with ``is_trainable=True``; other
+    adapters keep their flags (an inactive one is frozen). No random number is drawn.
 
     The two files are read as one save's pair, even while another process saves into the
     folder; the weights file's header is checked against its size before its tensors are read;
     bf16 weights load as float32. Plain Linear layers named in the file are wrapped in a
-    LoRALinear; layers that already are LoRALinear get a new adapter. Everything is checked before anything changes: readable files,
-    a LoRA config, key names, missing keys (a targeted layer without weights, or A without B),
-    unexpected keys (a layer the model does not have, or that is not a Linear), target_modules
+    LoRALinear; layers that already are LoRALinear get a new adapter. Everything is checked
+    before anything changes: readable files, a LoRA config, key names, missing keys (a
+    targeted layer without weights, or A without B), unexpected keys (a layer the model does not have, or that is not a Linear), target_modules
     that select no layer of the model (as PEFT, even when the keys would fit), shapes (the key
     and both shapes are named), an adapter name already in use, a merged layer.
 
     Returns:
         The names of the layers that received the adapter, in model order.
     """
+    if not isinstance(is_trainable, bool):
+        raise TypeError(f"is_trainable must be True or False, got {is_trainable!r}")
     folder = Path(path)
     if not folder.is_dir():
         if folder.exists():
@@ -405,12 +413,13 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     for name, module, r, alpha, A, B in plan:
         if isinstance(module, LoRALinear):
             layer = module
-            layer.add_adapter(adapter_name, r, alpha, **options)
+            layer.add_adapter(adapter_name, r, alpha, **options, weights=(A, B))
         else:
-            layer = LoRALinear(module, r, alpha, adapter_name=adapter_name, **options)
+            layer = LoRALinear(
+                module, r, alpha, adapter_name=adapter_name, **options, weights=(A, B)
+            )
             model.set_submodule(name, layer)
-        adapter = layer.adapters[adapter_name]
-        adapter.A.data = backend.xp.asarray(A, dtype=layer.base.weight.dtype)
-        adapter.B.data = backend.xp.asarray(B, dtype=layer.base.weight.dtype)
         layer.set_adapter(adapter_name)
+        layer.adapters[adapter_name].requires_grad_(is_trainable)
+    freeze_base(model)
     return [name for name, *_ in plan]
