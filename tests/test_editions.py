@@ -328,3 +328,125 @@ def test_student_edition_fails_only_in_checkers(student_run, path):
     errors, _seconds = results[path.name]
     found = run_edition.problems(out / path.name, errors)
     assert not found, "\n".join(found)
+
+
+# ---------------------------------------------------------------- damaged files, interrupted writes
+
+
+@pytest.mark.parametrize("keep", [0, 1, 200], ids=["empty", "one-byte", "truncated"])
+def test_truncated_teacher_notebook_is_a_one_line_error(tmp_path, capsys, monkeypatch, keep):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    damaged = folder / "00_cut.ipynb"
+    damaged.write_text(FIXTURE.read_text()[:keep])
+    monkeypatch.setattr(editions, "select", lambda patterns: [damaged])
+    for command in (["check"], ["student", "--out", str(tmp_path / "out")]):
+        assert editions.main(command) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("error: 00_cut.ipynb: not a readable notebook"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_manifest_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "student"
+    editions.write_student_edition([FIXTURE], out)
+    manifest = out / editions.MANIFEST
+    manifest.write_text(manifest.read_text()[:10])
+    before = (out / FIXTURE.name).read_text()
+    monkeypatch.setattr(editions, "select", lambda patterns: [FIXTURE])
+    assert editions.main(["student", "--out", str(out), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{manifest}: not a readable record" in err and "delete it" in err, err
+    assert (out / FIXTURE.name).read_text() == before
+
+
+class Interrupted(BaseException):
+    """Stands in for Ctrl-C or a killed process in the middle of a write."""
+
+
+def _interrupt_at(monkeypatch, at: int) -> list[int]:
+    """Make the ``at``-th file write or rename of this process stop halfway (a write leaves
+    the first half of its text behind, a rename does nothing)."""
+    import os
+    from pathlib import Path as P
+
+    calls = [0]
+    write_text, replace, rename = P.write_text, os.replace, os.rename
+
+    def count() -> bool:
+        calls[0] += 1
+        return calls[0] == at
+
+    def half_write(self, data, *args, **kwargs):
+        if count():
+            write_text(self, data[: len(data) // 2], *args, **kwargs)
+            raise Interrupted
+        return write_text(self, data, *args, **kwargs)
+
+    def stopped(real):
+        def move(*args, **kwargs):
+            if count():
+                raise Interrupted
+            return real(*args, **kwargs)
+
+        return move
+
+    monkeypatch.setattr(P, "write_text", half_write)
+    monkeypatch.setattr(os, "replace", stopped(replace))
+    monkeypatch.setattr(os, "rename", stopped(rename))
+    return calls
+
+
+@pytest.mark.parametrize("at", range(1, 7))
+def test_an_interrupted_write_is_never_kept_as_the_learners_work(tmp_path, monkeypatch, at):
+    """Stopped at any write (first edition or an update), the next run writes a whole notebook
+    and never reports it as edited by the learner."""
+    teacher = tmp_path / "99_demo.ipynb"
+    teacher.write_text(FIXTURE.read_text())
+    out = tmp_path / "student"
+    editions.write_student_edition([teacher], out)
+    nb = read(teacher)
+    nb.cells[0].source += "\n\nA changed introduction."
+    nbformat.write(nb, teacher)
+    with monkeypatch.context() as patch:
+        calls = _interrupt_at(patch, at)
+        try:
+            editions.write_student_edition([teacher], out)
+        except Interrupted:
+            pass
+    if calls[0] < at:
+        pytest.skip(f"the update made only {calls[0]} writes")
+    (line,) = editions.write_student_edition([teacher], out)
+    assert "KEPT" not in line, line
+    written = read(out / teacher.name)
+    assert written.cells[0].source.endswith("A changed introduction.")
+    assert sorted(p.name for p in out.iterdir()) == [editions.MANIFEST, teacher.name]
+
+
+HIDDEN = {
+    "in a %%time cell": "%%time\ndef double(x):\n    return 2 * x",
+    "through exec": 'exec("def double(x):\\n    return 2 * x")',
+    "through globals()": 'globals()["double"] = lambda x: 2 * x',
+    "through setattr": 'import sys\nsetattr(sys.modules["__main__"], "double", abs)',
+    "with a line magic": "%matplotlib inline\ndouble = lambda x: 2 * x",
+}
+
+
+@pytest.mark.parametrize("case", HIDDEN, ids=list(HIDDEN))
+def test_a_solution_hidden_above_its_exercise_is_refused(case):
+    nb = with_source(1, read(FIXTURE).cells[1].source + "\n")
+    nb.cells.insert(2, nbformat.v4.new_code_cell(HIDDEN[case]))
+    with pytest.raises(editions.EditionError, match="above its exercise"):
+        editions.student_notebook(nb, FIXTURE)
+
+
+def test_solution_text_elsewhere_never_reaches_the_student_edition():
+    nb = read(FIXTURE)
+    solution = nb.cells[8].source
+    body = solution.split(editions.BEGIN)[1].split(editions.END)[0]
+    # a timing cell that repeats the solution's lines under another name
+    nb.cells.insert(2, nbformat.v4.new_code_cell("%%timeit -n1\ndef slow(M):" + body))
+    with pytest.raises(editions.EditionError, match="solution of `row_norms`"):
+        editions.student_notebook(nb, FIXTURE)

@@ -28,6 +28,7 @@ import ast
 import copy
 import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -215,6 +216,36 @@ def _binds(statement: ast.stmt, name: str) -> bool:
     )
 
 
+def _binds_dynamically(statement: ast.stmt, name: str) -> bool:
+    """Whether a statement may define ``name`` behind Python's back: ``exec`` of code that
+    defines it, or ``globals()``/``setattr``/``vars()`` with the name as a string."""
+    for node in ast.walk(statement):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if called not in _DYNAMIC:
+            continue
+        for text in _strings(statement):
+            if text == name:
+                return True
+            try:
+                inner = ast.parse(text)
+            except SyntaxError:
+                continue
+            if any(_binds(s, name) or _binds_dynamically(s, name) for s in inner.body):
+                return True
+    return False
+
+
+def _strings(statement: ast.stmt) -> list[str]:
+    return [
+        node.value
+        for node in ast.walk(statement)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
 def _loads(statement: ast.stmt, name: str) -> bool:
     return any(
         isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Load)
@@ -242,16 +273,35 @@ def _is_rebinding(statement: ast.stmt, name: str) -> bool:
     )
 
 
+# Cell magics whose body is Python run in the notebook's namespace (``%%time`` defines names).
+PYTHON_CELL_MAGICS = ("time", "timeit", "capture", "prun", "debug")
+# Calls that can bind a name given as a string: exec("def f..."), setattr(module, "f", ...).
+_DYNAMIC = ("exec", "eval", "compile", "setattr", "globals", "locals", "vars", "__import__")
+
+
+def python_source(source: str) -> str | None:
+    """The Python a code cell runs, with IPython's magic and shell lines blanked, or None when
+    the cell is not Python (``%%bash``, ``%%html``...). The body of ``%%time`` and its kin is
+    Python run in the notebook's namespace, so it is kept."""
+    lines = source.split("\n")
+    first = lines[0].strip() if lines else ""
+    if first.startswith("%%"):
+        magic = first[2:].split()[0] if first[2:].split() else ""
+        if magic not in PYTHON_CELL_MAGICS:
+            return None
+        lines = [""] + lines[1:]
+    # A blanked line keeps the line numbers of error messages right.
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in lines)
+
+
 def _code_statements(nb, path, indices):
-    """(cell index, top-level statements) of the code cells at ``indices``."""
+    """(cell index, top-level statements) of the Python code cells at ``indices``."""
     for index in indices:
         cell = nb.cells[index]
         if cell.cell_type == "code":
-            place = where(path, nb, index)
-            # IPython magics and shell lines are not Python: skip those cells.
-            if any(line.lstrip().startswith(("%", "!")) for line in cell.source.splitlines()):
-                continue
-            yield index, _parse(cell.source, place).body
+            python = python_source(cell.source)
+            if python is not None:
+                yield index, _parse(python, where(path, nb, index)).body
 
 
 def find_exercises(nb, path: Path | str) -> list[Exercise]:
@@ -303,13 +353,62 @@ def find_exercises(nb, path: Path | str) -> list[Exercise]:
                 )
     for exercise in exercises:
         _check_visibility(nb, path, exercise)
+    _check_solution_text(nb, path, exercises)
     return exercises
+
+
+def _code_lines(text: str) -> list[str]:
+    """The lines of ``text`` that carry code: stripped, without blanks and comments."""
+    lines = (line.strip() for line in text.split("\n"))
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def marked_regions(source: str) -> list[list[str]]:
+    """The code lines of each marked region of a solution cell (see :func:`_code_lines`)."""
+    regions, current = [], None
+    for line in source.split("\n"):
+        if line.strip() == BEGIN:
+            current = []
+        elif line.strip() == END and current is not None:
+            regions.append(_code_lines("\n".join(current)))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return regions
+
+
+def _contains(lines: list[str], run: list[str]) -> bool:
+    return any(lines[i : i + len(run)] == run for i in range(len(lines) - len(run) + 1))
+
+
+def _check_solution_text(nb, path, exercises: list[Exercise]) -> None:
+    """No cell of the student edition repeats a solution: every line of a marked region, in
+    order, in another cell (a timing copy, a markdown "answer") would hand the learner the
+    answer the stub hides. A one-line solution is too short to tell from ordinary code."""
+    solutions = {exercise.solution_cell: exercise for exercise in exercises}
+    shown = [
+        _code_lines(stub_source(cell.source) if index in solutions else cell.source)
+        for index, cell in enumerate(nb.cells)
+    ]
+    for exercise in exercises:
+        for region in marked_regions(nb.cells[exercise.solution_cell].source):
+            if len(region) < 2:
+                continue
+            for index, lines in enumerate(shown):
+                if _contains(lines, region):
+                    raise EditionError(
+                        f"{where(path, nb, index)}: repeats the solution of `{exercise.name}` "
+                        f"(cell {exercise.solution_cell}), which the student edition would show"
+                    )
 
 
 def _check_visibility(nb, path, exercise: Exercise) -> None:
     name = exercise.name
     for index, statements in _code_statements(nb, path, range(exercise.solution_cell)):
-        if any(_binds(statement, name) for statement in statements):
+        if any(
+            _binds(statement, name) or _binds_dynamically(statement, name)
+            for statement in statements
+        ):
             raise EditionError(
                 f"{where(path, nb, index)}: defines `{name}` above its exercise (cell "
                 f"{exercise.solution_cell}), so the learner would see it done before writing it"
@@ -410,8 +509,85 @@ def select(patterns: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
     return sorted(chosen)
 
 
+def read_notebook(path: Path):
+    """The notebook at ``path`` (nbformat 4), or an EditionError in one line when the file is
+    empty, cut short or not a notebook (a traceback would bury the file's name)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        raise EditionError(
+            f"{path.name}: not a readable notebook ({_json_problem(err)}); restore it, "
+            "e.g. `git checkout -- <file>`"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise EditionError(f"{path.name}: not a readable notebook ({err})") from None
+    try:
+        return nbformat.reads(text, as_version=4)
+    except Exception as err:  # nbformat's many ways of saying "not a notebook"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EditionError(f"{path.name}: not a readable notebook ({first})") from None
+
+
+def _json_problem(err: json.JSONDecodeError) -> str:
+    if not err.doc.strip():
+        return "the file is empty"
+    if err.pos >= len(err.doc.rstrip()):
+        return f"the JSON stops at line {err.lineno}: the file is cut short"
+    return f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_manifest(path: Path) -> dict[str, list[str]]:
+    """{notebook name: digests of the versions this tool wrote} from the student edition's
+    record; {} when there is none. A damaged record is an EditionError: guessing would either
+    overwrite a learner's work or keep a stale notebook."""
+    if not path.exists():
+        return {}
+    problem = None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        problem, record = _json_problem(err), None
+    except (OSError, UnicodeDecodeError) as err:
+        problem, record = str(err), None
+    if problem is None and not (
+        isinstance(record, dict)
+        and all(isinstance(v, str | list) for v in record.values())
+        and all(isinstance(d, str) for v in record.values() if isinstance(v, list) for d in v)
+    ):
+        problem = f"expected {{notebook: digest}}, found {type(record).__name__}"
+    if problem is not None:
+        raise EditionError(
+            f"{path}: not a readable record of the student edition ({problem}); delete it "
+            "(every notebook there is then kept as yours) or run `make student FORCE=1`"
+        )
+    return {name: [v] if isinstance(v, str) else list(v) for name, v in record.items()}
+
+
+def write_atomic(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` all or nothing: into a hidden file beside it, flushed to
+    disk, then renamed over it. An interrupted write leaves the old file (or none), never half
+    of the new one, and no temporary file unless the process itself is killed."""
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _save_manifest(path: Path, manifest: dict[str, list[str]]) -> None:
+    record = {
+        name: digests[0] if len(digests) == 1 else digests for name, digests in manifest.items()
+    }
+    write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def write_student_edition(
@@ -422,36 +598,47 @@ def write_student_edition(
     Every notebook is converted before anything is written, so a malformed one leaves ``out``
     as it was. A notebook the learner has changed since this tool wrote it is kept unless
     ``force``: ``make lab`` runs this, and must never throw a learner's work away.
+
+    Each file is written atomically, and the record (``.edition.json``) lists a notebook's new
+    digest before the notebook is replaced: whenever the run stops, each notebook is one this
+    tool wrote, and the next run replaces it instead of keeping it as the learner's.
     """
     converted = {}
     warnings = []
     for path in paths:
-        teacher = nbformat.read(path, as_version=4)
+        teacher = read_notebook(path)
         warnings += parent_paths(teacher, path)
         student = student_notebook(teacher, path)
         nbformat.validate(student)
         converted[path.name] = nbformat.writes(student) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = read_manifest(manifest_path)
+    out.mkdir(parents=True, exist_ok=True)
     report = []
     for name, text in converted.items():
         target = out / name
+        written = manifest.get(name, [])
+        digest = _digest(text)
         if target.exists() and not force:
-            current = target.read_text()
+            current = target.read_text(encoding="utf-8", errors="replace")
             if current == text:
                 report.append(f"{name}: up to date")
+                if written != [digest]:
+                    manifest[name] = [digest]
+                    _save_manifest(manifest_path, manifest)
                 continue
-            if _digest(current) != manifest.get(name):
+            if _digest(current) not in written:
                 report.append(
                     f"{name}: KEPT, you have edited it (delete it, or run "
                     "`make student FORCE=1`, to get a fresh copy)"
                 )
                 continue
-        target.write_text(text)
-        manifest[name] = _digest(text)
+        manifest[name] = [*written, digest]  # the old and the new version are both ours
+        _save_manifest(manifest_path, manifest)
+        write_atomic(target, text)
+        manifest[name] = [digest]
+        _save_manifest(manifest_path, manifest)
         report.append(f"{name}: written")
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return report + warnings
 
 
@@ -466,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             for path in paths:
-                found = find_exercises(nbformat.read(path, as_version=4), path)
+                found = find_exercises(read_notebook(path), path)
                 names = ", ".join(exercise.name for exercise in found) or "no exercises"
                 print(f"{path.name}: {names}")
             return 0
