@@ -301,33 +301,89 @@ def test_readme_and_teaching_state_the_current_study_times(capsys):
 # ---------------------------------------------------------------- the student edition, executed
 
 
+RUN_TESTS = ("test_student_edition_runs_to_the_end", "test_solved_student_edition_runs_green")
+
+
 def _selected_student_paths(request) -> list[Path]:
-    """The notebooks whose student-run test is selected in this session (all by default)."""
-    chosen = [
+    """The notebooks whose run tests are selected in this session (all by default)."""
+    chosen = {
         item.callspec.params["path"]
         for item in request.session.items
-        if getattr(item, "originalname", "") == "test_student_edition_fails_only_in_checkers"
-    ]
-    return chosen or NOTEBOOKS
+        if getattr(item, "originalname", "") in RUN_TESTS
+    }
+    return sorted(chosen) if chosen else NOTEBOOKS
 
 
 @pytest.fixture(scope="module")
 def student_run(request, tmp_path_factory):
-    """Build the student edition of the selected notebooks and run them all once, in parallel."""
-    out = tmp_path_factory.mktemp("student")
+    """Build the student edition of the selected notebooks, untouched and solved, and run them
+    all once, in parallel: {("student" or "solved", name): (path, Run)}."""
     paths = _selected_student_paths(request)
+    out = tmp_path_factory.mktemp("student")
     editions.write_student_edition(paths, out)
-    results = run_edition.run_all([out / path.name for path in paths])
-    return out, results
+    untouched = [out / path.name for path in paths]
+    solved = run_edition.write_solved(paths, tmp_path_factory.mktemp("solved"))
+    results = run_edition.run_all(untouched + solved)
+    runs = {("student", p.name): (p, results[p]) for p in untouched}
+    runs |= {("solved", p.name): (p, results[p]) for p in solved}
+    return runs
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_student_edition_fails_only_in_checkers(student_run, path):
-    """Every checker fails on its stub with "not written yet"; no other cell raises."""
-    out, results = student_run
-    errors, _seconds = results[path.name]
-    found = run_edition.problems(out / path.name, errors)
+def test_student_edition_runs_to_the_end(student_run, path):
+    """Untouched, as Run All and `nbconvert --execute` run it: no cell raises, and each checker
+    prints its "✗ Exercise NN.M not solved yet" line."""
+    student, run = student_run["student", path.name]
+    found = run_edition.problems(student, run)
     assert not found, "\n".join(found)
+    nb = read(student)
+    for exercise in editions.recorded_exercises(nb, student):
+        assert "✗ Exercise" in run.printed[exercise.checker_cell]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_solved_student_edition_runs_green(student_run, path):
+    """With the solutions typed in: no cell raises, every checker prints its success line and
+    no cell falls back to the library."""
+    solved, run = student_run["solved", path.name]
+    found = run_edition.problems(solved, run, solved=True)
+    assert not found, "\n".join(found)
+
+
+def test_run_all_marks_only_the_student_editions_checkers():
+    """The teacher's edition and nbgrader's release (``run_all=False``) call the checker bare,
+    so an unsolved exercise fails there; ``make student`` wraps it in ``mark_unsolved``."""
+    teacher = read(FIXTURE)
+    plain = editions.student_notebook(teacher, FIXTURE)
+    marked = editions.student_notebook(teacher, FIXTURE, run_all=True)
+    assert plain.cells[4].source == teacher.cells[4].source == "ln.checks.check_double(double)"
+    assert marked.cells[4].source.endswith(
+        'with mark_unsolved("99.1", "double"):\n    ln.checks.check_double(double)'
+    )
+    assert "from lora_np.checks._run_all import mark_unsolved" in marked.cells[4].source
+    assert [cell.source for i, cell in enumerate(marked.cells) if i not in (4, 9)] == [
+        cell.source for i, cell in enumerate(plain.cells) if i not in (4, 9)
+    ]
+    record = marked.metadata["lora_np"]["exercises"]
+    assert [(e["name"], e["number"]) for e in record] == [("double", "99.1"), ("row_norms", "99.2")]
+
+
+def test_exercise_numbers_take_one_style():
+    nb = read(FIXTURE)
+    nb.cells[2].source = nb.cells[2].source.replace("99.1", "7.1")
+    nb.cells[7].source = "No heading here."
+    found = editions.find_exercises(nb, FIXTURE)
+    assert editions.exercise_numbers(nb, "03_x.ipynb", found) == ["07.1", "03.2"]
+
+
+def test_a_wrong_answer_still_stops_the_student_edition(tmp_path):
+    teacher = read(FIXTURE)
+    student = editions.solved_notebook(teacher, FIXTURE)
+    student.cells[3].source = student.cells[3].source.replace("2 * x", "x + 2")
+    path = tmp_path / FIXTURE.name
+    nbformat.write(student, path)
+    run = run_edition.run_notebook(path)
+    assert list(run.errors) == [4] and "did you add 2" in run.errors[4][1]
 
 
 # ---------------------------------------------------------------- damaged files, interrupted writes

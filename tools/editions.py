@@ -53,6 +53,11 @@ STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError()")
 SUCCESS_LINE = re.compile(r"✓ {name}: all \d+ checks passed")
 NOT_WRITTEN = "{name} is not written yet"
 MANIFEST = ".edition.json"
+# A heading that names an exercise: "### Exercise 2.3: merging" or "Exercise 02.3".
+EXERCISE_HEADING = re.compile(r"^#{1,6}[ \t]+Exercise[ \t]+(\d+)\.(\d+)\b", re.MULTILINE)
+# The student edition's checker cells import mark_unsolved from here (see run_all_checker).
+RUN_ALL_MODULE = "lora_np.checks._run_all"
+UNSOLVED_LINE = "✗ Exercise {number} not solved yet"
 # A path that climbs out of notebooks/ only works there, not from the student edition's folder;
 # notebooks locate their data through the installed package instead.
 PARENT_PATH = re.compile(r"""["'](\.\./[^"']*)["']""")
@@ -69,6 +74,7 @@ class Exercise:
     name: str
     solution_cell: int
     checker_cell: int
+    number: str = ""  # "02.3", recorded in the student edition
 
 
 def where(path: Path | str, nb, index: int) -> str:
@@ -428,10 +434,51 @@ def _check_visibility(nb, path, exercise: Exercise) -> None:
                 )
 
 
-def student_notebook(nb, path: Path | str):
-    """The student edition of a teacher's notebook (a new notebook; ``nb`` is not changed)."""
+def exercise_numbers(nb, path: Path | str, exercises: list[Exercise]) -> list[str]:
+    """Each exercise's number in the one style of the course, ``NN.M`` ("02.3"): from the
+    nearest markdown heading between the previous exercise and its solution that names one
+    ("Exercise 2.3" or "02.3"), else the notebook's number and the exercise's place in it."""
+    prefix = Path(path).name[:2]
+    numbers, after = [], -1
+    for place, exercise in enumerate(exercises, start=1):
+        number = f"{prefix}.{place}" if prefix.isdigit() else str(place)
+        for index in range(exercise.solution_cell - 1, after, -1):
+            cell = nb.cells[index]
+            match = EXERCISE_HEADING.search(cell.source) if cell.cell_type == "markdown" else None
+            if match:
+                number = f"{int(match.group(1)):02d}.{int(match.group(2))}"
+                break
+        numbers.append(number)
+        after = exercise.checker_cell
+    return numbers
+
+
+def run_all_checker(source: str, number: str, name: str) -> str:
+    """The student edition's checker cell: the teacher's call inside ``mark_unsolved``, so Run
+    All goes past an exercise not yet started and still stops on a wrong answer."""
+    return (
+        f"# Until you write `{name}`, this marks Exercise {number} unsolved and Run All goes on;\n"
+        "# a wrong answer stops here with the checker's message.\n"
+        f"from {RUN_ALL_MODULE} import mark_unsolved\n"
+        "\n"
+        f'with mark_unsolved("{number}", "{name}"):\n'
+        f"    {source.strip()}"
+    )
+
+
+def student_notebook(nb, path: Path | str, run_all: bool = False):
+    """The student edition of a teacher's notebook (a new notebook; ``nb`` is not changed).
+
+    With ``run_all`` (what ``make student`` writes) each checker cell is wrapped by
+    :func:`run_all_checker`; without it the checker cells are the teacher's, as in nbgrader's
+    release, where an unsolved exercise must fail its grade cell.
+    """
     exercises = find_exercises(nb, path)
     solutions = {exercise.solution_cell for exercise in exercises}
+    numbers = exercise_numbers(nb, path, exercises)
+    checkers = {}
+    if run_all:
+        checkers = {e.checker_cell: (n, e.name) for e, n in zip(exercises, numbers)}
     student = copy.deepcopy(nb)
     for index, cell in enumerate(student.cells):
         if cell.cell_type != "code":
@@ -439,6 +486,8 @@ def student_notebook(nb, path: Path | str):
         if index in solutions:
             cell.source = stub_source(cell.source)
             _parse(cell.source, where(path, student, index))  # the stub must stay valid Python
+        if index in checkers:
+            cell.source = run_all_checker(cell.source, *checkers[index])
         cell.outputs = []
         cell.execution_count = None
         cell.metadata.pop("execution", None)
@@ -449,9 +498,15 @@ def student_notebook(nb, path: Path | str):
     student.metadata["lora_np"] = {
         "edition": "student",
         "source": _source_name(Path(path)),
+        "run_all": run_all,
         "exercises": [
-            {"name": e.name, "solution": ids[e.solution_cell], "checker": ids[e.checker_cell]}
-            for e in exercises
+            {
+                "name": e.name,
+                "number": number,
+                "solution": ids[e.solution_cell],
+                "checker": ids[e.checker_cell],
+            }
+            for e, number in zip(exercises, numbers)
         ],
     }
     return student
@@ -489,8 +544,21 @@ def recorded_exercises(student, path: Path | str) -> list[Exercise]:
             f"{Path(path).name}: the cells of exercise(s) {', '.join(missing)} have been deleted"
         )
     return [
-        Exercise(e["name"], index[e["solution"]], index[e["checker"]]) for e in record["exercises"]
+        Exercise(e["name"], index[e["solution"]], index[e["checker"]], e.get("number", ""))
+        for e in record["exercises"]
     ]
+
+
+def solved_notebook(nb, path: Path | str):
+    """The student edition as a learner who solved every exercise leaves it: the Run All
+    checker cells, and in each solution cell the teacher's solution without its markers."""
+    student = student_notebook(nb, path, run_all=True)
+    for exercise in find_exercises(nb, path):
+        lines = nb.cells[exercise.solution_cell].source.split("\n")
+        student.cells[exercise.solution_cell].source = "\n".join(
+            line for line in lines if line.strip() not in (BEGIN, END)
+        )
+    return student
 
 
 def select(patterns: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
@@ -533,8 +601,8 @@ def read_notebook(path: Path):
 def _json_problem(err: json.JSONDecodeError) -> str:
     if not err.doc.strip():
         return "the file is empty"
-    if err.pos >= len(err.doc.rstrip()):
-        return f"the JSON stops at line {err.lineno}: the file is cut short"
+    if err.pos >= len(err.doc.rstrip()) or not err.doc.rstrip().endswith("}"):
+        return f"the file is cut short: its JSON stops at line {err.doc.count(chr(10)) + 1}"
     return f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
 
 
@@ -608,7 +676,7 @@ def write_student_edition(
     for path in paths:
         teacher = read_notebook(path)
         warnings += parent_paths(teacher, path)
-        student = student_notebook(teacher, path)
+        student = student_notebook(teacher, path, run_all=True)
         nbformat.validate(student)
         converted[path.name] = nbformat.writes(student) + "\n"
     manifest_path = out / MANIFEST
