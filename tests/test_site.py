@@ -216,6 +216,8 @@ def test_a_clean_site_passes(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "fig.png").write_bytes(PNG)
+    for name in ("a-student.ipynb", "a-teacher.ipynb"):
+        (site / name).write_text("{}")
     (site / "index.html").write_text(
         _page(
             "home",
@@ -247,11 +249,14 @@ def test_every_check_fails_on_a_broken_page(tmp_path):
             '<a href="nowhere.html">x</a><a href="index.html#no-such-id">y</a>'
             '<div style="width: 2000px">wide</div>'
             '<img src="missing.png" alt="_images/abc.png">'
-            '<pre style="white-space: pre">' + "x" * 400 + "</pre>"
-            '<div class="cell_input"><pre>### BEGIN SOLUTION</pre></div><p>Exercise 2.1</p>'
+            '<div style="width: 200px"><pre style="white-space: pre; overflow-x: auto">'
+            + "x"
+            * 60
+            + "</pre></div>"
+            '<div class="cell_input"><pre>### BEGIN SOLUTION</pre></div><p>See Exercise 2.1</p>'
             '<a href="a.ipynb" download="a.ipynb">s</a><a href="b.ipynb" download="a.ipynb">t</a>'
             '<script>throw new Error("boom")</script>'
-            '<script>document.title = "04 — Why \\\\(\\\\alpha/r\\\\)?"</script></article>',
+            '<script>document.title = "04 - Why \\\\(\\\\alpha/r\\\\)?"</script></article>',
         )
     )
     want = browser.Expected(headings=["Right title", "A section"], details=1, solutions=1)
@@ -274,7 +279,7 @@ def test_every_check_fails_on_a_broken_page(tmp_path):
         "link to a missing anchor: index.html#no-such-id",
         "image without alt text that says what it shows: alt=''",
         "image without alt text that says what it shows: alt='_images/abc.png'",
-        "title with raw LaTeX: '04 — Why \\\\(\\\\alpha/r\\\\)?'",
+        "title with raw LaTeX: '04 - Why \\\\(\\\\alpha/r\\\\)?'",
         "1 of 2 code blocks scroll sideways",
         "a solution marker is shown in a code cell",
         "exercise numbers in another style than NN.M: ['Exercise 2.1']",

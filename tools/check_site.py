@@ -106,7 +106,7 @@ _COLLECT = """async () => {
       .filter((pre) => pre.scrollWidth > pre.clientWidth + 1).length,
     codeBlocks: article.querySelectorAll('pre').length,
     text: article.textContent,
-    cellText: [...article.querySelectorAll('.cell_input')].map((c) => c.textContent).join('\n'),
+    cellText: [...article.querySelectorAll('.cell_input')].map((c) => c.textContent).join(' '),
     downloads: [...document.querySelectorAll('a[download]')].map((a) => a.getAttribute('download')),
     solutionsMeta: (document.querySelector('meta[name="lora-np-solutions"]') || {}).content || '',
   };
