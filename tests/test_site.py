@@ -256,7 +256,9 @@ def test_every_check_fails_on_a_broken_page(tmp_path):
             '<div class="cell_input"><pre>### BEGIN SOLUTION</pre></div><p>See Exercise 2.1</p>'
             '<a href="a.ipynb" download="a.ipynb">s</a><a href="b.ipynb" download="a.ipynb">t</a>'
             '<script>throw new Error("boom")</script>'
-            '<script>document.title = "04 - Why \\\\(\\\\alpha/r\\\\)?"</script></article>',
+            '<script>document.title = "04 - Why \\\\(\\\\alpha/r\\\\)?"</script></article>'
+            '<button id="pst-back-to-top" style="position: fixed; top: 0; left: 0; width: 390px;'
+            ' height: 300px; opacity: 0.5">Back to top</button>',
         )
     )
     want = browser.Expected(headings=["Right title", "A section"], details=1, solutions=1)
@@ -284,6 +286,7 @@ def test_every_check_fails_on_a_broken_page(tmp_path):
         "a solution marker is shown in a code cell",
         "exercise numbers in another style than NN.M: ['Exercise 2.1']",
         "downloads share a name",
+        "index.html [phone]: the Back to top button covers text: ",
     ]:
         assert needle in text, f"{needle!r} not in:\n{text}"
     assert "[phone]: page scrolls sideways: 2008 px wide on a 390 px wide screen" in text
@@ -351,3 +354,36 @@ def test_solution_lines_are_those_found_only_in_solutions():
         _code("print('shown anyway')\nz = f(2)", "p"),
     )
     assert browser.solution_lines(nb) == ["return x * scaling_factor"]
+
+
+def test_stage_with_and_without_solutions(tmp_path):
+    """What Sphinx gets: without solutions no solution line, marker or teacher's edition
+    anywhere in the staged sources; with them the solutions folded without their markers."""
+    import build_site
+
+    lines = {
+        path.name: browser.solution_lines(json.loads(path.read_text(encoding="utf-8")))
+        for path in sorted(build_site.NOTEBOOKS.glob(build_site.COURSE_GLOB))
+    }
+    assert all(lines.values()), "every notebook has solutions to hide"
+
+    learners = tmp_path / "learners"
+    pages = build_site.stage(learners, solutions=False, repository="https://x.org/l.git")
+    assert "TEACHING" not in pages
+    files = [p for p in learners.rglob("*") if p.is_file() and p.suffix in (".ipynb", ".md")]
+    assert not [p for p in files if "teacher" in p.name]
+    staged = {p.name: p.read_text(encoding="utf-8") for p in files}
+    for name, text in staged.items():
+        assert "SOLUTION" not in text and "Show the solution" not in text, name
+        own = lines.get(name.replace("-student", ""), [])
+        shown = [line for line in own if line in text]
+        assert not shown, f"{name}: {shown[:2]}"
+    assert "git clone https://x.org/l.git lora-np" in staged["index.md"]
+
+    teachers = tmp_path / "teachers"
+    build_site.stage(teachers, solutions=True)
+    assert (teachers / "_extra" / "downloads" / "02_lora_layer-teacher.ipynb").is_file()
+    nb = json.loads((teachers / "02_lora_layer.ipynb").read_text(encoding="utf-8"))
+    folded = [c for c in nb["cells"] if "hide-input" in c["metadata"].get("tags", [])]
+    assert len(folded) == 3
+    assert not any("### BEGIN SOLUTION" in site_source.cell_source(c) for c in folded)
