@@ -178,7 +178,10 @@ def test_page_titles_hold_no_latex():
 
 
 def test_home_page_is_for_learners_and_says_which_build_it_is():
-    template = "# Course\n\n{{edition}}\n\n```bash\n{{clone}}\nmake lab\n```\n\n{{first}}\n\n{{solutions}}\n\n{{table}}\n"
+    template = (
+        "# Course\n\n{{edition}}\n\n{{repository}}Run:\n\n```bash\n{{clone}}\nmake lab\n```\n\n"
+        "{{first}}\n\n{{solutions}}\n\n{{table}}\n"
+    )
     rows = [("00_a", "00 — A", 2, "1 h 00 min"), ("01_b", "01 — B", 1, "45 min")]
     page = site_source.learners_index(template, rows, True, "https://x.org/lora-np.git", ["T"])
     assert "git clone https://x.org/lora-np.git lora-np && cd lora-np\nmake lab" in page
@@ -189,7 +192,8 @@ def test_home_page_is_for_learners_and_says_which_build_it_is():
     assert "without their solutions" in learners and "solution" not in learners.replace(
         "without their solutions", ""
     )
-    assert "Ask your teacher for the course's repository address" in learners
+    assert "Ask your teacher for the address of the course's repository" in learners
+    assert "The course lives at <https://x.org/lora-np.git>." in page
     assert "{{" not in learners
 
 

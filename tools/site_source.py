@@ -303,8 +303,11 @@ def learners_index(
         if repository
         else "git clone <course repository address> lora-np && cd lora-np"
     )
-    if not repository:
-        edition += " Ask your teacher for the course's repository address."
+    where = (
+        f"The course lives at <{repository}>. "
+        if repository
+        else "Ask your teacher for the address of the course's repository, for the first one. "
+    )
     table = ["| notebook | exercises | study time |", "|---|---|---|"]
     table += [f"| [{title}]({name}.ipynb) | {n} | {time} |" for name, title, n, time in rows]
     first_name, first_title = rows[0][0], rows[0][1]
@@ -312,6 +315,7 @@ def learners_index(
     for key, value in {
         "edition": edition,
         "clone": clone,
+        "repository": where,
         "first": f"[{first_title}]({first_name}.ipynb)",
         "solutions": hint,
         "table": "\n".join(table),
