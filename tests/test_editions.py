@@ -1,11 +1,11 @@
 """The two editions (tools/editions.py, tools/run_edition.py): the exercise convention is kept,
-the teacher's edition shows every checker passing, the student edition fails only where the
-learner has work to do.
+the teacher's edition shows every checker passing, the student edition runs to the end, marking
+each exercise the learner has still to do, and runs green once they are solved.
 
 Runs on the course notebooks and on ``fixtures/editions_demo.ipynb``, a tiny notebook with two
-exercises, so the tools are proven even while the course has few exercises. The student run
-executes every selected notebook once, one per core in parallel: the nine and the fixture took
-3 min 21 s on the 2-core course machine while it was busy (load 8); `-k 02` runs one.
+exercises, so the tools are proven even while the course has few exercises. The run tests
+execute every selected notebook twice (untouched and solved), one per core in parallel; `-k 02`
+runs one notebook. Three notebooks and the fixture took 50 s on the 2-core course machine.
 """
 
 from __future__ import annotations
