@@ -5,7 +5,7 @@ each exercise the learner has still to do, and runs green once they are solved.
 Runs on the course notebooks and on ``fixtures/editions_demo.ipynb``, a tiny notebook with two
 exercises, so the tools are proven even while the course has few exercises. The run tests
 execute every selected notebook twice (untouched and solved), one per core in parallel; `-k 02`
-runs one notebook. Three notebooks and the fixture took 50 s on the 2-core course machine.
+runs one notebook (00, 02 and 04 together: 50 s on the shared course machine).
 """
 
 from __future__ import annotations
