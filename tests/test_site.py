@@ -336,13 +336,18 @@ def test_search_from_disk_needs_an_excerpt_under_each_result(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "search.html").write_text(
-        _page("s", '<div id="search-results"><ul><li><a href="x.html">x</a></li></ul></div>')
+        _page(
+            "s",
+            '<div id="search-results"><p>Search finished, found 1 page.</p><ul><li><a href="x.html">x</a></li></ul></div>',
+        )
     )
-    problems = browser.check_search_from_disk(site, tmp_path)
+    problems = browser.check_search_from_disk(site, tmp_path, timeout_ms=3000)
     assert problems == ["search.html from file://: 1 of 1 results without an excerpt"]
     (site / "search.html").write_text(
         _page(
-            "s", '<div id="search-results"><ul><li><a>x</a><p class="context">…</p></li></ul></div>'
+            "s",
+            '<div id="search-results"><p>Search finished, found 1 page.</p><ul><li><a>x</a>'
+            '<p class="context">…</p></li></ul></div>',
         )
     )
     assert browser.check_search_from_disk(site, tmp_path) == []

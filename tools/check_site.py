@@ -440,7 +440,9 @@ def _judge(name, seen, want: Expected | None, base, report) -> list[str]:
     return problems
 
 
-def check_search_from_disk(site: Path, shots: Path, word: str = "lora") -> list[str]:
+def check_search_from_disk(
+    site: Path, shots: Path, word: str = "lora", timeout_ms: int = PAGE_TIMEOUT_MS
+) -> list[str]:
     """Open the site's search page from disk (file://) and search ``word``: each result must
     show an excerpt of its page."""
     from playwright.sync_api import sync_playwright
@@ -462,9 +464,12 @@ def check_search_from_disk(site: Path, shots: Path, word: str = "lora") -> list[
             page.goto(url, wait_until="load")
             try:
                 page.wait_for_function(
+                    # Sphinx lists the results in steps and says when it is done.
                     "() => { const li = document.querySelectorAll('#search-results li');"
-                    " return li.length > 0 && [...li].every((x) => x.querySelector('.context'));}",
-                    timeout=PAGE_TIMEOUT_MS,
+                    " const done = /found/.test(document.querySelector('#search-results')"
+                    ".textContent.slice(0, 200));"
+                    " return done && [...li].every((x) => x.querySelector('.context'));}",
+                    timeout=timeout_ms,
                 )
             except Exception:
                 pass
