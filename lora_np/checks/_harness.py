@@ -105,6 +105,7 @@ def call(fn: Any, name: str, case: str, *args: Any, **kwargs: Any) -> Any:
         error = ExerciseError(
             f"{name} is not written yet: replace `raise NotImplementedError` with your code"
         )
+        error.unsolved = True  # read by _run_all.mark_unsolved (the student edition's Run All)
     else:
         error = ExerciseError(
             f"{name} raised {type(err).__name__}: {safe_str(err)} (on {case})"

@@ -35,10 +35,11 @@ def unsolved_line(number: str, name: str) -> str:
 
 def _is_unsolved(err: BaseException) -> bool:
     """Whether ``err`` comes from a NotImplementedError: the checker's "not written yet" error
-    keeps the stub's exception as its context even when it hides it from the traceback."""
+    is marked ``unsolved`` (it hides the stub's exception from the traceback); a checker that
+    chains or lets through the stub's exception is recognised by the chain."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, NotImplementedError):
+        if isinstance(err, NotImplementedError) or getattr(err, "unsolved", False) is True:
             return True
         seen.add(id(err))
         err = err.__cause__ or err.__context__
