@@ -15,7 +15,6 @@ score of 0.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import shutil
@@ -158,51 +157,32 @@ def teacher_prelude(teacher, solution_cell: int, solution_cells: set[int]) -> li
 
 
 class PristineLibrary:
-    """A read-only copy of ``lora_np`` and the child grader, made before any submission runs.
+    """``lora_np`` and the child grader as they were before any submission ran, held in memory.
 
     ``source`` is a git tree-ish (the default ``HEAD``: what the teacher committed, whatever a
     submission may since have written into the working tree) or None for the working tree.
-    :meth:`verify` re-checks every file's digest (and rewrites the copy from memory) before
-    each run, so no submission changes what grades the next.
+    Every exercise run gets its own fresh, read-only copy written from memory
+    (:meth:`write_to`), so nothing one run writes reaches another.
     """
 
     def __init__(self, source: str | None = "HEAD", root: Path = ROOT):
         self.files = _library_files(root, source)
-        self.digest = _digest(self.files)
-        self.folder = Path(tempfile.mkdtemp(prefix="lora-np-pristine-"))
-        self._write()
 
-    def _write(self) -> None:
-        for child in self.folder.iterdir():
-            _make_writable(child)
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    def write_to(self, folder: Path) -> Path:
         for relative, data in self.files.items():
-            target = self.folder / relative
+            target = folder / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        for path in [self.folder, *self.folder.rglob("*")]:
+        for path in [folder, *folder.rglob("*")]:
             path.chmod(0o555 if path.is_dir() else 0o444)
-
-    def verify(self) -> bool:
-        """True when the copy is intact; otherwise it is rewritten and False returned."""
-        found = {
-            path.relative_to(self.folder).as_posix(): path.read_bytes()
-            for path in self.folder.rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts
-        }
-        if _digest(found) == self.digest:
-            return True
-        self._write()
-        return False
-
-    def remove(self) -> None:
-        _make_writable(self.folder)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        return folder
 
 
-def _make_writable(path: Path) -> None:
-    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        item.chmod(item.stat().st_mode | stat.S_IWUSR)
+def _remove(folder: Path) -> None:
+    for item in [folder, *folder.rglob("*")]:
+        if not item.is_symlink():
+            item.chmod(item.stat().st_mode | stat.S_IWUSR)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _library_files(root: Path, source: str | None) -> dict[str, bytes]:
@@ -230,13 +210,6 @@ def _library_files(root: Path, source: str | None) -> dict[str, bytes]:
     return files
 
 
-def _digest(files: dict[str, bytes]) -> str:
-    hashes = hashlib.sha256()
-    for relative in sorted(files):
-        hashes.update(relative.encode() + b"\0" + hashlib.sha256(files[relative]).digest())
-    return hashes.hexdigest()
-
-
 def run_exercise(
     library: PristineLibrary,
     exercise: str,
@@ -246,7 +219,12 @@ def run_exercise(
     time_limit: float = TIME_LIMIT_S,
 ) -> Verdict:
     """One exercise in a fresh process: its verdict, or why there is none."""
-    library.verify()
+    workdir = Path(tempfile.mkdtemp(prefix="lora-np-grade-"))
+    pristine = library.write_to(workdir / "library")
+    scratch = workdir / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o777)  # the unprivileged child may write scratch files (matplotlib's cache)
+    workdir.chmod(0o755)
     read_end, write_end = os.pipe()
     packages = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     job = {
@@ -255,20 +233,18 @@ def run_exercise(
         "definitions": definitions,
         "hidden_seed": hidden_seed,
         "verdict_fd": write_end,
-        "sys_path": [str(library.folder), *sorted(packages)],
+        "sys_path": [str(pristine), *sorted(packages)],
     }
-    workdir = Path(tempfile.mkdtemp(prefix="lora-np-grade-"))
-    workdir.chmod(0o777)  # the unprivileged child may write scratch files (matplotlib's cache)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(workdir), "MPLBACKEND": "Agg"}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(scratch), "MPLBACKEND": "Agg"}
     drop = _unprivileged() or {}
-    command = [sys.executable, "-I", "-S", str(library.folder / "tools" / "grading_child.py")]
+    command = [sys.executable, "-I", "-S", str(pristine / "tools" / "grading_child.py")]
     process = subprocess.Popen(
         command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         pass_fds=(write_end,),
-        cwd=workdir,
+        cwd=scratch,
         env=env,
         start_new_session=True,
         **drop,
@@ -279,7 +255,7 @@ def run_exercise(
     except subprocess.TimeoutExpired:
         _kill(process)
         os.close(read_end)
-        shutil.rmtree(workdir, ignore_errors=True)
+        _remove(workdir)
         return Verdict(
             exercise,
             0,
@@ -289,7 +265,7 @@ def run_exercise(
     _kill(process)  # anything it started in its session goes too
     with os.fdopen(read_end, "rb") as pipe:
         raw = pipe.read()
-    shutil.rmtree(workdir, ignore_errors=True)
+    _remove(workdir)
     try:
         found = json.loads(raw.decode())
         return Verdict(exercise, found["score"], found["status"], found["message"])
@@ -379,6 +355,4 @@ def _stub_sources(teacher, exercises) -> set[str]:
     sys.path.insert(0, str(TOOLS))
     import editions
 
-    return {
-        editions.stub_source(teacher.cells[e.solution_cell].source).strip() for e in exercises
-    }
+    return {editions.stub_source(teacher.cells[e.solution_cell].source).strip() for e in exercises}

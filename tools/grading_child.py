@@ -265,7 +265,11 @@ def main() -> int:
     try:
         verdict = grade(job)
     except BaseException as err:  # noqa: BLE001
-        verdict = {"score": None, "status": "grader error", "message": f"{type(err).__name__}: {err}"}
+        verdict = {
+            "score": None,
+            "status": "grader error",
+            "message": f"{type(err).__name__}: {err}",
+        }
     verdict_out.write(json.dumps(verdict))
     verdict_out.flush()
     return 0
