@@ -24,6 +24,7 @@ nbgrader's gradebook: full marks and zero, or exit 1. No cell but a checker may 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -99,6 +100,38 @@ def nbgrader_notebook(nb, path: Path | str):
     return source
 
 
+def read_teacher(path: Path):
+    """A teacher's notebook, refused with a one-line EditionError when it is cut short (invalid
+    JSON), older than nbformat 4.5 (cells without ids), or has a cell id twice. nbformat itself
+    would silently give repeated ids new random ones on every read, so the released
+    assignment's cell ids would change with every build."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise editions.EditionError(
+            f"{path.name}: not a complete notebook (invalid JSON at line {err.lineno}: "
+            f"{err.msg}); was it cut short? Restore it from git"
+        ) from None
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list) or data.get("nbformat") != 4:
+        raise editions.EditionError(f"{path.name}: not an nbformat 4 notebook")
+    if data.get("nbformat_minor", 0) < 5 or not all(cell.get("id") for cell in cells):
+        raise editions.EditionError(
+            f"{path.name}: nbformat 4.{data.get('nbformat_minor', 0)} notebook whose cells have "
+            "no ids; open and save it in Jupyter (nbformat 4.5 or newer gives each cell an id)"
+        )
+    seen = {}
+    for index, cell in enumerate(cells):
+        if cell["id"] in seen:
+            raise editions.EditionError(
+                f"{path.name}: cells {seen[cell['id']]} and {index} have the same id "
+                f"{cell['id']!r}; give one of them a new id"
+            )
+        seen[cell["id"]] = index
+    return nbformat.reads(json.dumps(data), as_version=4)
+
+
 def nbgrader(course: Path, *args: str, cwd: Path | None = None) -> str:
     """Run one nbgrader command (from ``cwd``, default the course directory); its log on failure."""
     command = [sys.executable, "-m", "nbgrader", *args]
@@ -135,9 +168,9 @@ def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = 
     Every notebook is converted before anything is written, so a malformed one leaves the course
     directory as it was.
     """
-    version = _require_nbgrader()
-    teachers = {path.stem: (path, nbformat.read(path, as_version=4)) for path in paths}
+    teachers = {path.stem: (path, read_teacher(path)) for path in paths}
     sources = {name: nbgrader_notebook(nb, path) for name, (path, nb) in teachers.items()}
+    version = _require_nbgrader()
     course.mkdir(parents=True, exist_ok=True)
     exchange = exchange or course / "exchange"
     exchange.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ score of 0.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import shutil
@@ -48,6 +49,7 @@ class Verdict:
     score: int | None
     status: str
     message: str
+    code: str = ""  # what was graded: the learner's definitions
 
 
 def read_notebook(path: Path | str):
@@ -345,7 +347,7 @@ def grade_submission(
     own_pool = pool or ThreadPoolExecutor(max_workers=max(1, len(jobs)))
     futures = {name: own_pool.submit(run_exercise, library, *job) for name, job in jobs.items()}
     for name, future in futures.items():
-        verdicts[name] = future.result()
+        verdicts[name] = dataclasses.replace(future.result(), code=jobs[name][2])
     if pool is None:
         own_pool.shutdown()
     return [verdicts[e.name] for e in exercises]
