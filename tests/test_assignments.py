@@ -4,6 +4,7 @@ error before writing anything, and grades.csv/problems.csv helpers of tools/grad
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -90,3 +91,51 @@ def test_the_hidden_seed_is_made_once_and_kept_private(tmp_path):
     seed = grading_course.hidden_seed(tmp_path)
     assert grading_course.hidden_seed(tmp_path) == seed
     assert (tmp_path / grading_course.SEED_FILE).stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    "name, student, file_id",
+    [
+        ("doejane_12345_6789012_02_lora_layer.ipynb", "12345", "02_lora_layer"),
+        ("doejane_LATE_12345_6789012_02_lora_layer.ipynb", "12345", "02_lora_layer"),
+        ("smithbob_777_42_02_lora_layer-1.ipynb", "777", "02_lora_layer"),
+        ("extracted/subs/doejane_12345_6789012_02_lora_layer.ipynb", "12345", "02_lora_layer"),
+    ],
+)
+def test_the_canvas_pattern_reads_student_and_notebook_from_canvas_file_names(
+    name, student, file_id
+):
+    found = re.match(assignments.CANVAS_FILE_PATTERN, name)
+    assert found and (found["student_id"], found["file_id"]) == (student, file_id)
+
+
+def test_the_canvas_pattern_skips_other_files():
+    assert not re.match(assignments.CANVAS_FILE_PATTERN, "02_lora_layer.ipynb")
+    assert not re.match(assignments.CANVAS_FILE_PATTERN, "doejane_12345_678_notes.txt")
+
+
+def test_points_are_one_each_or_the_exercises_stars():
+    teacher = assignments.read_teacher(NOTEBOOK)
+    exercises = editions.find_exercises(teacher, NOTEBOOK)
+    assert set(assignments.exercise_points(teacher, exercises).values()) == {1}
+    stars = assignments.exercise_points(teacher, exercises, "stars")
+    headings = "\n".join(c.source for c in teacher.cells if c.cell_type == "markdown")
+    expected = [len(m) for m in re.findall(r"^#+\s*Exercise\b.*?\((★+)", headings, re.M)]
+    assert list(stars.values()) == expected and max(expected) > 1
+    source = assignments.nbgrader_notebook(teacher, NOTEBOOK, "stars")
+    points = [c.metadata["nbgrader"].get("points") for c in source.cells]
+    assert [p for p in points if p] == expected
+
+
+def test_feedback_pages_get_math_inside_instead_of_a_cdn(tmp_path, monkeypatch):
+    page = tmp_path / "ada" / "02_lora_layer" / "02_lora_layer.html"
+    page.parent.mkdir(parents=True)
+    cdn = '<script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.7/latest.js"></script>'
+    page.write_text(
+        f"<head><!-- Load mathjax -->{cdn}<!-- End of mathjax configuration --></head>"
+        "<body>$W_0 + BA$</body>"
+    )
+    monkeypatch.setattr(grading_course, "_tex_svg", lambda: "var MJ = '</script>';")
+    assert grading_course.offline_math(tmp_path, "02_lora_layer") == 1
+    html = page.read_text()
+    assert "cdnjs" not in html and "var MJ = '<\\/script>';" in html and "$W_0 + BA$" in html

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,7 +58,18 @@ c.Execute.timeout = {timeout}
 # A checker cell a student deleted is put back (and run) at autograde, not silently lost.
 c.OverwriteCells.add_missing_cells = True
 c.ClearSolutions.code_stub = {{"python": {stub!r}}}
+# nbgrader zip_collect: how your learning platform names the files in its download of all
+# submissions (TEACHING.md, step 3). This pattern is Canvas's; change it for another platform.
+c.FileNameCollectorPlugin.named_regexp = {pattern!r}
+c.FileNameCollectorPlugin.valid_ext = [".ipynb"]
 """
+# Canvas names each file in its "Download Submissions" zip
+# <lastfirst>_[LATE_]<user id>_<submission id>_<file name>[-<attempt>].ipynb; zip_collect passes
+# the full path, and adds .ipynb back to file_id.
+CANVAS_FILE_PATTERN = (
+    r"^(?:.*/)?[^/_]+_(?:LATE_)?(?P<student_id>\d+)_\d+_(?P<file_id>[^/]+?)(?:-\d+)?\.ipynb$"
+)
+STARS = re.compile(r"^#+\s*Exercise\b.*?\((★+)", re.M)
 
 
 def _cell_metadata(grade_id: str, *, solution=False, grade=False, locked=False, points=None):
@@ -74,9 +86,26 @@ def _cell_metadata(grade_id: str, *, solution=False, grade=False, locked=False, 
     return meta
 
 
-def nbgrader_notebook(nb, path: Path | str):
+def exercise_points(nb, exercises, weighting: str = "one") -> dict[str, int]:
+    """{exercise: points}: 1 each, or with ``weighting="stars"`` the stars of the exercise's
+    heading (``### Exercise 2.1: ... (★★, ~15 min)`` is worth 2), 1 where it has none."""
+    points = {}
+    for exercise in exercises:
+        stars = 0
+        if weighting == "stars":
+            for cell in reversed(nb.cells[: exercise.solution_cell]):
+                found = STARS.search(cell.source) if cell.cell_type == "markdown" else None
+                if found:
+                    stars = len(found.group(1))
+                    break
+        points[exercise.name] = stars or 1
+    return points
+
+
+def nbgrader_notebook(nb, path: Path | str, weighting: str = "one"):
     """A copy of a teacher's notebook with nbgrader's cell metadata and no outputs."""
     exercises = editions.find_exercises(nb, path)
+    points = exercise_points(nb, exercises, weighting)
     solutions = {e.solution_cell: e.name for e in exercises}
     checkers = {e.checker_cell: e.name for e in exercises}
     source = nbformat.from_dict(nbformat.reads(nbformat.writes(nb), as_version=4))
@@ -84,7 +113,8 @@ def nbgrader_notebook(nb, path: Path | str):
         if index in solutions:
             meta = _cell_metadata(f"solution_{solutions[index]}", solution=True)
         elif index in checkers:
-            meta = _cell_metadata(f"check_{checkers[index]}", grade=True, locked=True, points=1)
+            name = checkers[index]
+            meta = _cell_metadata(f"check_{name}", grade=True, locked=True, points=points[name])
         else:
             meta = _cell_metadata(f"cell_{cell.id}", locked=True)
         cell.metadata["nbgrader"] = meta
@@ -160,7 +190,12 @@ def _require_nbgrader() -> str:
     return nbgrader.__version__
 
 
-def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = None) -> dict:
+def build(
+    paths: list[Path],
+    course: Path = COURSE_DIR,
+    exchange: Path | None = None,
+    weighting: str = "one",
+) -> dict:
     """Write the course directory's config and source/, run generate_assignment.
 
     Returns {assignment id: (path, the teacher's notebook as read)}.
@@ -169,7 +204,9 @@ def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = 
     directory as it was.
     """
     teachers = {path.stem: (path, read_teacher(path)) for path in paths}
-    sources = {name: nbgrader_notebook(nb, path) for name, (path, nb) in teachers.items()}
+    sources = {
+        name: nbgrader_notebook(nb, path, weighting) for name, (path, nb) in teachers.items()
+    }
     version = _require_nbgrader()
     course.mkdir(parents=True, exist_ok=True)
     exchange = exchange or course / "exchange"
@@ -181,8 +218,10 @@ def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = 
         exchange=str(exchange.resolve()),
         timeout=CELL_TIMEOUT_S,
         stub="\n".join(editions.STUB_LINES),
+        pattern=CANVAS_FILE_PATTERN,
     )
     (course / "nbgrader_config.py").write_text(config)
+    grading_course.hidden_seed(course)  # made once, kept across rebuilds
     for assignment, nb in sources.items():
         folder = course / "source" / assignment
         shutil.rmtree(folder, ignore_errors=True)
@@ -304,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exchange", type=Path, help="a folder shared with students (default: COURSE/exchange)"
     )
+    parser.add_argument(
+        "--points", choices=["one", "stars"], default="one", help="build: points per exercise"
+    )
     parser.add_argument("--library", help="lora_np to grade with: a git revision or 'tree'")
     parser.add_argument("--workers", type=int, help="submissions graded at once (default: cores)")
     parser.add_argument(
@@ -336,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return 0
         course = args.course or COURSE_DIR
-        for assignment in build(paths, course, args.exchange):
+        for assignment in build(paths, course, args.exchange, args.points):
             print(f"{assignment}: release/{assignment}/{assignment}.ipynb")
         print(f"nbgrader course directory: {course} (see TEACHING.md)")
     except editions.EditionError as err:

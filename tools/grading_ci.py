@@ -6,13 +6,14 @@ teacher's solutions typed into the released notebook; ``untouched``), collect, g
 (``assignments.autograde``: each exercise in a fresh process against a pristine lora_np),
 feedback, ``grades.csv``. The solved submission must score full marks, the untouched one 0.
 
-On the notebooks in CASES_ON (02, three exercises, and 00, whose cheat the issue reported) more
+On the notebooks in CASES_ON (00, whose cheat the issue reported, and 02, three exercises) more
 submissions are put into ``submitted/`` as a teacher's ``zip_collect`` would: each cheat of
-issue 19 (must score 0 everywhere), the student edition, a duplicated cell, edited cell
-metadata, a function that ends Python, one that hangs (each graded correctly, with a message),
-and a notebook cut short (reported in problems.csv, no score in grades.csv, still feedback).
-The course is then graded a second time: every score must be the same (the poisoning
-submission changed nothing that grades the next).
+issue 19 (must score 0 on every exercise); on 02 also the student edition, a duplicated cell,
+edited cell metadata, a function that ends Python, one that hangs (each graded correctly, with a
+message; the hang stopped at the time limit), and a notebook cut short (reported in
+problems.csv, no score in grades.csv, still feedback). Then the solved and untouched
+submissions are graded again, after all the others: the same scores (the poisoning submission
+changed nothing that grades the next).
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ import nbformat
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import assignments  # noqa: E402
 import editions  # noqa: E402
+import grading  # noqa: E402
+import grading_course  # noqa: E402
 
-CASES_ON = ("00_autodiff", "02_lora_layer")
+CASES_ON = ("00_autodiff", "02_lora_layer")  # 00: the cheats; 02: the cheats and section 2
+ALL_CASES_ON = "02_lora_layer"
 TIME_LIMIT_S = 20.0  # per exercise: the hanging submission costs this, not Execute.timeout
 FULL, ZERO, PROBLEM = "full", "zero", "problem"
 
@@ -219,10 +223,22 @@ def grade_one(path: Path, course: Path) -> tuple[str, list[str]]:
     workers = max(1, (os.cpu_count() or 2) // 2)
     results, _ = assignments.autograde(assignment, course, None, workers, TIME_LIMIT_S)
     failures = _check(assignment, results, expected, n)
-    if assignment in CASES_ON:
-        again, _ = assignments.autograde(assignment, course, None, workers, TIME_LIMIT_S)
-        if _scores(again) != _scores(results):
-            failures.append(f"{assignment}: a second grading differs: {_scores(again)}")
+    if assignment in CASES_ON:  # after the poisoning submission: the next grades unchanged
+        teacher_nb = assignments.read_teacher(path)
+        exercises = editions.find_exercises(teacher_nb, path)
+        again = grading_course.grade_all(
+            course,
+            assignment,
+            teacher_nb,
+            exercises,
+            grading.PristineLibrary("HEAD" if assignments._is_git_checkout() else None),
+            TIME_LIMIT_S,
+            workers,
+            students={"solved", "untouched"},
+        )
+        first = {s: r for s, r in _scores(results).items() if s in again}
+        if _scores(again) != first:
+            failures.append(f"{assignment}: graded again, {_scores(again)} != {first}")
     failures += _check_outputs(course, assignment, expected)
     seconds = time.perf_counter() - start
     solved, untouched = (_total(results.get(s)) for s in ("solved", "untouched"))
@@ -249,9 +265,7 @@ def _check_outputs(course: Path, assignment: str, expected: dict) -> list[str]:
         elif "cdnjs" in feedback.read_text():
             failures.append(f"{assignment}: {student}'s feedback loads MathJax from a CDN")
     out = course / "grades.csv"
-    from grading_course import export
-
-    export(course, out)
+    grading_course.export(course, out)
     with out.open(newline="") as handle:
         rows = {row["student_id"]: row for row in csv.DictReader(handle)}
     for student, (outcome, _) in expected.items():

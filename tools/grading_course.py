@@ -69,8 +69,10 @@ def grade_all(
     library: grading.PristineLibrary,
     time_limit: float = grading.TIME_LIMIT_S,
     workers: int = 2,
+    students: set[str] | None = None,
 ) -> dict:
-    """{student: list of Verdict, or the reason the submission cannot be graded}."""
+    """{student: list of Verdict, or the reason the submission cannot be graded} (of every
+    student, or of ``students``)."""
     seed = hidden_seed(course)
 
     def one(item):
@@ -85,7 +87,9 @@ def grade_all(
             return student, str(err)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(pool.map(one, submissions(course, assignment).items()))
+        found = submissions(course, assignment)
+        chosen = {s: p for s, p in found.items() if students is None or s in students}
+        return dict(pool.map(one, chosen.items()))
 
 
 def record(course: Path, assignment: str, results: dict, exercises) -> list[tuple[str, str]]:
@@ -108,7 +112,10 @@ def record(course: Path, assignment: str, results: dict, exercises) -> list[tupl
                 grade = gradebook.find_grade(
                     f"check_{verdict.exercise}", assignment, assignment, student
                 )
-                grade.auto_score = verdict.score
+                # a weighted exercise (build --points stars) is worth its points when it passes
+                grade.auto_score = (
+                    None if verdict.score is None else verdict.score * grade.max_score
+                )
                 grade.manual_score = None
                 grade.needs_manual_grade = verdict.score is None
                 comment = gradebook.find_comment(
@@ -132,8 +139,12 @@ def _write_autograded(course, assignment, student, source, verdicts, timestamp) 
     for cell in nb.cells:
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
         by_id[grade_id] = cell
-    score = sum(v.score or 0 for v in verdicts)
-    lines = [f"## Your grade: {score:g} of {len(verdicts)}", ""]
+    passed = sum(v.score or 0 for v in verdicts)
+    lines = [f"## {passed} of {len(verdicts)} exercises passed", ""]
+    if all(v.status == "not graded" for v in verdicts):
+        reason = _escape(verdicts[0].message)
+        lines = [f"## Not graded: {reason}", "", "Your teacher has been told.", ""]
+        verdicts = []
     for verdict in verdicts:
         mark = "✓" if verdict.score else "✗"
         lines.append(f"- **{verdict.exercise}** {mark} {_escape(verdict.message)}")
@@ -219,8 +230,9 @@ def export(course: Path, out: Path) -> int:
                 except Exception:  # nbgrader's MissingEntry: nothing handed in
                     rows.append(row | {"status": "missing"})
                     continue
-                reason = problems.get((assignment.name, student.id))
-                ungraded = reason or any(n.needs_manual_grade for n in sub.notebooks)
+                # a problem the teacher has since graded by hand (formgrader) counts as graded
+                ungraded = any(n.needs_manual_grade for n in sub.notebooks)
+                reason = problems.get((assignment.name, student.id)) if ungraded else None
                 row |= {
                     "timestamp": sub.timestamp or "",
                     "seconds_late": f"{sub.total_seconds_late:g}",
