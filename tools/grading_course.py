@@ -27,6 +27,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -95,9 +96,12 @@ def grade_all(
 def record(course: Path, assignment: str, results: dict, exercises) -> list[tuple[str, str]]:
     """Write scores, comments, autograded notebooks and problems.csv; returns the problems."""
     from nbgrader.api import Gradebook
+    from sqlalchemy.exc import SAWarning
 
     source = nbformat.read(course / "source" / assignment / f"{assignment}.ipynb", as_version=4)
     problems = []
+    # nbgrader's update_or_create_submission warns through SQLAlchemy for each new submission
+    warnings.filterwarnings("ignore", category=SAWarning)
     with Gradebook(f"sqlite:///{(course / 'gradebook.db').resolve()}") as gradebook:
         for student, result in results.items():
             timestamp = _timestamp(course, student, assignment)
