@@ -116,6 +116,13 @@ CHEATS = {
         "    t = lambda a: None if a is None else Tensor(a)\n"
         "    return functional.lora_linear(t(x), t(W0), t(b), t(A), t(B), scaling).numpy()"
     },
+    "returns a lazy object that asks the library later": {
+        "merge": "def merge(W0, A, B, scaling):\n"
+        "    class Lazy:\n"
+        "        def __array__(self, dtype=None, copy=None):\n"
+        "            return ln.checks.layer.merge_reference(W0, A, B, scaling)\n"
+        "    return Lazy()"
+    },
     "patches the checker module from inside the function": {
         "merge": "def merge(W0, A, B, scaling):\n"
         "    import lora_np.checks._harness as h, lora_np.checks.layer as l\n"

@@ -167,14 +167,13 @@ def hidden_cases(seed: int):
             module.np = numpy
 
 
-def _materialised(value, library_types, numpy):
-    """The return value with anything not made by the library or NumPy turned into an array
-    while the traps are still armed (a lazy object must not call a reference later)."""
-    if value is None or type(value) in (int, float, complex, bool, str):
-        return value
+def _materialised(value, kept_types, numpy):
+    """The return value with anything not made by the library or NumPy (exact types, not
+    subclasses) turned into an array while the traps are still armed: a lazy object must not
+    call a reference later, from inside the checker."""
     if type(value) in (list, tuple):
-        return type(value)(_materialised(v, library_types, numpy) for v in value)
-    if type(value) in library_types or type(value).__module__.split(".")[0] == "numpy":
+        return type(value)(_materialised(v, kept_types, numpy) for v in value)
+    if value is None or type(value) in kept_types:
         return value
     return numpy.asarray(value)
 
@@ -187,13 +186,14 @@ def grade(job: dict) -> dict:
 
     name = job["exercise"]
     checker = _harness._REGISTRY[name][0]  # the original, held before any learner code runs
-    library_types = {
+    kept_types = {
         value
-        for _, module in _library_objects()
-        if _.split(".")[0] in LIBRARY_MODULES
+        for module_name, module in _library_objects()
+        if module_name.split(".")[0] in LIBRARY_MODULES
         for value in vars(module).values()
         if isinstance(value, type)
     }
+    kept_types |= {int, float, complex, bool, str, numpy.ndarray, *numpy.sctypeDict.values()}
     install_traps(_harness, name)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     for statement in job["prelude"]:  # the teacher's imports and helpers, each on its own
@@ -219,7 +219,7 @@ def grade(job: dict) -> dict:
         return {"score": 0, "status": "failed", "message": f"{name} is not defined"}
 
     def learners(*args, **kwargs):
-        return armed(lambda: _materialised(function(*args, **kwargs), library_types, numpy))
+        return armed(lambda: _materialised(function(*args, **kwargs), kept_types, numpy))
 
     learners.__name__ = name
     verdict = {"score": 1, "status": "passed", "message": ""}
