@@ -130,10 +130,13 @@ def tampered(before: dict, after: dict) -> list[str]:
 class _SeededRandom:
     """numpy.random, except that default_rng(seed) draws the hidden cases' numbers."""
 
+    draws = 0  # how many generators the hidden run made: 0 means it had nothing to vary
+
     def __init__(self, random, seed: int):
         self._random, self._seed = random, seed
 
     def default_rng(self, seed=None):
+        _SeededRandom.draws += 1
         return self._random.default_rng(None if seed is None else [seed, self._seed])
 
     def __getattr__(self, name):
@@ -237,7 +240,7 @@ def grade(job: dict) -> dict:
                 text = f"{name} tried to stop Python ({type(err).__name__})"
             verdict = {"score": 0, "status": "failed", "message": text + label}
             break
-    if verdict["score"]:
+    if verdict["score"] and _SeededRandom.draws:
         verdict["message"] += ", and the hidden cases too"
     if TrapState.calls:
         calls = ", ".join(sorted(set(TrapState.calls)))
