@@ -215,11 +215,11 @@ def grade_one(path: Path, course: Path) -> tuple[str, list[str]]:
     n = len(editions.find_exercises(teacher, path))
     expected = {"solved": (FULL, None), "untouched": (ZERO, None)}
     if assignment in CASES_ON:
-        for student, (notebook, outcome, failing) in _cases(
-            course, assignment, path, teacher
-        ).items():
-            _hand_in(course, assignment, student, notebook)
-            expected[student] = (outcome, failing)
+        cases = _cases(course, assignment, path, teacher)
+        for student, (notebook, outcome, failing) in cases.items():
+            if assignment == ALL_CASES_ON or student in CHEATS:
+                _hand_in(course, assignment, student, notebook)
+                expected[student] = (outcome, failing)
     workers = max(1, (os.cpu_count() or 2) // 2)
     results, _ = assignments.autograde(assignment, course, None, workers, TIME_LIMIT_S)
     failures = _check(assignment, results, expected, n)
