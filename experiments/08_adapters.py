@@ -248,7 +248,12 @@ def independent_job(job: tuple) -> tuple:
             if t == "swp" and seed == 0:  # seed 0's swp adapters are stored: load them
                 lora.load_adapter(model, folder(t + suffix, 0), adapter_name=t)
                 continue
-            if suffix:
+            kept = where / (t + suffix)
+            if t == "rot" and seed == 0 and (kept / "adapter_config.json").exists():
+                trained = transformer.load_pretrained()  # --resume: seed 0's kept adapter
+                lora.load_adapter(trained, kept)
+                trained.eval()
+            elif suffix:
                 trained = train_replay_adapter(
                     t, _POOL, seed=seed, init_seed=init if t == "rot" else None
                 )
@@ -256,7 +261,7 @@ def independent_job(job: tuple) -> tuple:
                 trained, _ = train_task_adapter(
                     t, seed=seed, init_seed=init if t == "rot" else None
                 )
-            saved = lora.save_adapter(trained, where / (t + suffix))
+            saved = lora.save_adapter(trained, kept)
             lora.load_adapter(model, saved, adapter_name=t)
             if t == "rot":
                 scores = {u: score(trained, u) for u in PAIR}
@@ -410,32 +415,47 @@ def main() -> None:
 
 def independent_main() -> None:
     """Rerun the combinations with independently initialised rot adapters (3 seeds); writes
-    ``independent_init.json`` and seed 0's rot adapters in ``INDEPENDENT_FOLDER``."""
+    ``independent_init.json`` after every seed (a rerun keeps the seeds stored and seed 0's kept
+    adapters) and seed 0's rot adapters in ``INDEPENDENT_FOLDER``."""
     started = time.perf_counter()
     shutil.rmtree(_TMP, ignore_errors=True)
     _POOL.update(base_answers_pool())
     workers = int(os.environ.get("WORKERS", "2"))
-    try:
-        if workers > 1:
-            with get_context("fork").Pool(
-                workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
-            ) as pool:
-                done = pool.map(any_job, [("independent", s) for s in SEEDS], chunksize=1)
-        else:
-            done = [any_job(("independent", s)) for s in SEEDS]
-    finally:
-        shutil.rmtree(_TMP, ignore_errors=True)
+    path = OUT / "independent_init.json"
     results = {
         "about": "the combinations of scores.json rerun with rot's adapters initialised "
         f"independently of swp's (A drawn with seed {INDEPENDENT_INIT} + s; data order "
         "unchanged); experiments/08_adapters.py --independent-init",
         "init_seed_offset": INDEPENDENT_INIT,
-        "seeds": {str(seed): out for seed, out in done},
-        "seconds": round(time.perf_counter() - started, 1),
+        "seeds": {},
+        "seconds": 0.0,
     }
-    text = json.dumps(results, indent=1, sort_keys=True) + "\n"
-    serialization.atomic_write(OUT / "independent_init.json", text.encode())
-    print(f"done in {results['seconds']:.0f} s; wrote {OUT / 'independent_init.json'}", flush=True)
+    if path.exists():  # --resume: keep the seeds already done
+        results = json.loads(path.read_text())
+    jobs = [("independent", s) for s in SEEDS if str(s) not in results["seeds"]]
+    before = results["seconds"]
+
+    def store(seed, out):  # after every seed: a partial rerun is usable
+        results["seeds"][str(seed)] = out
+        results["seeds"] = dict(sorted(results["seeds"].items()))
+        results["seconds"] = round(before + time.perf_counter() - started, 1)
+        text = json.dumps(results, indent=1, sort_keys=True) + "\n"
+        serialization.atomic_write(path, text.encode())
+        print(f"seed {seed} stored in {path}", flush=True)
+
+    try:
+        if workers > 1:
+            with get_context("fork").Pool(
+                workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
+            ) as pool:
+                for seed, out in pool.imap_unordered(any_job, jobs, chunksize=1):
+                    store(seed, out)
+        else:
+            for job in jobs:
+                store(*any_job(job))
+    finally:
+        shutil.rmtree(_TMP, ignore_errors=True)
+    print(f"done in {results['seconds']:.0f} s; wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
