@@ -27,6 +27,14 @@ held-out prompts (``data.exact_match(model, task, n=200)``, seed 1234). It write
     in float32): the learning-rate grid for each base on tuning seed 100 (mean training loss of
     the last 50 steps), the chosen rates, and seeds 0-2 at the chosen rate;
 
+``--independent-init [seeds]`` reruns the swp + rot combinations with rot's adapters started
+from an A of their own (seed ``INDEPENDENT_INIT`` + s) instead of swp's: it writes
+``independent_init.json`` beside scores.json and seed 0's rot adapters in
+``lora_np/results/08_independent_init/`` (reused if present). Per seed it trains up to four
+adapters and scores 14 adapters and combinations on 7 tasks. Only seed 0's rot adapters are
+committed so far (notebook 08 measures their overlap with swp's); the combination scores of
+this rerun are not.
+
 Workers: 2 processes (WORKERS=1 for one), one BLAS thread each, so a run repeats bit for bit on
 one machine. Took 15 minutes (886 s, ``seconds`` in scores.json) on a 2-core machine shared
 with another experiment; about half that on a quiet one.
@@ -317,8 +325,8 @@ def tune(run, base: str, losses: dict) -> tuple:
 
 def main() -> None:
     ln.backend.set_blas_threads(1)  # one BLAS thread: bit-reproducible runs
-    if sys.argv[1:] == ["--independent-init"]:
-        return independent_main()
+    if sys.argv[1:2] == ["--independent-init"]:  # optionally followed by seeds: 0 1
+        return independent_main([int(s) for s in sys.argv[2:]] or list(SEEDS))
     if sys.argv[1:]:
         raise SystemExit(f"unknown arguments {sys.argv[1:]}; expected none or --independent-init")
     started = time.perf_counter()
@@ -413,8 +421,8 @@ def main() -> None:
     print(f"done in {results['seconds']:.0f} s; wrote {OUT}", flush=True)
 
 
-def independent_main() -> None:
-    """Rerun the combinations with independently initialised rot adapters (3 seeds); writes
+def independent_main(seeds: list) -> None:
+    """Rerun the combinations with independently initialised rot adapters (``seeds``); writes
     ``independent_init.json`` after every seed (a rerun keeps the seeds stored and seed 0's kept
     adapters) and seed 0's rot adapters in ``INDEPENDENT_FOLDER``."""
     started = time.perf_counter()
@@ -432,7 +440,7 @@ def independent_main() -> None:
     }
     if path.exists():  # --resume: keep the seeds already done
         results = json.loads(path.read_text())
-    jobs = [("independent", s) for s in SEEDS if str(s) not in results["seeds"]]
+    jobs = [("independent", s) for s in seeds if str(s) not in results["seeds"]]
     before = results["seconds"]
 
     def store(seed, out):  # after every seed: a partial rerun is usable
