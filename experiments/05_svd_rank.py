@@ -8,7 +8,10 @@ the helpers that read the results back live in ``lora_np/svd_rank.py``:
    only what the task asked for), from which ΔW of every block Linear is stored in float16;
    two more seeds of it (data order) are scored and summarised in the JSON, not stored;
 2. LoRA on q and v with r = 8 (seed 0), r = 64 (seed 0) and r = 64 (seed 1), stored as
-   PEFT-layout adapter folders (``lora_np.lora.save_adapter``).
+   PEFT-layout adapter folders (``lora_np.lora.save_adapter``);
+3. the same LoRA recipe at r = 8 and r = 64 on an unrelated task (``CROSS_TASK``, swp) from
+   inits of their own: the cross-task null of notebook 05's subspace similarity. Alone:
+   ``05_svd_rank.py --cross-task`` (about 2 minutes) adds them to an existing JSON.
 
 It also scores the model with every block matrix replaced by W0 + (the best rank-r
 approximation of ΔW) for r in RANKS, the other (non-matrix) parameters kept fine-tuned.
@@ -19,6 +22,7 @@ Writes into the package's results folder, lora_np/results/ (``lora_np.results``)
     05_full_ft_other.safetensors     fine-tuned values of every parameter that is not a block
                                      Linear weight (embeddings, LayerNorms, biases, head)
     05_lora_{r8_s0,r64_s0,r64_s1}/   adapter_config.json + adapter_model.safetensors
+    05_cross_task_A.safetensors      the cross-task adapters' A matrices (float16)
 
 Run from a clone with the editable install (``make experiments``, or
 ``.venv/bin/python experiments/05_svd_rank.py``): about 5 minutes on one core.
@@ -27,6 +31,7 @@ Run from a clone with the editable install (``make experiments``, or
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +39,7 @@ import numpy as np
 from safetensors.numpy import save as safetensors_bytes
 
 import lora_np as ln
-from lora_np import lora, serialization, transformer
+from lora_np import data, lora, serialization, train, transformer
 from lora_np.results import FOLDER as RESULTS
 from lora_np.svd_rank import (
     BATCH,
@@ -69,7 +74,58 @@ def save_arrays(path: Path, arrays: dict) -> None:
     )
 
 
+# --cross-task: the same LoRA recipe on an unrelated task, from inits of their own: the null
+# level of φ for "two adapters of this model that share no task" (notebook 05, section 4)
+CROSS_TASK = "swp"  # a routing rule (swap adjacent letters); sub is a letter table
+CROSS_SEED = 7  # data order; A from lora_init_seed(r, 7), unlike every sub run's
+CROSS_RANKS = (8, 64)
+CROSS_FILE = "05_cross_task_A.safetensors"  # "r{r}.blocks.{i}.attn.{q,v}.A" -> (r, 128) float16
+
+
+def cross_task_adapter(r: int):
+    """LoRA on q, v (05's recipe: alpha 16, lr 3e-3, 1000 steps) trained on CROSS_TASK."""
+    model = transformer.load_pretrained()
+    ln.manual_seed(lora_init_seed(r, CROSS_SEED))
+    lora.inject(model, LORA["targets"], r, alpha=LORA["alpha"])
+    history = train.train(
+        model,
+        data.batches(CROSS_TASK, BATCH, seed=CROSS_SEED),
+        steps=LORA["steps"],
+        lr=LORA["lr"],
+        progress=False,
+    )
+    return model.eval(), history
+
+
+def cross_task_main() -> None:
+    """Train and store the cross-task adapters; add their entry to the existing JSON."""
+    ln.backend.set_blas_threads(1)
+    results = json.loads(JSON_PATH.read_text())
+    entry = {"task": CROSS_TASK, "seed": CROSS_SEED, "file": CROSS_FILE, "runs": {}}
+    arrays = {}  # only the A matrices, float16: φ needs nothing else (results budget: 3 MiB)
+    for r in CROSS_RANKS:
+        model, history = cross_task_adapter(r)
+        for name, layer in lora.lora_layers(model):
+            arrays[f"r{r}.{name}.A"] = ln.to_numpy(layer.A.data).astype(np.float16)  # (r, k)
+        entry["runs"][f"r{r}"] = {
+            "r": r,
+            "init_seed": lora_init_seed(r, CROSS_SEED),
+            "exact_match": data.exact_match(model, CROSS_TASK, n=EVAL_N),
+            "train_seconds": round(history["train_seconds"], 1),
+            "final_loss": round(history["loss"][-1], 5),
+        }
+        print(f"cross-task LoRA r = {r} on {CROSS_TASK}: {entry['runs'][f'r{r}']}", flush=True)
+    save_arrays(RESULTS / CROSS_FILE, arrays)
+    results["cross_task"] = entry
+    text = json.dumps(results, indent=1, sort_keys=True) + "\n"
+    serialization.atomic_write(JSON_PATH, text.encode())
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--cross-task"]:
+        return cross_task_main()
+    if sys.argv[1:]:
+        raise SystemExit(f"unknown arguments {sys.argv[1:]}; expected none or --cross-task")
     threads = ln.backend.set_blas_threads(1)  # one BLAS thread: bit-reproducible runs
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -149,6 +205,7 @@ def main() -> None:
     results["script_seconds"] = round(time.perf_counter() - started, 1)
     JSON_PATH.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     print(f"wrote {JSON_PATH} ({results['script_seconds']:.0f} s in all)")
+    cross_task_main()  # 4. the cross-task adapters, added to the JSON
 
 
 if __name__ == "__main__":

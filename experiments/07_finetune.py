@@ -153,11 +153,14 @@ def base_score(task: str) -> float:
     return data.exact_match(model, task, n=EVAL_N, seed=EVAL_SEED)
 
 
-def run(task, method, targets=None, r=None, steps=None, schedule="cosine", *, seed, lr) -> dict:
-    """Train one configuration at peak rate ``lr`` with ``seed`` and measure it; one row."""
-    started = time.perf_counter()
-    config = _config(task, method, targets, r, steps, schedule)
-    steps = config["steps"]
+def train_config(config: dict, *, seed: int, lr: float):
+    """Train ``config`` (a ``_config`` dict) at peak rate ``lr`` with ``seed``.
+
+    Returns ``(model, optimizer, history, alpha, warmup)``; ``run`` measures what it returns,
+    and experiments/07_heldout_loss.py reuses it to add a held-out loss.
+    """
+    task, method, steps, schedule = (config[k] for k in ("task", "method", "steps", "schedule"))
+    r = config["r"]
     ln.manual_seed(seed)  # draws the adapters' A
     model = transformer.load_pretrained()
     alpha = None
@@ -168,7 +171,6 @@ def run(task, method, targets=None, r=None, steps=None, schedule="cosine", *, se
         model.requires_grad_(True)
     else:
         raise ValueError(f"unknown method {method!r}; expected 'lora' or 'full'")
-    trainable, _ = lora.count_parameters(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optim.AdamW(params, lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
     warmup = warmup_steps(steps, schedule)
@@ -183,6 +185,16 @@ def run(task, method, targets=None, r=None, steps=None, schedule="cosine", *, se
         schedule=schedule,
         progress=False,
     )
+    return model, opt, history, alpha, warmup
+
+
+def run(task, method, targets=None, r=None, steps=None, schedule="cosine", *, seed, lr) -> dict:
+    """Train one configuration at peak rate ``lr`` with ``seed`` and measure it; one row."""
+    started = time.perf_counter()
+    config = _config(task, method, targets, r, steps, schedule)
+    steps = config["steps"]
+    model, opt, history, alpha, warmup = train_config(config, seed=seed, lr=lr)
+    trainable, _ = lora.count_parameters(model)
     with tempfile.TemporaryDirectory() as tmp:
         if method == "lora":
             disk = folder_bytes(lora.save_adapter(model, Path(tmp) / "adapter"))

@@ -27,6 +27,14 @@ held-out prompts (``data.exact_match(model, task, n=200)``, seed 1234). It write
     in float32): the learning-rate grid for each base on tuning seed 100 (mean training loss of
     the last 50 steps), the chosen rates, and seeds 0-2 at the chosen rate;
 
+``--independent-init [seeds]`` reruns the swp + rot combinations with rot's adapters started
+from an A of their own (seed ``INDEPENDENT_INIT`` + s) instead of swp's: it writes
+``independent_init.json`` beside scores.json and seed 0's rot adapters in
+``lora_np/results/08_independent_init/`` (reused if present). Per seed it trains up to four
+adapters and scores 14 adapters and combinations on 7 tasks. Only seed 0's rot adapters are
+committed so far (notebook 08 measures their overlap with swp's); the combination scores of
+this rerun are not.
+
 Workers: 2 processes (WORKERS=1 for one), one BLAS thread each, so a run repeats bit for bit on
 one machine. Took 15 minutes (886 s, ``seconds`` in scores.json) on a 2-core machine shared
 with another experiment; about half that on a quiet one.
@@ -71,6 +79,12 @@ QLORA_BASES = ("float", "nf4")
 QLORA_GRID = (1e-3, 3e-3, 1e-2, 3e-2)  # extended by x3 steps while the best sits on an edge
 QLORA_TUNING_SEED = 100  # chooses the learning rate; never reported
 QLORA_TUNING_WINDOW = 50  # mean training loss over the last 50 steps
+# --independent-init: rot's adapters of seed s draw their A with seed INDEPENDENT_INIT + s
+# (the main run seeds every adapter of seed s with s, so swp and rot start from the same A)
+INDEPENDENT_INIT = 1000
+# seed 0's independently initialised rot and rot_replay adapters (beside 08_adapters/, whose
+# folder list is fixed)
+INDEPENDENT_FOLDER = RESULTS_FOLDER / "08_independent_init"
 
 _TMP = Path(tempfile.gettempdir()) / "lora_np_08_adapters"  # seeds 1, 2's adapters, then deleted
 _POOL: dict = {}  # the replay pool, filled in the parent before the workers fork
@@ -92,9 +106,13 @@ def folder(name: str, seed: int) -> Path:
 # ---------------------------------------------------------------------------- adapters
 
 
-def fresh_lora(seed: int, base: str = "float"):
-    """The shipped base (NF4-quantised when base="nf4", head kept float32) with a fresh LoRA."""
-    ln.manual_seed(seed)
+def fresh_lora(seed: int, base: str = "float", init_seed: int | None = None):
+    """The shipped base (NF4-quantised when base="nf4", head kept float32) with a fresh LoRA.
+
+    ``init_seed`` draws the LoRA's A (default: ``seed``, so every adapter of one seed starts
+    from the same A; ``--independent-init`` gives rot's adapters their own).
+    """
+    ln.manual_seed(seed if init_seed is None else init_seed)
     model = transformer.load_pretrained()
     if base == "nf4":
         quantized.quantize_model(model, kind="nf4", double_quant=True)
@@ -102,10 +120,12 @@ def fresh_lora(seed: int, base: str = "float"):
     return model
 
 
-def train_task_adapter(task: str, steps: int = STEPS, seed: int = 0, base="float", lr=LR):
+def train_task_adapter(
+    task: str, steps: int = STEPS, seed: int = 0, base="float", lr=LR, init_seed=None
+):
     """A fresh base with one LoRA (r=8 on q, v) trained on ``task`` alone; returns
     (model in eval mode, training history)."""
-    model = fresh_lora(seed, base)
+    model = fresh_lora(seed, base, init_seed)
     history = train.train(
         model, data.batches(task, BATCH, seed=seed), steps=steps, lr=lr, progress=False
     )
@@ -123,11 +143,13 @@ def base_answers_pool(n: int = 256) -> dict:
     return pool
 
 
-def train_replay_adapter(task: str, pool: dict, steps: int = REPLAY_STEPS, seed: int = 0):
+def train_replay_adapter(
+    task: str, pool: dict, steps: int = REPLAY_STEPS, seed: int = 0, init_seed=None
+):
     """Like ``train_task_adapter``, but each batch of 32 is 16 examples of ``task``, 8 of the
     pretraining mixture and 8 prompts of the *other* downstream tasks answered as the base
     answers them: the adapter is told what not to change."""
-    model = fresh_lora(seed)
+    model = fresh_lora(seed, init_seed=init_seed)
     others = [t for t in REPLAY_POOL_TASKS if t != task]
     rng = np.random.default_rng([seed, 8])
 
@@ -216,10 +238,64 @@ def qlora_job(job: tuple) -> dict:
     return out
 
 
+def independent_job(job: tuple) -> tuple:
+    """(seed,): the ``--independent-init`` rerun of one seed's combinations.
+
+    swp's task and replay adapters as in the main run (init seed = seed); rot's with their own
+    A (init seed ``INDEPENDENT_INIT + seed``), the same data order. Seed 0's rot adapters are
+    kept in ``INDEPENDENT_FOLDER``; returns (seed, {"rot": scores, "rot_replay": scores,
+    "combine": {"plain": ..., "replay": ...}}), the combinations as ``combine_job`` scores them.
+    """
+    (seed,) = job
+    where = INDEPENDENT_FOLDER if seed == 0 else _TMP / f"independent{seed}"
+    init = INDEPENDENT_INIT + seed
+    out: dict = {"combine": {}}
+    for suffix in ("", "_replay"):
+        model = transformer.load_pretrained()
+        for t in PAIR:
+            if t == "swp" and seed == 0:  # seed 0's swp adapters are stored: load them
+                lora.load_adapter(model, folder(t + suffix, 0), adapter_name=t)
+                continue
+            kept = where / (t + suffix)
+            if t == "rot" and seed == 0 and (kept / "adapter_config.json").exists():
+                trained = transformer.load_pretrained()  # --resume: seed 0's kept adapter
+                lora.load_adapter(trained, kept)
+                trained.eval()
+            elif suffix:
+                trained = train_replay_adapter(
+                    t, _POOL, seed=seed, init_seed=init if t == "rot" else None
+                )
+            else:
+                trained, _ = train_task_adapter(
+                    t, seed=seed, init_seed=init if t == "rot" else None
+                )
+            saved = lora.save_adapter(trained, kept)
+            lora.load_adapter(model, saved, adapter_name=t)
+            if t == "rot":
+                scores = {u: score(trained, u) for u in PAIR}
+                out[t + suffix] = scores | {"pretrain": pretrain_mean(trained)}
+        for how in COMBOS:
+            if how.startswith("ties_svd"):
+                density = int(how.rsplit("_", 1)[1]) / 100
+                lora.combine_adapters(
+                    model, list(PAIR), [1.0, 1.0], "ties_svd", how, density=density
+                )
+            else:
+                lora.combine_adapters(model, list(PAIR), [1.0, 1.0], how=how, new_name=how)
+        result = {}
+        for name in list(PAIR) + list(COMBOS):
+            lora.set_adapter(model, name)
+            result[name] = {t: score(model, t) for t in PAIR} | {"pretrain": pretrain_mean(model)}
+        out["combine"]["replay" if suffix else "plain"] = result
+        print(f"  independent init, seed {seed}, {suffix or 'plain'}: done", flush=True)
+    return seed, out
+
+
 def any_job(job: tuple):
     """Dispatch for the worker pool: (what, *arguments)."""
     what, *args = job
-    return {"adapter": adapter_job, "combine": combine_job, "qlora": qlora_job}[what](tuple(args))
+    jobs = {"adapter": adapter_job, "combine": combine_job, "qlora": qlora_job}
+    return (jobs | {"independent": independent_job})[what](tuple(args))
 
 
 # ---------------------------------------------------------------------------- main
@@ -249,8 +325,10 @@ def tune(run, base: str, losses: dict) -> tuple:
 
 def main() -> None:
     ln.backend.set_blas_threads(1)  # one BLAS thread: bit-reproducible runs
+    if sys.argv[1:2] == ["--independent-init"]:  # optionally followed by seeds: 0 1
+        return independent_main([int(s) for s in sys.argv[2:]] or list(SEEDS))
     if sys.argv[1:]:
-        raise SystemExit(f"unknown arguments {sys.argv[1:]}; expected none")
+        raise SystemExit(f"unknown arguments {sys.argv[1:]}; expected none or --independent-init")
     started = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(_TMP, ignore_errors=True)
@@ -341,6 +419,51 @@ def main() -> None:
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_scores(results)
     print(f"done in {results['seconds']:.0f} s; wrote {OUT}", flush=True)
+
+
+def independent_main(seeds: list) -> None:
+    """Rerun the combinations with independently initialised rot adapters (``seeds``); writes
+    ``independent_init.json`` after every seed (a rerun keeps the seeds stored and seed 0's kept
+    adapters) and seed 0's rot adapters in ``INDEPENDENT_FOLDER``."""
+    started = time.perf_counter()
+    shutil.rmtree(_TMP, ignore_errors=True)
+    _POOL.update(base_answers_pool())
+    workers = int(os.environ.get("WORKERS", "2"))
+    path = OUT / "independent_init.json"
+    results = {
+        "about": "the combinations of scores.json rerun with rot's adapters initialised "
+        f"independently of swp's (A drawn with seed {INDEPENDENT_INIT} + s; data order "
+        "unchanged); experiments/08_adapters.py --independent-init",
+        "init_seed_offset": INDEPENDENT_INIT,
+        "seeds": {},
+        "seconds": 0.0,
+    }
+    if path.exists():  # --resume: keep the seeds already done
+        results = json.loads(path.read_text())
+    jobs = [("independent", s) for s in seeds if str(s) not in results["seeds"]]
+    before = results["seconds"]
+
+    def store(seed, out):  # after every seed: a partial rerun is usable
+        results["seeds"][str(seed)] = out
+        results["seeds"] = dict(sorted(results["seeds"].items()))
+        results["seconds"] = round(before + time.perf_counter() - started, 1)
+        text = json.dumps(results, indent=1, sort_keys=True) + "\n"
+        serialization.atomic_write(path, text.encode())
+        print(f"seed {seed} stored in {path}", flush=True)
+
+    try:
+        if workers > 1:
+            with get_context("fork").Pool(
+                workers, initializer=ln.backend.set_blas_threads, initargs=(1,)
+            ) as pool:
+                for seed, out in pool.imap_unordered(any_job, jobs, chunksize=1):
+                    store(seed, out)
+        else:
+            for job in jobs:
+                store(*any_job(job))
+    finally:
+        shutil.rmtree(_TMP, ignore_errors=True)
+    print(f"done in {results['seconds']:.0f} s; wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
