@@ -169,7 +169,11 @@ def load(folder, adapters_to_load=None, active=None, is_trainable: bool = False)
     unless ``is_trainable`` (then the active adapter is). Everything is read and checked before
     the model is returned; an error names the folder and what does not fit.
     """
-    folder = Path(folder)
+    with _same_random_state():  # (load_adapter may draw a throw-away initial A)
+        return _load(Path(folder), adapters_to_load, active, is_trainable)
+
+
+def _load(folder: Path, adapters_to_load, active, is_trainable: bool) -> GPT:
     model = load_base(folder)
     if adapters_to_load is None:
         adapters_to_load = sorted(
