@@ -28,6 +28,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import notebook_requires
 import site_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def stage(stage_dir: Path) -> list[str]:
     """Write the Sphinx source folder; returns the page names (notebooks, then TEACHING)."""
-    notebooks = sorted(NOTEBOOKS.glob(COURSE_GLOB))
+    notebooks = notebook_requires.runnable(sorted(NOTEBOOKS.glob(COURSE_GLOB)))
     if not notebooks:
         raise SystemExit(f"build_site: no notebooks matching {COURSE_GLOB} in {NOTEBOOKS}")
     if stage_dir.exists():

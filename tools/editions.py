@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import notebook_requires
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -395,10 +396,11 @@ def recorded_exercises(student, path: Path | str) -> list[Exercise]:
 
 
 def select(patterns: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
-    """The course notebooks named by numbers or names (all of them when empty), sorted."""
+    """The course notebooks named by numbers or names (all of them when empty), sorted; those
+    that need packages this environment lacks are left out with a line on stderr."""
     course = sorted(folder.glob(COURSE_GLOB))
     if not patterns:
-        return course
+        return notebook_requires.runnable(course, say=_say)
     chosen = set()
     for pattern in patterns:
         stem = f"{int(pattern):02d}_" if pattern.isdigit() else Path(pattern).stem
@@ -407,7 +409,11 @@ def select(patterns: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
             known = ", ".join(path.name for path in course) or "none"
             raise SystemExit(f"no notebook in {folder} matches {pattern!r} (found: {known})")
         chosen.update(matches)
-    return sorted(chosen)
+    return notebook_requires.runnable(sorted(chosen), say=_say)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _digest(text: str) -> str:
