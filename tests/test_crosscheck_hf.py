@@ -8,6 +8,9 @@ largest difference on 64 prompts is about 5e-5.
 
 from __future__ import annotations
 
+import importlib
+import os
+
 import numpy as np
 import pytest
 
@@ -23,6 +26,10 @@ STEPS = 20
 
 @pytest.fixture(scope="module")
 def transformers():
+    """transformers, skipped when missing, except under `make crosscheck` (where a skip would
+    let the proofs pass without running): there the import error fails the test."""
+    if os.environ.get("LORA_NP_CROSSCHECK", "") == "1":
+        return importlib.import_module("transformers")
     return pytest.importorskip("transformers")
 
 
@@ -38,11 +45,9 @@ def torch_logits(torch, model, idx):
 def with_adapter(model, seed=0):
     """rsLoRA on q, v, fc1 and the head with a rank and an alpha pattern (v at r=2, the head
     at alpha 3), every B random so that the adapter changes every output."""
-    lora.inject(model, ["q", "fc", "head"], r=4, alpha=8, rslora=True)
+    lora.inject(model, ["q", "fc"], r=4, alpha=8, rslora=True)
     lora.inject(model, ["v"], r=2, alpha=8, rslora=True)
-    model.get_submodule("head").active.alpha = 3.0  # (alpha is read when exported)
-    layer = model.get_submodule("head")
-    layer.active.scaling = layer.active.trained_scaling
+    lora.inject(model, ["head"], r=4, alpha=3, rslora=True)
     rng = np.random.default_rng(seed)
     for _, layer in lora.lora_layers(model):
         layer.B.data = (0.05 * rng.standard_normal(layer.B.shape)).astype("float32")
