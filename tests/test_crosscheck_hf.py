@@ -144,12 +144,12 @@ def test_greedy_generate_gives_the_same_tokens(torch, transformers, peft, tmp_pa
     hf.export(model, tmp_path / "out")
     base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     peft_model = peft.PeftModel.from_pretrained(base, tmp_path / "out" / "swp", adapter_name="swp")
-    prompts = [p for p, _ in data.make_examples("swp", 8, seed=5, split="test")]
-    prompts += [p for p, _ in data.make_examples("rev", 8, seed=5, split="test")]
+    prompts = [p for p, _ in data.make_examples("swp", 6, seed=5, split="test")]
+    prompts += [p for p, _ in data.make_examples("rev", 6, seed=5, split="test")]
     for use_adapter in (True, False):
         for prompt in prompts:
             ids = np.array([data.encode(prompt)])
-            new = 64 - ids.shape[1]
+            new = 16  # past every answer's end token: the models go on writing
             if use_adapter:
                 ours = model.generate(ids, new)
             else:

@@ -359,3 +359,21 @@ def test_names_map_both_ways():
     assert hf.to_opt("blocks.3.mlp.proj") == "model.decoder.layers.3.fc2"
     with pytest.raises(ValueError, match="blocks.0.attn.x"):
         hf.to_opt("blocks.0.attn.x")
+
+
+def test_a_saved_head_weight_must_be_the_models(tmp_path):
+    """PEFT saves the weight of a targeted lm_head beside the adapter: the same weight as the
+    model's loads; another one means another base, refused by name."""
+    model = small_gpt()
+    lora.inject(model, ["head"], r=2, alpha=2)
+    folder = exported(tmp_path, model)
+    path = folder / "default" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    head = hf.base_state(model)["head.weight"]
+    save_file({**tensors, "base_model.model.lm_head.base_layer.weight": head}, path)
+    assert hf.load_peft_adapter(small_gpt(), folder / "default") == ["head"]
+    save_file({**tensors, "base_model.model.lm_head.base_layer.weight": head + 1}, path)
+    fresh = small_gpt()
+    with pytest.raises(ValueError, match="base weights for head that differ"):
+        hf.load_peft_adapter(fresh, folder / "default")
+    assert not lora.lora_layers(fresh)

@@ -16,12 +16,14 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from .. import lora, nn
+from .. import backend, lora, nn
 from ..serialization import safetensors_bytes
 from ..transformer import GPT, GPTConfig
 from . import files, names
 
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
+# PEFT also saves the weight of a targeted output layer (save_embedding_layers="auto").
+_BASE_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.base_layer\.weight$")
 
 # PEFT options lora_np cannot honour: a loaded model would compute something else.
 _UNSUPPORTED_TRUE = ("use_dora", "lora_bias", "fan_in_fan_out")
@@ -162,16 +164,21 @@ def _check_targets(config: dict, gpt: GPTConfig, where: Path) -> list:
 
 
 def translate(folder, gpt: GPTConfig) -> tuple:
-    """(lora_np adapter_config dict, {lora_np key: array}) for a PEFT folder of the OPT model;
-    everything lora_np cannot express raises a ValueError naming it."""
+    """(lora_np adapter_config dict, {lora_np key: array}, {lora_np layer: base weight}) for a
+    PEFT folder of the OPT model; everything lora_np cannot express raises a ValueError naming
+    it. The base weights are those PEFT saved beside the adapter (a targeted ``lm_head``)."""
     folder = Path(folder)
     config = files.read_json(folder / lora.CONFIG_NAME)
     _check_options(config, folder / lora.CONFIG_NAME)
     tensors = files.read_float_tensors(folder / lora.WEIGHTS_NAME)
     selected = _check_targets(config, gpt, folder / lora.CONFIG_NAME)
-    renamed, unknown = {}, []
+    renamed, unknown, bases = {}, [], {}
     for key, array in tensors.items():
         found = _KEY.match(key)
+        base = _BASE_KEY.match(key)
+        if base is not None and base["module"] in selected:
+            bases[names.from_opt(base["module"])] = array
+            continue
         if found is None or found["module"] not in selected:
             unknown.append(key)
             continue
@@ -197,7 +204,26 @@ def translate(folder, gpt: GPTConfig) -> tuple:
         "init_lora_weights": True,
         "base_model_name_or_path": None,
     }
-    return ours, renamed
+    return ours, renamed, bases
+
+
+def _check_bases(model: GPT, bases: dict, folder: Path) -> None:
+    """PEFT's copy of a base weight must be the model's: else the adapter is for another base."""
+    modules = dict(model.named_modules())
+    differ = []
+    for name, array in bases.items():
+        layer = modules[name]
+        weight = (layer.base if isinstance(layer, lora.LoRALinear) else layer).weight.data
+        if (
+            tuple(array.shape) != tuple(weight.shape)
+            or not (backend.to_numpy(weight) == array).all()
+        ):
+            differ.append(name)
+    if differ:
+        raise ValueError(
+            f"{folder / lora.WEIGHTS_NAME} holds base weights for {', '.join(differ)} that differ "
+            "from this model's: the adapter was trained on another base"
+        )
 
 
 def load_peft_adapter(
@@ -212,7 +238,8 @@ def load_peft_adapter(
     if not isinstance(model, GPT):
         raise TypeError(f"load_peft_adapter needs lora_np's GPT, got {type(model).__name__}")
     folder = Path(folder)
-    config, tensors = translate(folder, model.config)
+    config, tensors, bases = translate(folder, model.config)
+    _check_bases(model, bases, folder)
     with tempfile.TemporaryDirectory(prefix="lora_np-peft-") as tmp:
         staged = Path(tmp) / "adapter"
         staged.mkdir()
