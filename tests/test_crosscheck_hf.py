@@ -281,3 +281,25 @@ def test_twenty_adamw_steps_match_in_both_directions(torch, transformers, peft, 
         np.testing.assert_allclose(
             trained_theirs[key], array, rtol=0, atol=1e-4 * scale, err_msg=key
         )
+
+
+def test_differences_that_remain_are_pinned(torch, transformers, peft, tmp_path):
+    """Two differences a PEFT user meets, pinned: (1) transformers shifts ``labels`` inside the
+    model, lora_np's GPT takes targets already shifted; (2) PEFT's parameter total counts OPT's
+    two unused position rows (2 x n_embd more), while the trainable counts agree."""
+    model = load_pretrained()
+    lora.inject(model, ["q", "v"], r=8, alpha=16)
+    hf.export(model, tmp_path / "out")
+    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    peft_model = peft.PeftModel.from_pretrained(
+        base, tmp_path / "out" / "default", is_trainable=True
+    )
+    idx = random_prompts(n=8, T=16)
+    targets = np.full_like(idx, -100)
+    targets[:, :-1] = idx[:, 1:]  # lora_np: the target at position t is the token at t + 1
+    with torch.no_grad():
+        theirs = peft_model(torch.from_numpy(idx), labels=torch.from_numpy(idx)).loss.item()
+    ours = model(idx, targets)[1].item()
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    assert lora.count_parameters(model) == (trainable, total - 2 * model.config.n_embd)
