@@ -16,6 +16,7 @@
 #   make pretrain    pretrain the tiny GPT used by the later notebooks
 #   make experiments rerun the long experiments whose results notebooks 05, 07, 08 load
 #   make site        build the course website into build/site/ from the stored notebooks
+#                    (with solutions; SOLUTIONS=0: for learners, without)
 #   make site-test   test build/site/ in headless Chromium; screenshots in build/site-test/
 #   make clean       remove .venv and caches
 
@@ -118,16 +119,18 @@ experiments: $(VENV)/.installed
 		echo "== $$script"; $(BIN)/python $$script; \
 	done
 
-# The website renders the stored notebooks without running them. When `make student` exists,
-# its student edition is built first so that each page can link it.
+# The website renders the stored notebooks without running them; each page offers its
+# notebook's student edition (and, with solutions, the teacher's). The default build shows the
+# solutions, folded, and says so on every page; SOLUTIONS=0 builds the site to hand to learners.
+# REPOSITORY=URL sets the clone address on the home page (default: pyproject's project.urls).
 .PHONY: site site-test
 $(VENV)/.site: $(VENV)/.installed
 	$(BIN)/python -m pip install -e ".[site]"
 	touch $@
 
 site: $(VENV)/.site
-	@if $(MAKE) -n student >/dev/null 2>&1; then $(MAKE) student; fi
-	$(BIN)/python tools/build_site.py
+	$(BIN)/python tools/build_site.py $(if $(filter 0,$(SOLUTIONS)),--no-solutions) \
+		$(if $(REPOSITORY),--repository "$(REPOSITORY)")
 
 site-test: $(VENV)/.site
 	$(BIN)/pytest tests/test_site.py -q -p no:cacheprovider

@@ -40,12 +40,19 @@ Which path runs:
 
 * ``threads=1``, or the CuPy backend (and ``numpy-strict``, its stand-in in tests): the
   plain path, one pass over the whole batch (exactly ``model(idx, targets)`` then
-  ``loss.backward()``). Threads do not help a GPU: its kernels already run in parallel, and
-  they queue on one stream.
+  ``loss.backward()``, all or nothing as below). Threads do not help a GPU: its kernels
+  already run in parallel, and they queue on one stream.
 * fewer rows than ``threads``: one shard per row (one row: the plain path).
 * otherwise ``threads`` shards, run on a thread pool kept per thread count (the calling
-  thread runs the first shard), first every forward pass, then every backward pass: an
-  error in a forward pass (a bad token id) leaves every ``.grad`` as it was.
+  thread runs the first shard), first every forward pass, then every backward pass.
+
+All or nothing: an error in any shard's forward pass (a bad token id) comes before any
+gradient is added; an error in a backward pass, or Ctrl-C, puts every ``.grad`` back as it
+was, on every path (the trained leaves' gradients are kept aside first: free after
+``zero_grad()``, one copy otherwise). Either way the call returns only when every shard has
+stopped, so no thread goes on writing gradients after it. An empty batch (no rows, or rows of length 0) is refused. A
+model whose forward pass calls this module itself is refused: the inner call would wait for
+the pool the outer call occupies, forever.
 
 BLAS threads: call ``ln.backend.set_blas_threads(1)`` before using this module. Otherwise
 each shard's products start their own BLAS threads, and ``threads`` x cores threads compete
@@ -57,7 +64,7 @@ from __future__ import annotations
 
 import numbers
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from . import backend, graph
 
@@ -77,24 +84,72 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return _pools[threads]
 
 
+_shard = threading.local()  # .running: this thread is running a shard of one of our calls
+
+
+def _as_shard(fn, item):
+    _shard.running = True
+    try:
+        return fn(item)
+    finally:
+        _shard.running = False
+
+
+def _refuse_nesting() -> None:
+    if getattr(_shard, "running", False):
+        raise RuntimeError(
+            "lora_np.parallel was called from inside one of its own shards (the model's forward "
+            "pass calls parallel.forward or parallel.loss_and_backward): the inner call would "
+            "wait for the thread pool that the outer call occupies, a deadlock. Inside a model, "
+            "call the inner model directly; split only the outermost call"
+        )
+
+
+def _wait_all(futures: list):
+    """Wait until every future is done, even through Ctrl-C; return the interrupt or None.
+
+    A KeyboardInterrupt reaches the main thread while it waits; the workers run on, so
+    returning then would leave them writing gradients after the call. Futures not started
+    yet are cancelled instead.
+    """
+    interrupt = None
+    while True:
+        try:
+            wait(futures)
+            return interrupt
+        except BaseException as err:
+            interrupt = interrupt or err
+            for future in futures:
+                future.cancel()
+
+
 def _run(fn, items: list, threads: int) -> list:
     """``[fn(item) for item in items]``, the first on this thread, the rest on the pool.
 
-    Every call finishes before this returns; the first error (in ``items``' order) is raised.
+    Every call has finished before this returns or raises (Ctrl-C included); the first error
+    is raised: this thread's, then an interrupt, then the others' in ``items``' order.
     """
-    futures = [_pool(threads).submit(fn, item) for item in items[1:]]
-    first_error, results = None, []
+    pool, futures, errors, results = _pool(threads), [], [], []
     try:
-        results.append(fn(items[0]))
+        for item in items[1:]:
+            futures.append(pool.submit(_as_shard, fn, item))
+        results.append(_as_shard(fn, items[0]))
     except BaseException as err:  # still wait for the others: none may outlive the call
-        first_error = err
+        errors.append(err)
+        for future in futures:
+            future.cancel()  # not started yet: never starts
+    interrupt = _wait_all(futures)
+    if interrupt is not None:
+        errors.append(interrupt)
     for future in futures:
-        try:
+        if future.cancelled():
+            continue
+        if future.exception() is not None:
+            errors.append(future.exception())
+        else:
             results.append(future.result())
-        except BaseException as err:
-            first_error = first_error or err
-    if first_error is not None:
-        raise first_error
+    if errors:
+        raise errors[0]
     return results
 
 
@@ -121,9 +176,59 @@ def _shards(rows: int, threads: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def _shape(array) -> tuple:
+    data = array.data if isinstance(array, graph.Node) else array
+    return tuple(data.shape) if hasattr(data, "shape") else backend.np.shape(data)
+
+
+def check_batch(idx, targets=None) -> None:
+    """Refuse an empty batch: ``idx`` or ``targets`` with no rows or rows of length 0.
+
+    Raises:
+        ValueError: naming both shapes. No loss can be averaged over zero targets.
+    """
+    shapes = [_shape(idx)] + ([] if targets is None else [_shape(targets)])
+    if any(0 in shape for shape in shapes):
+        got = f"idx has shape {shapes[0]}" + ("" if targets is None else f", targets {shapes[1]}")
+        raise ValueError(
+            f"empty batch: {got}; a batch needs at least one row of at least one position"
+        )
+
+
+def count_targets(targets) -> int:
+    """How many targets count (are not -100, :data:`IGNORE_INDEX`) in ``targets``."""
+    data = targets.data if isinstance(targets, graph.Node) else targets
+    xp = backend.module_of(data) if hasattr(data, "shape") else backend.np
+    return int((xp.asarray(data) != IGNORE_INDEX).sum())
+
+
+def _leaves(losses: list) -> list:
+    """Every leaf that requires a gradient in the graphs of ``losses``, once each."""
+    leaves, seen = [], set()
+    for loss in losses:
+        for node in graph.topological_order(loss):
+            if node.is_leaf and node.requires_grad and id(node) not in seen:
+                seen.add(id(node))
+                leaves.append(node)
+    return leaves
+
+
+def _all_or_nothing(losses: list, backward) -> None:
+    """Run ``backward()`` (the backward passes of ``losses``); on any error, Ctrl-C included,
+    put every leaf's ``.grad`` back as it was. ``backward`` returns only once every pass has
+    stopped, so nothing writes a gradient after the restore."""
+    kept = [(leaf, None if leaf.grad is None else leaf.grad.copy()) for leaf in _leaves(losses)]
+    try:
+        backward()
+    except BaseException:
+        for leaf, grad in kept:
+            leaf.grad = grad
+        raise
+
+
 def _plain_loss_and_backward(model, idx, targets) -> float:
     _, loss = model(idx, targets)
-    loss.backward()
+    _all_or_nothing([loss], loss.backward)
     return float(loss.item())
 
 
@@ -145,10 +250,14 @@ def loss_and_backward(model, idx, targets, threads: int = 2) -> float:
         The batch loss as a Python float (NaN when no target counts, as the plain path).
     Raises:
         ValueError: ``threads`` is not an int >= 1; ``idx`` or ``targets`` has no batch axis,
-            or their numbers of rows differ. Errors of the model's forward pass come before
-            any gradient is added.
+            is empty, or their numbers of rows differ. Errors of the model's forward pass come
+            before any gradient is added; errors of a backward pass leave every ``.grad`` as
+            it was.
+        RuntimeError: called from inside a shard (the model itself uses this module).
     """
+    _refuse_nesting()
     _check_threads(threads)
+    check_batch(idx, targets)
     if threads == 1 or backend.name != "numpy" or not graph.is_grad_enabled():
         # inside no_grad() the plain path raises as loss.backward() would
         return _plain_loss_and_backward(model, idx, targets)
@@ -167,7 +276,8 @@ def loss_and_backward(model, idx, targets, threads: int = 2) -> float:
     losses = _run(lambda s: model(ids[s], tgt[s])[1], shards, threads)
     weights = [n_i / total for n_i in counted]
     live = [(loss, w) for loss, w in zip(losses, weights) if w > 0]  # skip NaN, weight-0 shards
-    _run(lambda pair: pair[0].backward(pair[1]), live, threads)
+    backward = [loss for loss, _ in live]
+    _all_or_nothing(backward, lambda: _run(lambda pair: pair[0].backward(pair[1]), live, threads))
     return sum(w * float(loss.item()) for loss, w in live)
 
 
@@ -183,8 +293,13 @@ def forward(model, idx, threads: int = 2):
         threads: how many threads (an int >= 1); 1 is the plain path.
     Returns:
         The logits, a Tensor that needs no gradient (the tiny GPT: ``(B, T, V)``).
+    Raises:
+        ValueError: a bad ``threads`` or an empty ``idx``.
+        RuntimeError: called from inside a shard (the model itself uses this module).
     """
+    _refuse_nesting()
     _check_threads(threads)
+    check_batch(idx)
 
     def plain(rows):
         with graph.no_grad():

@@ -15,8 +15,8 @@ weights, bit for bit (data come from a seeded host generator, initialisation fro
 ``backend.manual_seed``; a different thread count sums matrix products in another order, so
 the last bits differ). The command line runs on one BLAS thread
 (``backend.set_blas_threads(1)``, change it with ``--blas-threads``), as the shipped file was
-made. Both files are written atomically and only after training
-finished without error. It takes about 10 minutes on one core of a laptop-class CPU.
+made. Both files are written as a pair (both new or both old) and only after
+training finished without error. It takes about 10 minutes on one core of a laptop-class CPU.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import backend, data, serialization
+from . import backend, data
 from .train import train
 from .transformer import CHECKPOINT_DIR, GPT, GPTConfig
 
@@ -96,16 +96,16 @@ def scores(model, n: int = DEFAULTS["eval_n"], tasks=tuple(data.TASKS)) -> dict:
 
 
 def write_checkpoint(model, out_dir, name: str, info: dict) -> tuple[Path, Path]:
-    """Write ``<name>.safetensors`` and ``<name>.json`` (both atomically) into ``out_dir``."""
+    """Write ``<name>.safetensors`` and ``<name>.json`` into ``out_dir`` as a pair: both new,
+    or (when the save fails) both as they were (``serialization.write_pair``)."""
     out_dir = Path(out_dir)
+    card = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     weights = model.save(
-        out_dir / f"{name}.safetensors", metadata={"info": json.dumps(info, sort_keys=True)}
+        out_dir / f"{name}.safetensors",
+        metadata={"info": json.dumps(info, sort_keys=True)},
+        partner=(f"{name}.json", card),
     )
-    json_path = out_dir / f"{name}.json"
-    serialization.atomic_write(
-        json_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
-    )
-    return weights, json_path
+    return weights, out_dir / f"{name}.json"
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 
 from tqdm.std import tqdm  # the plain text bar: never warns, works in a terminal and a notebook
 
-from . import backend, fastpaths, optim, parallel
+from . import backend, fastpaths, graph, optim, parallel
 
 SCHEDULES = ("constant", "cosine")
 
@@ -183,11 +183,42 @@ class _LastGood:
         self.optimizer.step_count = self.step_count
 
 
-def _next_batch(batches, step: int):
-    """The batch for ``step``: from an iterator, or by calling ``batches(step)``."""
+def _batch_source(batches):
+    """A function of the step, or an iterator (``iter`` of a list of batches)."""
     if callable(batches) and not isinstance(batches, Iterator):
-        return batches(step)
-    return next(batches)
+        return batches
+    return iter(batches)
+
+
+def _next_batch(source, batches, step: int, steps: int):
+    """The batch for ``step``: by calling ``source(step)``, or the next of the iterator
+    ``source`` made from ``batches`` (named in the error when it has none left)."""
+    if callable(source) and not isinstance(source, Iterator):
+        return source(step)
+    try:
+        return next(source)
+    except StopIteration:
+        raise ValueError(
+            f"batches ran out at step {step} of {steps}: the {type(batches).__name__} given as "
+            f"batches ({graph.short(batches)}) has no batch left. Give at least steps batches, "
+            "an endless iterator (data.batches(...)), or a function step -> (idx, targets)"
+        ) from None
+
+
+def _checked(batch, step: int):
+    """``batch`` as (idx, targets), refused when empty or when no target counts."""
+    idx, targets = batch
+    try:
+        parallel.check_batch(idx, targets)
+    except ValueError as err:
+        raise ValueError(f"the batch for step {step}: {err}") from None
+    if parallel.count_targets(targets) == 0:
+        raise ValueError(
+            f"the batch for step {step} has no target that counts: every target is -100 "
+            f"(IGNORE_INDEX, skipped by the loss), so its loss is undefined (0/0). Check how "
+            "the targets were made: each row needs at least one token to predict"
+        )
+    return idx, targets
 
 
 def _trained_params(model, params) -> list:
@@ -282,7 +313,7 @@ def train(
 
     Args:
         model: called as ``model(idx, targets) -> (logits, loss)``.
-        batches: an iterator of ``(idx, targets)`` pairs, each ``(B, T)`` (e.g.
+        batches: an iterator (or iterable) of ``(idx, targets)`` pairs, each ``(B, T)`` (e.g.
             ``data.batches(...)``), or a function ``step -> (idx, targets)``.
         steps: how many optimiser steps.
         lr: peak learning rate (after ``warmup_steps``), see :func:`lr_at` and ``schedule``.
@@ -307,7 +338,9 @@ def train(
         the model is left in training mode.
 
     Raises:
-        ValueError, TypeError: a bad setting, before anything changes.
+        ValueError, TypeError: a bad setting, before anything changes. ValueError also for a
+            batch that is empty or has no target that counts (all -100), and for ``batches``
+            that run out before ``steps``, naming the step.
         RuntimeError: a LoRA adapter of ``model`` is merged (unmerge first).
         TrainingDiverged: a FloatingPointError; the loss or the gradient norm was NaN or
             infinite. The model and the optimiser are back at the last finite loss, and the
@@ -338,6 +371,7 @@ class _Run:
 
     def __init__(self, model, batches, settings: TrainSettings, params, optimizer, eval_fn):
         self.model, self.batches, self.settings = model, batches, settings
+        self.source = _batch_source(batches)
         self.params, self.optimizer, self.eval_fn = params, optimizer, eval_fn
         self.history = {"step": [], "loss": [], "lr": [], "grad_norm": [], "eval_step": []}
         self.history.update(eval=[], train_seconds=0.0, steps_done=0)
@@ -369,7 +403,8 @@ class _Run:
         """One optimiser step: (learning rate, loss before the update, gradient norm)."""
         rate = self.settings.lr_at(step)
         self.optimizer.lr = rate
-        idx, targets = _next_batch(self.batches, step)
+        batch = _next_batch(self.source, self.batches, step, self.settings.steps)
+        idx, targets = _checked(batch, step)
         self.optimizer.zero_grad()
         loss_value = parallel.loss_and_backward(self.model, idx, targets, self.settings.threads)
         if not math.isfinite(loss_value):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -240,14 +241,32 @@ class GPT(nn.Module):
         return tokens
 
     # ------------------------------------------------------------------ saving and loading
-    def save(self, path, metadata: dict | None = None) -> Path:
+    def save(self, path, metadata: dict | None = None, partner=None) -> Path:
         """Write the weights (float32 or float64 as they are) and config to a safetensors file.
 
         The write is atomic: a temporary file in the same folder, then a rename. ``metadata``
-        (str -> str) is stored in the header beside the config.
+        (str -> str) is stored in the header beside the config; ``partner`` (a file name and
+        its bytes) is written beside it as a pair (``serialization.write_pair``). Only the
+        plain GPT is saved, what :meth:`load` builds: a model with LoRA (or other foreign)
+        layers is refused, with what to do instead.
         """
+        foreign = [
+            f"{name} ({type(m).__name__})"
+            for name, m in self.named_modules()
+            if name  # the root may be a subclass of GPT
+            and type(m).__module__ not in (__name__, nn.__name__)
+            and getattr(m, "weights_are_parameters", True)  # quantised: save_weights says why
+        ]
+        if foreign:
+            raise ValueError(
+                f"cannot save {path}: GPT.save writes the plain GPT that GPT.load builds, and "
+                f"this model has other layers: {', '.join(foreign[:4])}"
+                f"{' ...' if len(foreign) > 4 else ''}. Save an adapter with "
+                "lora.save_adapter (beside the base's own file), or lora.merge_and_unload first "
+                "to save a plain GPT with the update built in"
+            )
         meta = {"model": "lora_np.GPT", "config": json.dumps(asdict(self.config))}
-        return serialization.save_weights(self, path, {**meta, **(metadata or {})})
+        return serialization.save_weights(self, path, {**meta, **(metadata or {})}, partner)
 
     @classmethod
     def load(cls, path, config: GPTConfig | None = None) -> GPT:
@@ -260,7 +279,7 @@ class GPT(nn.Module):
         """
         if config is not None and not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig or None, got {type(config).__name__}")
-        tensors, meta = serialization.read_weights(path)
+        header, meta = serialization.read_header(path)  # sizes first: nothing allocated yet
         if "config" not in meta:
             raise ValueError(
                 f"{path} has no GPT config in its metadata; was it written by GPT.save?"
@@ -274,12 +293,42 @@ class GPT(nn.Module):
                 f"{path} holds a GPT of another config (file vs given): "
                 + "; ".join(file_config.differences(config))
             )
+        problems = _misfits(file_config, header)
+        if problems:  # before cls(file_config) allocates what the config says
+            raise ValueError(
+                f"checkpoint {path} does not fit its own config: {'; '.join(problems)}"
+            )
         model = cls(file_config)
+        tensors, _ = serialization.read_weights(path)
         try:
             model.load_state_dict(tensors)  # checks names and shapes, all before any change
         except nn.StateDictError as err:
             raise ValueError(f"checkpoint {path} does not fit its own config: {err}") from err
         return model
+
+
+def _misfits(config: GPTConfig, header: dict) -> list:
+    """How a checkpoint's tensors (``header``: name -> (dtype, shape)) differ from the sizes
+    its config implies, for every config field that sets a size: vocab_size, block_size,
+    n_embd (the other widths are multiples of it) and n_layer."""
+    C = config.n_embd
+    expected = {
+        "tok_emb.weight": (config.vocab_size, C),
+        "pos_emb.weight": (config.block_size, C),
+        "head.weight": (config.vocab_size, C),
+    }
+    problems = [
+        f"{name} is {header[name][1] if name in header else 'missing'} in the file, "
+        f"the config implies {shape}"
+        for name, shape in expected.items()
+        if name not in header or tuple(header[name][1]) != shape
+    ]
+    blocks = {int(n.split(".")[1]) for n in header if re.match(r"blocks\.\d+\.", n)}
+    if blocks != set(range(config.n_layer)):
+        problems.append(
+            f"the file holds blocks {sorted(blocks)}, the config n_layer={config.n_layer}"
+        )
+    return problems
 
 
 def _check_generation(max_new_tokens, temperature, top_k) -> None:

@@ -9,7 +9,14 @@ MathJax) is served from the site itself: nothing is fetched from another host at
 from __future__ import annotations
 
 import html
+import json
+import re
+from html.parser import HTMLParser
 from pathlib import Path
+
+# ``make site SOLUTIONS=0`` builds with the tag no_solutions (tools/build_site.py): no solution
+# on any page, no teacher's edition to download. ``tags`` is Sphinx's, set before this runs.
+SOLUTIONS = not tags.has("no_solutions")  # noqa: F821
 
 project = "lora-np"
 html_title = "lora-np: LoRA from first principles"
@@ -45,6 +52,11 @@ html_theme_options = {
     # The sidebar has the search field; without this the theme adds a second one in a header.
     "navbar_persistent": [],
 }
+if SOLUTIONS:  # the default build says on every page which it is
+    html_theme_options["announcement"] = (
+        "This build of the course shows the exercises' solutions. To hand the site to "
+        "learners, build it with <code>make site SOLUTIONS=0</code>."
+    )
 html_static_path = ["_static"]
 html_css_files = ["site.css"]
 html_favicon = "_static/favicon.svg"
@@ -58,26 +70,23 @@ html_context = {"default_mode": "light"}
 
 def _download_box(pagename: str, pathto) -> str | None:
     """The "run this notebook" box of a notebook page, or None for other pages."""
-    extra = Path(__file__).with_name("_extra")
-    teacher = extra / "notebooks" / f"{pagename}.ipynb"
-    if not teacher.is_file():
+    downloads = Path(__file__).with_name("_extra") / "downloads"
+    student = downloads / f"{pagename}-student.ipynb"
+    if not student.is_file():
         return None
-    student = extra / "student" / f"{pagename}.ipynb"
-    name = html.escape(f"{pagename}.ipynb")
 
-    def link(folder: str, label: str) -> str:
-        href = html.escape(pathto(f"{folder}/{pagename}.ipynb", 1))
-        return f'<a class="reference download" href="{href}" download="{name}">{label}</a>'
+    def link(path: Path, label: str) -> str:
+        href = html.escape(pathto(f"downloads/{path.name}", 1))
+        return f'<a class="reference download" href="{href}" download="{path.name}">{label}</a>'
 
-    if student.is_file():
-        links = (
-            link("student", "student edition")
-            + " (exercises to solve, no outputs) · "
-            + link("notebooks", "teacher's edition")
-            + " (solutions and stored outputs)"
+    links = link(student, f"<code>{student.name}</code>") + ", the student edition (exercises to "
+    links += "solve, no outputs)"
+    teacher = downloads / f"{pagename}-teacher.ipynb"
+    if SOLUTIONS and teacher.is_file():
+        links += (
+            " · " + link(teacher, f"<code>{teacher.name}</code>") + ", the teacher's edition "
+            "(solutions and stored outputs)"
         )
-    else:
-        links = link("notebooks", name) + " (with its stored outputs)"
     return (
         '<div class="admonition lora-downloads"><p class="admonition-title">Run this notebook</p>'
         f"<p>Download {links}. It imports the course's <code>lora_np</code> library: open it "
@@ -95,7 +104,62 @@ def _add_download_box(app, pagename, templatename, context, doctree) -> None:
     context["body"] = f"{head}</h1>\n{box}{tail}"
 
 
+def _add_edition_meta(app, pagename, templatename, context, doctree) -> None:
+    """``<meta name="lora-np-solutions" content="yes|no">``: the site test reads which build."""
+    tag = f'<meta name="lora-np-solutions" content="{"yes" if SOLUTIONS else "no"}">\n'
+    context["metatags"] = context.get("metatags", "") + tag
+
+
+class _Text(HTMLParser):
+    """A page's body as its text, keeping each <section id> so that anchored search results
+    still find their part; scripts, styles and heading links dropped."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts, self.skip = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ("script", "style") or "headerlink" in (attrs.get("class") or ""):
+            self.skip += 1
+        elif tag == "section":
+            self.parts.append(f'<section id="{html.escape(attrs.get("id") or "")}">')
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") or (tag == "a" and self.skip):
+            self.skip = max(0, self.skip - 1)
+        elif tag == "section":
+            self.parts.append("</section>")
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.parts.append(html.escape(re.sub(r"\s+", " ", data)))
+
+
+_PAGE_TEXT: dict[str, str] = {}
+
+
+def _collect_search_text(app, pagename, templatename, context, doctree) -> None:
+    if doctree is not None and context.get("body"):
+        parser = _Text()
+        parser.feed(context["body"])
+        _PAGE_TEXT[pagename] = f'<div role="main">{"".join(parser.parts)}</div>'
+    if pagename == "search":  # the text below, for excerpts where fetch() is refused
+        app.add_js_file("search-pages.js")
+        app.add_js_file("search-file.js")
+
+
+def _write_search_text(app, exception) -> None:
+    if exception is None and app.builder.format == "html":
+        text = json.dumps(_PAGE_TEXT, ensure_ascii=False, sort_keys=True)
+        target = Path(app.outdir) / "_static" / "search-pages.js"
+        target.write_text(f"window.LORA_NP_PAGES = {text};\n", encoding="utf-8")
+
+
 def setup(app):
-    # MathJax on every page, not only those with equations: the sidebar's page titles hold math.
+    # MathJax on every page, not only those with equations: headings in the sidebar hold math.
     app.set_html_assets_policy("always")
     app.connect("html-page-context", _add_download_box)
+    app.connect("html-page-context", _add_edition_meta)
+    app.connect("html-page-context", _collect_search_text)
+    app.connect("build-finished", _write_search_text)

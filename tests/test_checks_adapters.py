@@ -250,3 +250,31 @@ def test_mixed_reference_keeps_backend_arrays_on_the_backend():
     got = mixed_lora_forward_reference(*(xp.asarray(a) for a in (x, W0, b, A, B, s, ids)))
     assert ln.backend.array_module(got) == ln.backend.array_module(xp.asarray(x))
     assert np.abs(ln.to_numpy(got) - want).max() < 1e-12
+
+
+# ----------------------------------------------------------------------------- soundness
+
+
+def test_levels_of_two_to_the_bits_minus_one_are_named():
+    def unsigned_levels(w, bits, block_size):
+        L = 2**bits - 1  # forgets that one bit holds the sign
+        flat = np.asarray(w, dtype=np.float64).reshape(-1)
+        pad = -flat.size % block_size
+        blocks = np.concatenate([flat, np.zeros(pad)]).reshape(-1, block_size)
+        scale = np.abs(blocks).max(axis=1, keepdims=True) / L
+        safe = np.where(scale > 0, scale, 1.0)
+        out = np.clip(np.rint(blocks / safe), -L, L) * scale
+        return out.reshape(-1)[: flat.size].reshape(np.shape(w))
+
+    with pytest.raises(ExerciseError, match=r"2\*\*bits - 1"):
+        check_quantize_blockwise(unsigned_levels)
+
+
+def test_a_mixed_forward_that_changes_A_is_refused():
+    def scales_A(x, W0, b, A, B, scaling, ids):
+        A *= scaling[:, None, None]  # folds the scale into A, in the caller's array
+        h = np.einsum("ntk,dk->ntd", x, W0) + (0.0 if b is None else b)
+        return h + np.einsum("ntk,nrk,ndr->ntd", x, A[ids], B[ids])
+
+    with pytest.raises(ExerciseError, match="changed its input A"):
+        check_mixed_lora_forward(scales_A)

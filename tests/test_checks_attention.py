@@ -267,3 +267,41 @@ def test_split_heads_falls_back_to_the_library(capsys):
     assert passing_or_reference(split_heads_loops, "split_heads") is split_heads_loops
     assert passing_or_reference(lambda x, nh: x, "split_heads") is split_heads_reference
     assert "using the library's split_heads" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ precision and more names
+def attention_promoted_to_float64(q, k, v):
+    """Correct: `/ np.sqrt(hd)` (a float64 scalar) promotes float32 scores to float64."""
+    T, hd = q.shape[-2], q.shape[-1]
+    scores = q @ k.swapaxes(-1, -2) / np.sqrt(hd)
+    scores = np.where(np.triu(np.ones((T, T), bool), k=1), -np.inf, scores)
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True) @ v
+
+
+def test_float32_inputs_promoted_to_float64_pass():
+    check_causal_attention(attention_promoted_to_float64, quiet=True)
+
+
+def _attention_with(q, k, v, hide, scale):
+    T = q.shape[-2]
+    scores = q @ k.swapaxes(-1, -2) / scale
+    scores = np.where(hide(T), -np.inf, scores)
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True) @ v
+
+
+def test_a_mask_on_the_wrong_side_is_named():
+    def past_masked(q, k, v):
+        hide = lambda T: np.tril(np.ones((T, T), bool), k=-1)  # noqa: E731
+        return _attention_with(q, k, v, hide, math.sqrt(q.shape[-1]))
+
+    assert "wrong side" in rejected(check_causal_attention, past_masked)
+
+
+def test_a_scale_of_sqrt_T_is_named():
+    def over_sqrt_T(q, k, v):
+        hide = lambda T: np.triu(np.ones((T, T), bool), k=1)  # noqa: E731
+        return _attention_with(q, k, v, hide, math.sqrt(q.shape[-2]))
+
+    assert "√T" in rejected(check_causal_attention, over_sqrt_T)

@@ -10,6 +10,7 @@ import pytest
 from lora_np import autograd
 from lora_np.checks import (
     ExerciseError,
+    _guard,
     check_topological_order,
     check_unbroadcast,
     passing_or_reference,
@@ -266,3 +267,40 @@ def test_reference_topological_order_on_a_deep_chain():
         chain = Node(chain)
     order = autograd.topological_order(chain)
     assert len(order) == 20_001 and order[0] is chain and not order[-1].parents
+
+
+# ----------------------------------------------------------------------------- soundness
+def unbroadcast_float32_sum_as_float64(grad, shape):
+    """Correct: the float32 sum, handed back in float64 (judged at the input's precision)."""
+    return autograd.unbroadcast(grad, shape).astype(np.float64)
+
+
+def test_a_float32_sum_returned_as_float64_passes():
+    check_unbroadcast(unbroadcast_float32_sum_as_float64, quiet=True)
+
+
+def every_path_last_kept(root):
+    """Iterative, but follows every path (2**depth of them), keeping each node's last visit."""
+    order = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        order.pop(node, None)
+        order[node] = True
+        stack.extend(node.parents)
+    return list(order)
+
+
+def test_an_exponential_walk_is_given_up_on_and_named(monkeypatch):
+    monkeypatch.setattr(_guard, "TIME_LIMIT_S", 1.0)
+    message = rejected(check_topological_order, every_path_last_kept)
+    assert "did not return within" in message and "visited" in message
+
+
+def test_a_walk_that_rewires_the_graph_is_refused():
+    def cuts_parents(root):
+        order = autograd.topological_order(root)
+        root.parents = ()
+        return order
+
+    assert "changed the graph" in rejected(check_topological_order, cuts_parents)

@@ -170,3 +170,43 @@ def test_reference_matches_a_real_training_step():
     assert opt.state_bytes() == optimizer_state_bytes_reference(model.parameters(), "adam") == 224
     with pytest.raises(ValueError, match="unknown optimizer"):
         optimizer_state_bytes_reference(model.parameters(), "lion")
+
+
+# ----------------------------------------------------------------------------- soundness
+
+
+def test_a_count_that_empties_every_parameter_is_refused():
+    def empties_then_counts(model):  # the reference must not be computed on what is left
+        for p in model.parameters():
+            p.data = np.zeros((0,), dtype=p.data.dtype)
+        return lora.count_parameters(model)
+
+    with pytest.raises(ExerciseError, match="changed its input model") as info:
+        check_count_trainable(empties_then_counts)
+    assert "values" in str(info.value) or "shape" in str(info.value)
+
+
+def test_a_count_of_floats_is_refused():
+    with pytest.raises(ExerciseError, match="whole number"):
+        check_count_trainable(lambda model: tuple(float(v) for v in count_trainable(model)))
+
+
+def test_state_bytes_that_freeze_the_parameters_and_answer_zero_are_refused():
+    def freezes(params, optimizer):
+        for p in params:
+            p.requires_grad = False
+        return 0
+
+    with pytest.raises(ExerciseError, match="changed its input params") as info:
+        check_optimizer_state_bytes(freezes)
+    assert "requires_grad is now False" in str(info.value)
+
+
+def test_state_bytes_that_change_a_parameters_values_are_refused():
+    def zeroes(params, optimizer):
+        for p in params:
+            p.data = p.data * 0
+        return optimizer_state_bytes_reference(params, optimizer)
+
+    with pytest.raises(ExerciseError, match="changed its input params"):
+        check_optimizer_state_bytes(zeroes)

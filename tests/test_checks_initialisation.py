@@ -210,3 +210,24 @@ def test_pissa_stub_and_non_callable():
         check_pissa_init(None)
     with pytest.raises(AssertionError, match="NaN"):
         check_pissa_init(lambda W0, r, s: tuple(a * np.nan for a in reference_pissa_init(W0, r, s)))
+
+
+# ----------------------------------------------------------------------------- split cases
+def test_a_bound_of_one_over_sqrt_d_is_named_as_d_not_r():
+    def bound_from_d(d, k, r, rng):
+        bound = 1.0 / np.sqrt(d)
+        return rng.uniform(-bound, bound, size=(r, k)), np.zeros((d, r))
+
+    with pytest.raises(AssertionError) as info:
+        check_init_lora(bound_from_d)
+    assert "not d" in str(info.value) and "not r" not in str(info.value)
+
+
+def test_pissa_that_changes_W0_is_refused():
+    def subtracts_in_place(W0, r, s):
+        A, B, res = reference_pissa_init(W0, r, s)
+        W0 -= s * B @ A
+        return A, B, res
+
+    with pytest.raises(AssertionError, match="changed its input W0"):
+        check_pissa_init(subtracts_in_place)

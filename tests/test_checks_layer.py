@@ -234,3 +234,36 @@ def test_passing_or_reference_for_the_layer_exercises(capsys):
     fallback = ln.checks.passing_or_reference(lambda *a: None, "merge")
     assert fallback is merge_reference
     assert "using the library's merge" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- soundness
+
+
+def test_a_forward_that_merges_into_W0_is_refused():
+    def merges_into_W0(x, W0, b, A, B, s):
+        W0 += s * B @ A  # the classic: the frozen weight changed, a later cell breaks
+        return x @ W0.T + _bias(b)
+
+    with pytest.raises(ExerciseError, match="changed its input W0"):
+        check_lora_forward(merges_into_W0)
+
+
+def test_grads_that_scale_grad_h_in_place_are_refused():
+    def scales_grad_h(x, A, B, s, g):
+        g *= s
+        return (g @ B).T @ x, g.T @ (x @ A.T)
+
+    with pytest.raises(ExerciseError, match="changed its input grad_h"):
+        check_lora_grads(scales_grad_h)
+
+
+def test_ragged_grads_are_named():
+    with pytest.raises(ExerciseError, match="3 items"):
+        check_lora_grads(lambda x, A, B, s, g: (A, B, x))
+
+
+def test_scaling_divided_by_r_again_is_named_in_merge_and_forward():
+    with pytest.raises(ExerciseError, match="do not divide by r again"):
+        check_merge(lambda W0, A, B, s: W0 + (s / A.shape[0]) * B @ A)
+    with pytest.raises(ExerciseError, match="do not divide by r again"):
+        check_lora_forward(lambda x, W0, b, A, B, s: forward(x, W0, b, A, B, s / A.shape[0]))

@@ -192,3 +192,16 @@ def test_passing_or_reference_gives_back_the_right_function(capsys):
     fallback = ln.checks.passing_or_reference(lambda M, r: M, "best_rank_approximation")
     assert fallback is ln.analysis.best_rank_approximation
     assert "using the library's best_rank_approximation" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- soundness
+
+
+def test_an_error_that_changes_M_is_refused():
+    def truncates_in_place(M, r):
+        value = ln.analysis.eckart_young_error(M, r)
+        M[:, :] = 0.0
+        return value
+
+    with pytest.raises(ExerciseError, match="changed its input M"):
+        check_eckart_young_error(truncates_in_place)

@@ -58,7 +58,7 @@ def test_scaling_stub_non_callable_nan_shape():
         check_lora_scaling(8.0)
     with pytest.raises(AssertionError, match="NaN"):
         check_lora_scaling(lambda alpha, r, rslora=False: float("nan"))
-    with pytest.raises(AssertionError, match="shape"):
+    with pytest.raises(AssertionError, match="a list of 2 items"):
         check_lora_scaling(lambda alpha, r, rslora=False: [alpha / r, alpha / r])
     with pytest.raises(AssertionError, match="rslora"):
         check_lora_scaling(lambda alpha, r: alpha / r)  # no rslora argument at all
@@ -110,3 +110,42 @@ def test_adam_update_stub_and_nan():
         check_adam_first_update(stub)
     with pytest.raises(AssertionError, match="NaN"):
         check_adam_first_update(lambda G, A, s, lr: adam_sign(G, A, s, lr) * np.nan)
+
+
+# ---------------------------------------------------------------- soundness and split cases
+def test_a_complex_scale_is_refused():
+    def complex_scale(alpha, r, rslora=False):
+        return complex(alpha / (math.sqrt(r) if rslora else r), 0.0)
+
+    with pytest.raises(AssertionError, match="complex"):
+        check_lora_scaling(complex_scale)
+
+
+def test_a_bool_scale_is_refused():
+    with pytest.raises(AssertionError, match="bool"):
+        check_lora_scaling(lambda alpha, r, rslora=False: True)
+
+
+def test_alpha_over_r_squared_is_named_as_itself():
+    # at alpha = 16, r = 4, alpha / r**2 = sqrt(alpha) / r = 1: the first case must tell them apart
+    with pytest.raises(AssertionError) as info:
+        check_lora_scaling(lambda alpha, r, rslora=False: alpha / r**2)
+    assert "alpha / r**2" in str(info.value) and "sqrt" not in str(info.value)
+
+
+def test_the_first_cases_give_every_mistake_its_own_number():
+    from lora_np.checks.scaling import _scaling_mistakes
+
+    for alpha, r in [(12, 8), (8, 3)]:  # the cases run first, with rslora left out
+        want = alpha / r
+        values = [v for _, v in _scaling_mistakes(alpha, r, False) if v is not None and v != want]
+        assert len(set(values)) == len(values), (alpha, r, values)
+
+
+def test_an_adam_step_that_changes_G_is_refused():
+    def scales_G(G, A, scaling, lr):
+        G *= scaling  # the caller's gradient changed
+        return -lr * np.sign(G @ A.T) @ A * scaling
+
+    with pytest.raises(AssertionError, match="changed its input G"):
+        check_adam_first_update(scales_G)

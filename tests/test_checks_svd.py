@@ -277,3 +277,40 @@ def test_a_zero_matrix_answered_with_nan_shares_is_named():
     with pytest.raises(ExerciseError) as info:
         check_energy_rank(nan_shares)
     assert "zero matrix" in str(info.value) and "yours 1" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- soundness
+
+
+def test_energy_rank_is_tested_at_share_one():
+    def loop_stops_before_n(M, share):  # range(1, n) never tries every direction
+        energy = np.linalg.svd(M, compute_uv=False) ** 2
+        if energy.sum() == 0:
+            return 0
+        held = np.cumsum(energy) / energy.sum()
+        for r in range(1, len(energy)):
+            if held[r - 1] >= share - 1e-12:
+                return r
+        return len(energy) - 1
+
+    with pytest.raises(ExerciseError, match="share 1.0"):
+        check_energy_rank(loop_stops_before_n)
+
+
+def test_energy_rank_that_changes_M_is_refused():
+    def sorts_in_place(M, share):
+        r = ln.analysis.energy_rank(M, share)
+        M[...] = 0.0
+        return r
+
+    with pytest.raises(ExerciseError, match="changed its input M"):
+        check_energy_rank(sorts_in_place)
+
+
+def test_dividing_phi_by_i_is_named():
+    def over_i(A1, A2, i, j):
+        V1, V2 = np.linalg.svd(A1)[2].T, np.linalg.svd(A2)[2].T
+        return float(np.sum((V1[:, :i].T @ V2[:, :j]) ** 2)) / i
+
+    with pytest.raises(ExerciseError, match="dividing by i"):
+        check_subspace_similarity(over_i)

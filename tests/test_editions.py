@@ -1,11 +1,11 @@
 """The two editions (tools/editions.py, tools/run_edition.py): the exercise convention is kept,
-the teacher's edition shows every checker passing, the student edition fails only where the
-learner has work to do.
+the teacher's edition shows every checker passing, the student edition runs to the end, marking
+each exercise the learner has still to do, and runs green once they are solved.
 
 Runs on the course notebooks and on ``fixtures/editions_demo.ipynb``, a tiny notebook with two
-exercises, so the tools are proven even while the course has few exercises. The student run
-executes every selected notebook once, one per core in parallel: the nine and the fixture took
-3 min 21 s on the 2-core course machine while it was busy (load 8); `-k 02` runs one.
+exercises, so the tools are proven even while the course has few exercises. The run tests
+execute every selected notebook twice (untouched and solved), one per core in parallel; `-k 02`
+runs one notebook (00, 02 and 04 together: 50 s on the shared course machine).
 """
 
 from __future__ import annotations
@@ -301,30 +301,208 @@ def test_readme_and_teaching_state_the_current_study_times(capsys):
 # ---------------------------------------------------------------- the student edition, executed
 
 
+RUN_TESTS = ("test_student_edition_runs_to_the_end", "test_solved_student_edition_runs_green")
+
+
 def _selected_student_paths(request) -> list[Path]:
-    """The notebooks whose student-run test is selected in this session (all by default)."""
-    chosen = [
+    """The notebooks whose run tests are selected in this session (all by default)."""
+    chosen = {
         item.callspec.params["path"]
         for item in request.session.items
-        if getattr(item, "originalname", "") == "test_student_edition_fails_only_in_checkers"
-    ]
-    return chosen or NOTEBOOKS
+        if getattr(item, "originalname", "") in RUN_TESTS
+    }
+    return sorted(chosen) if chosen else NOTEBOOKS
 
 
 @pytest.fixture(scope="module")
 def student_run(request, tmp_path_factory):
-    """Build the student edition of the selected notebooks and run them all once, in parallel."""
-    out = tmp_path_factory.mktemp("student")
+    """Build the student edition of the selected notebooks, untouched and solved, and run them
+    all once, in parallel: {("student" or "solved", name): (path, Run)}."""
     paths = _selected_student_paths(request)
+    out = tmp_path_factory.mktemp("student")
     editions.write_student_edition(paths, out)
-    results = run_edition.run_all([out / path.name for path in paths])
-    return out, results
+    untouched = [out / path.name for path in paths]
+    solved = run_edition.write_solved(paths, tmp_path_factory.mktemp("solved"))
+    results = run_edition.run_all(untouched + solved)
+    runs = {("student", p.name): (p, results[p]) for p in untouched}
+    runs |= {("solved", p.name): (p, results[p]) for p in solved}
+    return runs
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_student_edition_fails_only_in_checkers(student_run, path):
-    """Every checker fails on its stub with "not written yet"; no other cell raises."""
-    out, results = student_run
-    errors, _seconds = results[path.name]
-    found = run_edition.problems(out / path.name, errors)
+def test_student_edition_runs_to_the_end(student_run, path):
+    """Untouched, as Run All and `nbconvert --execute` run it: no cell raises, and each checker
+    prints its "✗ Exercise NN.M not solved yet" line."""
+    student, run = student_run["student", path.name]
+    found = run_edition.problems(student, run)
     assert not found, "\n".join(found)
+    nb = read(student)
+    for exercise in editions.recorded_exercises(nb, student):
+        assert "✗ Exercise" in run.printed[exercise.checker_cell]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_solved_student_edition_runs_green(student_run, path):
+    """With the solutions typed in: no cell raises, every checker prints its success line and
+    no cell falls back to the library."""
+    solved, run = student_run["solved", path.name]
+    found = run_edition.problems(solved, run, solved=True)
+    assert not found, "\n".join(found)
+
+
+def test_run_all_marks_only_the_student_editions_checkers():
+    """The teacher's edition and nbgrader's release (``run_all=False``) call the checker bare,
+    so an unsolved exercise fails there; ``make student`` wraps it in ``mark_unsolved``."""
+    teacher = read(FIXTURE)
+    plain = editions.student_notebook(teacher, FIXTURE)
+    marked = editions.student_notebook(teacher, FIXTURE, run_all=True)
+    assert plain.cells[4].source == teacher.cells[4].source == "ln.checks.check_double(double)"
+    assert marked.cells[4].source.endswith(
+        'with mark_unsolved("99.1", "double"):\n    ln.checks.check_double(double)'
+    )
+    assert "from lora_np.checks._run_all import mark_unsolved" in marked.cells[4].source
+    assert [cell.source for i, cell in enumerate(marked.cells) if i not in (4, 9)] == [
+        cell.source for i, cell in enumerate(plain.cells) if i not in (4, 9)
+    ]
+    record = marked.metadata["lora_np"]["exercises"]
+    assert [(e["name"], e["number"]) for e in record] == [("double", "99.1"), ("row_norms", "99.2")]
+
+
+def test_exercise_numbers_take_one_style():
+    nb = read(FIXTURE)
+    nb.cells[2].source = nb.cells[2].source.replace("99.1", "7.1")
+    nb.cells[7].source = "No heading here."
+    found = editions.find_exercises(nb, FIXTURE)
+    assert editions.exercise_numbers(nb, "03_x.ipynb", found) == ["07.1", "03.2"]
+
+
+def test_a_wrong_answer_still_stops_the_student_edition(tmp_path):
+    teacher = read(FIXTURE)
+    student = editions.solved_notebook(teacher, FIXTURE)
+    student.cells[3].source = student.cells[3].source.replace("2 * x", "x + 2")
+    path = tmp_path / FIXTURE.name
+    nbformat.write(student, path)
+    run = run_edition.run_notebook(path)
+    assert list(run.errors) == [4] and "did you add 2" in run.errors[4][1]
+
+
+# ---------------------------------------------------------------- damaged files, interrupted writes
+
+
+@pytest.mark.parametrize("keep", [0, 1, 200], ids=["empty", "one-byte", "truncated"])
+def test_truncated_teacher_notebook_is_a_one_line_error(tmp_path, capsys, monkeypatch, keep):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    damaged = folder / "00_cut.ipynb"
+    damaged.write_text(FIXTURE.read_text()[:keep])
+    monkeypatch.setattr(editions, "select", lambda patterns: [damaged])
+    for command in (["check"], ["student", "--out", str(tmp_path / "out")]):
+        assert editions.main(command) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith("error: 00_cut.ipynb: not a readable notebook"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_truncated_manifest_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "student"
+    editions.write_student_edition([FIXTURE], out)
+    manifest = out / editions.MANIFEST
+    manifest.write_text(manifest.read_text()[:10])
+    before = (out / FIXTURE.name).read_text()
+    monkeypatch.setattr(editions, "select", lambda patterns: [FIXTURE])
+    assert editions.main(["student", "--out", str(out), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{manifest}: not a readable record" in err and "delete it" in err, err
+    assert (out / FIXTURE.name).read_text() == before
+
+
+class Interrupted(BaseException):
+    """Stands in for Ctrl-C or a killed process in the middle of a write."""
+
+
+def _interrupt_at(monkeypatch, at: int) -> list[int]:
+    """Make the ``at``-th file write or rename of this process stop halfway (a write leaves
+    the first half of its text behind, a rename does nothing)."""
+    import os
+    from pathlib import Path as P
+
+    calls = [0]
+    write_text, replace, rename = P.write_text, os.replace, os.rename
+
+    def count() -> bool:
+        calls[0] += 1
+        return calls[0] == at
+
+    def half_write(self, data, *args, **kwargs):
+        if count():
+            write_text(self, data[: len(data) // 2], *args, **kwargs)
+            raise Interrupted
+        return write_text(self, data, *args, **kwargs)
+
+    def stopped(real):
+        def move(*args, **kwargs):
+            if count():
+                raise Interrupted
+            return real(*args, **kwargs)
+
+        return move
+
+    monkeypatch.setattr(P, "write_text", half_write)
+    monkeypatch.setattr(os, "replace", stopped(replace))
+    monkeypatch.setattr(os, "rename", stopped(rename))
+    return calls
+
+
+@pytest.mark.parametrize("at", range(1, 7))
+def test_an_interrupted_write_is_never_kept_as_the_learners_work(tmp_path, monkeypatch, at):
+    """Stopped at any write (first edition or an update), the next run writes a whole notebook
+    and never reports it as edited by the learner."""
+    teacher = tmp_path / "99_demo.ipynb"
+    teacher.write_text(FIXTURE.read_text())
+    out = tmp_path / "student"
+    editions.write_student_edition([teacher], out)
+    nb = read(teacher)
+    nb.cells[0].source += "\n\nA changed introduction."
+    nbformat.write(nb, teacher)
+    with monkeypatch.context() as patch:
+        calls = _interrupt_at(patch, at)
+        try:
+            editions.write_student_edition([teacher], out)
+        except Interrupted:
+            pass
+    if calls[0] < at:
+        pytest.skip(f"the update made only {calls[0]} writes")
+    (line,) = editions.write_student_edition([teacher], out)
+    assert "KEPT" not in line, line
+    written = read(out / teacher.name)
+    assert written.cells[0].source.endswith("A changed introduction.")
+    assert sorted(p.name for p in out.iterdir()) == [editions.MANIFEST, teacher.name]
+
+
+HIDDEN = {
+    "in a %%time cell": "%%time\ndef double(x):\n    return 2 * x",
+    "through exec": 'exec("def double(x):\\n    return 2 * x")',
+    "through globals()": 'globals()["double"] = lambda x: 2 * x',
+    "through setattr": 'import sys\nsetattr(sys.modules["__main__"], "double", abs)',
+    "with a line magic": "%matplotlib inline\ndouble = lambda x: 2 * x",
+}
+
+
+@pytest.mark.parametrize("case", HIDDEN, ids=list(HIDDEN))
+def test_a_solution_hidden_above_its_exercise_is_refused(case):
+    nb = with_source(1, read(FIXTURE).cells[1].source + "\n")
+    nb.cells.insert(2, nbformat.v4.new_code_cell(HIDDEN[case]))
+    with pytest.raises(editions.EditionError, match="above its exercise"):
+        editions.student_notebook(nb, FIXTURE)
+
+
+def test_solution_text_elsewhere_never_reaches_the_student_edition():
+    nb = read(FIXTURE)
+    solution = nb.cells[8].source
+    body = solution.split(editions.BEGIN)[1].split(editions.END)[0]
+    # a timing cell that repeats the solution's lines under another name
+    nb.cells.insert(2, nbformat.v4.new_code_cell("%%timeit -n1\ndef slow(M):" + body))
+    with pytest.raises(editions.EditionError, match="solution of `row_norms`"):
+        editions.student_notebook(nb, FIXTURE)

@@ -318,7 +318,7 @@ def test_inject_matches_targets_as_peft():
     assert isinstance(model.get_submodule("blocks.0.v"), nn.Linear)
     model = make_net()
     # "mlp.0" is a dotted tail; "0" alone would also be a tail of blocks.0 (a Block): an error
-    assert lora.inject(model, "mlp.0", r=2, alpha=2) == ["blocks.0.mlp.0", "blocks.1.mlp.0"]
+    assert lora.inject(model, ["mlp.0"], r=2, alpha=2) == ["blocks.0.mlp.0", "blocks.1.mlp.0"]
     model = make_net()
     # "lock.q" is not a whole dotted part of "blocks.0.q"
     with pytest.raises(ValueError, match="matches no module"):
@@ -461,7 +461,7 @@ def test_model_level_adapter_functions():
     lora.inject(model, ["q", "v"], r=2, alpha=2)
     randomise_B(model, seed=3)
     out_default = model(x).data.copy()
-    assert lora.add_adapter(model, "b", r=1, alpha=2, targets="q") == ["blocks.0.q", "blocks.1.q"]
+    assert lora.add_adapter(model, "b", r=1, alpha=2, targets=["q"]) == ["blocks.0.q", "blocks.1.q"]
     with pytest.raises(KeyError, match="blocks.0.v: no adapter named 'b'"):
         lora.set_adapter(model, "b")
     lora.add_adapter(model, "c", r=2, alpha=2)
@@ -634,17 +634,17 @@ def test_set_scale_dials_the_update_and_is_refused_while_merged():
     with layer.disable_adapters():
         base_out = layer(x).data.copy()
     full_out = layer(x).data.copy()
-    layer.set_scale(0.0)
+    layer.set_scale("default", 0.0)
     assert np.array_equal(layer(x).data, base_out)
-    layer.set_scale(0.5)
+    layer.set_scale("default", 0.5)
     np.testing.assert_allclose(layer(x).data, base_out + 0.5 * (full_out - base_out), atol=1e-12)
-    layer.set_scale(1.0)
+    layer.set_scale("default", 1.0)
     layer.merge()
     with pytest.raises(RuntimeError, match="unmerge"):
-        layer.set_scale(2.0)
+        layer.set_scale("default", 2.0)
     assert layer.scaling == 2.0  # alpha / r, unchanged by the refused call
     with pytest.raises(ValueError, match="real number"):
-        layer.set_scale("big")
+        layer.set_scale("default", "big")
 
 
 # --------------------------------------------------------------------------- all-linear

@@ -1,5 +1,7 @@
 """lora_np.parallel: a batch's shards on threads give the loss and gradient of one plain pass."""
 
+import re
+import signal
 import threading
 
 import numpy as np
@@ -293,10 +295,153 @@ def test_train_refuses_a_bad_thread_count_before_changing_anything(threads):
         np.testing.assert_array_equal(p.data, b)
 
 
-def test_a_nan_loss_on_threads_stops_training_and_keeps_no_gradient():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_batch_where_no_target_counts_is_named_as_such_and_keeps_no_gradient(threads):
     idx, targets = _batch(4)
-    targets[:] = -100  # nothing counts: the loss is NaN at the first step
+    targets[:] = -100  # nothing counts: the loss is undefined, no learning rate is to blame
     model = _model()
-    with pytest.raises(ln.train.TrainingDiverged, match="the loss became nan at step 0"):
-        ln.train.train(model, lambda step: (idx, targets), 3, progress=False, threads=2)
+    with pytest.raises(ValueError, match=r"step 0 has no target that counts.*-100") as info:
+        ln.train.train(model, lambda step: (idx, targets), 3, progress=False, threads=threads)
+    assert "learning rate" not in str(info.value)
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------ errors, Ctrl-C, nesting
+class _Hooked:
+    """Wraps a model; each call's loss goes through ``hook(loss)`` (which may replace it)."""
+
+    def __init__(self, model, hook):
+        self.model, self.hook = model, hook
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, idx, targets=None):
+        logits, loss = self.model(idx, targets)
+        return logits, self.hook(loss)
+
+
+def _on_a_worker() -> bool:
+    return threading.current_thread().name.startswith("lora_np-parallel")
+
+
+def _with_backward(loss, backward_fn):
+    """``loss`` again, as a node whose backward first runs ``backward_fn(grad) -> (grad,)``."""
+    return type(loss).from_op(loss.data, (loss,), backward_fn)
+
+
+def test_an_error_in_one_shards_backward_leaves_every_gradient_as_it_was():
+    def fail(g):
+        raise RuntimeError("this shard's backward failed")
+
+    model = _model()
+    hooked = _Hooked(model, lambda loss: _with_backward(loss, fail) if _on_a_worker() else loss)
+    idx, targets = _batch(6)
+    rng = np.random.default_rng(2)
+    for p in model.parameters():  # gradients already there must come back exactly
+        p.grad = rng.standard_normal(p.shape)
+    before = _grads(model)
+    with pytest.raises(RuntimeError, match="this shard's backward failed"):
+        parallel.loss_and_backward(hooked, idx, targets, threads=2)
+    for name, g in _grads(model).items():
+        np.testing.assert_array_equal(g, before[name], err_msg=name)
+
+
+class _ChangedAfterForward(_Hooked):
+    """Its forward pass ends by assigning a weight the graph used: backward() refuses there,
+    midway, after some leaves already received their gradient."""
+
+    def __init__(self, model):
+        super().__init__(model, lambda loss: loss)
+
+    def __call__(self, idx, targets=None):
+        out = self.model(idx, targets)
+        weight = self.model.blocks[0].attn.q.weight
+        weight.data = weight.data.copy()
+        return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_error_midway_through_backward_leaves_every_gradient_as_it_was(threads):
+    model = _model()
+    idx, targets = _batch(6)
+    rng = np.random.default_rng(3)
+    for name, p in model.named_parameters():  # some gradients there already, some not
+        p.grad = rng.standard_normal(p.shape) if "attn" in name else None
+    before = _grads(model)
+    with pytest.raises(RuntimeError, match="changed in place"):
+        parallel.loss_and_backward(_ChangedAfterForward(model), idx, targets, threads=threads)
+    for name, g in _grads(model).items():
+        if before[name] is None:
+            assert g is None, name
+        else:
+            np.testing.assert_array_equal(g, before[name], err_msg=name)
+
+
+def test_ctrl_c_during_threaded_training_leaves_no_worker_running_and_no_gradient():
+    """Ctrl-C reaches the main thread while the other shard's backward is still running: the
+    call must wait for it, and leave no gradient of the interrupted step."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("a signal handler runs on the main thread only")
+    interrupted, returned, outlived = threading.Event(), threading.Event(), []
+    main = threading.main_thread().ident
+
+    def on_sigint(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    def slow(g):  # the worker's shard: press Ctrl-C, then keep working a while
+        signal.pthread_kill(main, signal.SIGINT)
+        interrupted.wait(10)
+        outlived.append(returned.wait(1.0))  # True only if train() returned before this ended
+        return (g,)
+
+    model = _model()
+    hooked = _Hooked(model, lambda loss: _with_backward(loss, slow) if _on_a_worker() else loss)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ln.train.train(hooked, lambda step: _batch(6), 3, progress=False, threads=2)
+    finally:
+        returned.set()
+        signal.signal(signal.SIGINT, previous)
+    parallel._pool(2).submit(lambda: None).result()  # the worker has finished whatever it did
+    assert outlived == [False], "a worker was still running after train() returned"
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_model_that_uses_parallel_itself_is_refused_and_the_pool_keeps_working():
+    inner = _model()
+
+    class Nested:  # a model whose forward pass runs parallel.forward itself
+        def __call__(self, idx, targets=None):
+            logits = parallel.forward(inner, idx, threads=2)
+            return logits, None if targets is None else inner(idx, targets)[1]
+
+    idx, targets = _batch(6)
+    for call in (
+        lambda: parallel.loss_and_backward(Nested(), idx, targets, threads=2),
+        lambda: parallel.forward(Nested(), idx, threads=2),
+    ):
+        with pytest.raises(RuntimeError, match="inside one of its own shards"):
+            call()
+    assert all(p.grad is None for p in inner.parameters())
+    loss, grads = _plain(inner, idx, targets)  # the pool still serves a plain model
+    got_loss, got = _parallel(inner, idx, targets, 2)
+    assert got_loss == pytest.approx(loss, rel=1e-12, abs=0)
+    _assert_close(grads, got, 1e-12)
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (4, 0)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_empty_batch_is_one_clear_error_on_every_path(shape, threads):
+    model = _model()
+    empty = np.zeros(shape, dtype=np.int64)
+    expected = rf"empty batch: idx has shape {re.escape(str(shape))}"
+    with pytest.raises(ValueError, match=expected):
+        parallel.loss_and_backward(model, empty, empty, threads=threads)
+    with pytest.raises(ValueError, match=expected):
+        parallel.forward(model, empty, threads=threads)
+    with pytest.raises(ValueError, match=rf"the batch for step 0: {expected}"):
+        ln.train.train(model, lambda step: (empty, empty), 2, progress=False, threads=threads)
     assert all(p.grad is None for p in model.parameters())

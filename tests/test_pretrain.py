@@ -69,3 +69,34 @@ def test_shipped_base_scores_what_its_json_says(shipped):
 def test_pretraining_shows_a_progress_bar_by_default(capsys):
     pretrain.pretrain(steps=2, batch_size=4, config=TINY, warmup_steps=1)
     assert "pretrain: 100%|" in capsys.readouterr().err
+
+
+def test_the_checkpoint_and_its_json_are_written_as_a_pair(tmp_path, monkeypatch):
+    """A save that fails at its second rename leaves both old files, not new weights beside
+    the old JSON (whose scores would then describe another model)."""
+    import os
+
+    from lora_np import backend, serialization
+
+    backend.manual_seed(0)
+    weights, card = pretrain.write_checkpoint(GPT(TINY), tmp_path, "t", {"run": 1})
+    old = (weights.read_bytes(), card.read_bytes())
+    calls, real = [], os.replace
+
+    def failing(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        return real(*args)
+
+    monkeypatch.setattr(serialization.os, "replace", failing)
+    backend.manual_seed(1)
+    with pytest.raises(OSError, match="disk full"):
+        pretrain.write_checkpoint(GPT(TINY), tmp_path, "t", {"run": 2})
+    monkeypatch.undo()
+    assert (weights.read_bytes(), card.read_bytes()) == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.safetensors"]
+    backend.manual_seed(1)
+    pretrain.write_checkpoint(GPT(TINY), tmp_path, "t", {"run": 2})
+    assert json.loads(card.read_text()) == {"run": 2}
+    assert weights.read_bytes() != old[0]

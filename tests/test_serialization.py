@@ -109,7 +109,8 @@ def test_round_trip_gives_the_same_outputs(tmp_path):
     assert lora.load_adapter(fresh, tmp_path / "a") == ["blocks.0.q", "blocks.1.q", "head"]
     assert np.array_equal(fresh(x).data, expected)
     layer = fresh.get_submodule("head")
-    assert layer.scaling == pytest.approx(6 / np.sqrt(3)) and layer.A.requires_grad
+    assert layer.scaling == pytest.approx(6 / np.sqrt(3))
+    assert not layer.A.requires_grad  # as PEFT: trains only when loaded with is_trainable=True
     assert not layer.base.weight.requires_grad
 
 
@@ -433,3 +434,63 @@ def test_layers_to_transform_that_agrees_with_the_file_loads(tmp_path):
     config["target_modules"], config["layers_to_transform"] = ["q", "v"], [0]
     path.write_text(json.dumps(config))
     assert lora.load_adapter(make_net(), folder) == ["blocks.0.q", "blocks.0.v"]
+
+
+def test_a_model_with_a_merged_adapter_is_neither_saved_nor_loaded_into(tmp_path):
+    """Its base.weight holds W0 + s·BA beside A and B: loaded into an unmerged model, s·BA
+    would count twice. Both directions are refused, with what to do instead."""
+    model = adapted_net()
+    path = tmp_path / "m.safetensors"
+    lora.merge_adapter(model)
+    with pytest.raises(ValueError, match=r"blocks\.0\.q, .*merged LoRA adapter.*unmerge"):
+        serialization.save_weights(model, path)
+    assert not path.exists()
+    lora.unmerge_adapter(model)
+    serialization.save_weights(model, path)
+    lora.merge_adapter(model)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="merged LoRA adapter: unmerge first"):
+        serialization.load_weights(model, path)
+    assert_unchanged(before, model)
+    lora.unmerge_adapter(model)
+    fresh = adapted_net()
+    serialization.load_weights(fresh, path)
+    np.testing.assert_array_equal(fresh(x_batch()).data, model(x_batch()).data)
+
+
+def _raw_safetensors(path, header: dict, body: bytes):
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + body)
+
+
+@pytest.mark.parametrize(
+    "entry, body, message",
+    [
+        (
+            {"dtype": "F32", "shape": [2], "data_offsets": [0, 12]},
+            12,
+            r"shape \[2\] holds 12 bytes",
+        ),
+        (
+            {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            12,
+            "starts at byte 4, expected 0",
+        ),
+        ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, 8, "no valid dtype, shape"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, 8, "describes 16 bytes"),
+    ],
+)
+def test_a_header_that_does_not_describe_its_file_is_refused(tmp_path, entry, body, message):
+    """The header is checked as safetensors checks it (sizes, offsets without gaps or
+    overlaps, the file's length) before any tensor is read: our own reader, so bf16 loads."""
+    path = tmp_path / "x.safetensors"
+    _raw_safetensors(path, {"x": entry}, b"\0" * body)
+    with pytest.raises(ValueError, match="truncated or corrupt.*" + message):
+        serialization.read_weights(path)
+
+
+def test_a_dtype_lora_np_does_not_read_is_named(tmp_path):
+    path = tmp_path / "x.safetensors"
+    _raw_safetensors(path, {"x": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"ab")
+    with pytest.raises(ValueError, match="dtype 'F8_E4M3', which lora_np does not read"):
+        serialization.read_weights(path)

@@ -130,23 +130,71 @@ def test_heading_key_matches_the_rendered_text_without_its_math():
     assert key("1. Setup") != key("2. Setup")
 
 
-# ---- home page -----------------------------------------------------------------------------
+# ---- what the site shows differently from the stored notebook ---------------------------
 
 
-def test_readme_becomes_the_home_page_with_links_and_a_table_of_contents():
-    readme = (
-        "# Course\n\n| `00_autodiff` | autodiff |\n\nSee [the notebook](notebooks/00_autodiff.ipynb),"
-        " [the guide](TEACHING.md), [results](benchmarks/RESULTS.md) and [web](https://x.org).\n"
-        "Back to [the top](README.md#course).\n"
+def test_solution_fold_holds_no_markers_and_the_learners_build_shows_the_stub():
+    nb = _nb(_code(SOLUTION, "s"), _code("print(1)", "p"))
+    teacher = site_source.prepare_notebook(nb)
+    assert teacher["cells"][0]["source"] == "def f(x):\n    return x\n"
+    learners = site_source.prepare_notebook(nb, solutions=False)
+    assert learners["cells"][0]["source"] == (
+        "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
     )
-    index = site_source.readme_to_index(readme, ["00_autodiff"], ["TEACHING"])
-    assert "| [`00_autodiff`](00_autodiff.ipynb) | autodiff |" in index
-    assert "[the notebook](00_autodiff.ipynb)" in index
-    assert "[the guide](TEACHING.md)" in index
-    assert "results (`benchmarks/RESULTS.md`)" in index  # no page for it on the site
-    assert "[web](https://x.org)" in index
-    assert "[the top](index.md#course)" in index
-    assert index.endswith("```{toctree}\n:hidden:\n:maxdepth: 1\n\n00_autodiff\nTEACHING\n```\n")
+    assert learners["cells"][0]["metadata"] == {}  # nothing folded, nothing to show
+    assert learners["cells"][1] == nb["cells"][1]
+
+
+def test_every_figure_gets_its_alt_text_and_a_missing_one_is_an_error():
+    figure = _code("plot()", "fig")
+    figure["outputs"] = [{"output_type": "display_data", "data": {"image/png": "AAAA"}}]
+    nb = _nb(figure, _code("print(1)", "p"))
+    out = site_source.prepare_notebook(nb, alt={"fig": "A line falling from 1 to 0."})
+    assert out["cells"][0]["metadata"]["mystnb"]["image"]["alt"] == "A line falling from 1 to 0."
+    assert out["cells"][1]["metadata"] == {}
+    with pytest.raises(ValueError, match="02_x.ipynb: the figure of cell 'fig' has no alt text"):
+        site_source.prepare_notebook(nb, alt={}, name="02_x.ipynb")
+
+
+def test_exercise_numbers_take_one_style():
+    text = "see exercises 1.1 and 1.2, Exercise 2.3: merging, Exercise 03.1; version 2.1 stays"
+    assert site_source.number_exercises(text) == (
+        "see exercises 01.1 and 01.2, Exercise 02.3: merging, Exercise 03.1; version 2.1 stays"
+    )
+    nb = _nb(_md("### Exercise 5.1: the energy rank (★)"))
+    shown = site_source.prepare_notebook(nb)
+    assert site_source.notebook_headings(shown) == ["Exercise 05.1: the energy rank (★)"]
+    assert not site_source.OTHER_STYLE.search("Exercise 05.1 and exercises 01.1")
+    assert site_source.OTHER_STYLE.search("Exercise 5.1")
+
+
+def test_page_titles_hold_no_latex():
+    nb = _nb(_md("# 04 — Why $\\alpha/r$? Scaling\n\n## Keeps $\\alpha$ math"))
+    assert site_source.page_title(nb) == "04 — Why α/r? Scaling"
+    shown = site_source.prepare_notebook(nb)
+    assert shown["cells"][0]["source"] == "# 04 — Why α/r? Scaling\n\n## Keeps $\\alpha$ math"
+    assert site_source.plain_title("# why $A$ starts") == "# why *A* starts"
+    assert site_source.plain_math("\\|M\\|_F = \\sqrt{2}") == "‖M‖_F = √2"
+
+
+def test_home_page_is_for_learners_and_says_which_build_it_is():
+    template = (
+        "# Course\n\n{{edition}}\n\n{{repository}}Run:\n\n```bash\n{{clone}}\nmake lab\n```\n\n"
+        "{{first}}\n\n{{solutions}}\n\n{{table}}\n"
+    )
+    rows = [("00_a", "00 — A", 2, "1 h 00 min"), ("01_b", "01 — B", 1, "45 min")]
+    page = site_source.learners_index(template, rows, True, "https://x.org/lora-np.git", ["T"])
+    assert "git clone https://x.org/lora-np.git lora-np && cd lora-np\nmake lab" in page
+    assert "shows the solutions" in page and "[00 — A](00_a.ipynb)" in page
+    assert "| [01 — B](01_b.ipynb) | 1 | 45 min |" in page
+    assert page.endswith("```{toctree}\n:hidden:\n:maxdepth: 1\n\n00_a\n01_b\nT\n```\n")
+    learners = site_source.learners_index(template, rows, False, None)
+    assert "without their solutions" in learners and "solution" not in learners.replace(
+        "without their solutions", ""
+    )
+    assert "Ask your teacher for the address of the course's repository" in learners
+    assert "The course lives at <https://x.org/lora-np.git>." in page
+    assert "{{" not in learners
 
 
 # ---- the browser checks --------------------------------------------------------------------
@@ -172,10 +220,14 @@ def test_a_clean_site_passes(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "fig.png").write_bytes(PNG)
+    for name in ("a-student.ipynb", "a-teacher.ipynb"):
+        (site / name).write_text("{}")
     (site / "index.html").write_text(
         _page(
             "home",
-            '<article><h1>Home</h1><img src="fig.png"><a href="other.html#part">on</a>'
+            '<article><h1>Home</h1><img src="fig.png" alt="A line falling from 1 to 0.">'
+            '<a href="other.html#part">on</a><a href="a-student.ipynb" download="a-student.ipynb">'
+            's</a><a href="a-teacher.ipynb" download="a-teacher.ipynb">t</a><pre>short</pre>'
             '<a href="https://example.invalid/elsewhere">a link out is no request</a></article>',
         )
     )
@@ -200,7 +252,17 @@ def test_every_check_fails_on_a_broken_page(tmp_path):
             '<span class="math">\\(x\\)</span>'
             '<a href="nowhere.html">x</a><a href="index.html#no-such-id">y</a>'
             '<div style="width: 2000px">wide</div>'
-            '<script>throw new Error("boom")</script></article>',
+            '<img src="missing.png" alt="_images/abc.png">'
+            '<div style="width: 200px"><pre style="white-space: pre; overflow-x: auto">'
+            + "x"
+            * 60
+            + "</pre></div>"
+            '<div class="cell_input"><pre>### BEGIN SOLUTION</pre></div><p>See Exercise 2.1</p>'
+            '<a href="a.ipynb" download="a.ipynb">s</a><a href="b.ipynb" download="a.ipynb">t</a>'
+            '<script>throw new Error("boom")</script>'
+            '<script>document.title = "04 - Why \\\\(\\\\alpha/r\\\\)?"</script></article>'
+            '<button id="pst-back-to-top" style="position: fixed; top: 0; left: 0; width: 390px;'
+            ' height: 300px; opacity: 0.5">Back to top</button>',
         )
     )
     want = browser.Expected(headings=["Right title", "A section"], details=1, solutions=1)
@@ -221,6 +283,14 @@ def test_every_check_fails_on_a_broken_page(tmp_path):
         "page scrolls sideways: ",
         "link to a missing file: nowhere.html",
         "link to a missing anchor: index.html#no-such-id",
+        "image without alt text that says what it shows: alt=''",
+        "image without alt text that says what it shows: alt='_images/abc.png'",
+        "title with raw LaTeX: '04 - Why \\\\(\\\\alpha/r\\\\)?'",
+        "1 of 2 code blocks scroll sideways",
+        "a solution marker is shown in a code cell",
+        "exercise numbers in another style than NN.M: ['Exercise 2.1']",
+        "downloads share a name",
+        "index.html [phone]: the Back to top button covers text: ",
     ]:
         assert needle in text, f"{needle!r} not in:\n{text}"
     assert "[phone]: page scrolls sideways: 2008 px wide on a 390 px wide screen" in text
@@ -234,3 +304,95 @@ def test_the_built_site_is_never_tracked_by_git():
     for path in ["build/site/index.html", "build/site-src/conf.py", "build/site-test/x.png"]:
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
         assert ignored.returncode == 0, f"{path} is not ignored by git"
+
+
+@_needs_browser
+def test_a_build_without_solutions_shows_none(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    meta = '<meta name="lora-np-solutions" content="no">'
+    (site / "index.html").write_text(
+        _page(
+            "x",
+            f"{meta}<article><h1>Home</h1><p>Show the solution</p><pre>return W0 + scaling * delta"
+            '</pre><a href="downloads/a-teacher.ipynb">t</a></article>',
+        )
+    )
+    (site / "downloads").mkdir()
+    (site / "downloads" / "a-teacher.ipynb").write_text("{}")
+    want = browser.Expected(headings=["Home"], solution_lines=["return W0 + scaling * delta"])
+    report = browser.check_site(site, {"index": want}, tmp_path / "shots")
+    text = "\n".join(report.failures)
+    for needle in [
+        "a solution to show in a build without solutions",
+        "the teacher's edition offered without solutions: ",
+        "solution text on the page: 'return W0 + scaling * delta'",
+    ]:
+        assert needle in text, f"{needle!r} not in:\n{text}"
+
+
+@_needs_browser
+def test_search_from_disk_needs_an_excerpt_under_each_result(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "search.html").write_text(
+        _page(
+            "s",
+            '<div id="search-results"><p>Search finished, found 1 page.</p><ul><li><a href="x.html">x</a></li></ul></div>',
+        )
+    )
+    problems = browser.check_search_from_disk(site, tmp_path, timeout_ms=3000)
+    assert problems == ["search.html from file://: 1 of 1 results without an excerpt"]
+    (site / "search.html").write_text(
+        _page(
+            "s",
+            '<div id="search-results"><p>Search finished, found 1 page.</p><ul><li><a>x</a>'
+            '<p class="context">…</p></li></ul></div>',
+        )
+    )
+    assert browser.check_search_from_disk(site, tmp_path) == []
+
+
+def test_solution_lines_are_those_found_only_in_solutions():
+    nb = _nb(
+        _code(
+            "def f(x):\n    ### BEGIN SOLUTION\n    return x * scaling_factor\n    y = 1\n"
+            "    ### END SOLUTION",
+            "s",
+        ),
+        _code("print('shown anyway')\nz = f(2)", "p"),
+    )
+    assert browser.solution_lines(nb) == ["return x * scaling_factor"]
+
+
+def test_stage_with_and_without_solutions(tmp_path):
+    """What Sphinx gets: without solutions no solution line, marker or teacher's edition
+    anywhere in the staged sources; with them the solutions folded without their markers."""
+    import build_site
+
+    lines = {
+        path.name: browser.solution_lines(json.loads(path.read_text(encoding="utf-8")))
+        for path in sorted(build_site.NOTEBOOKS.glob(build_site.COURSE_GLOB))
+    }
+    assert all(lines.values()), "every notebook has solutions to hide"
+
+    learners = tmp_path / "learners"
+    pages = build_site.stage(learners, solutions=False, repository="https://x.org/l.git")
+    assert "TEACHING" not in pages
+    files = [p for p in learners.rglob("*") if p.is_file() and p.suffix in (".ipynb", ".md")]
+    assert not [p for p in files if "teacher" in p.name]
+    staged = {p.name: p.read_text(encoding="utf-8") for p in files}
+    for name, text in staged.items():
+        assert "SOLUTION" not in text and "Show the solution" not in text, name
+        own = lines.get(name.replace("-student", ""), [])
+        shown = [line for line in own if line in text]
+        assert not shown, f"{name}: {shown[:2]}"
+    assert "git clone https://x.org/l.git lora-np" in staged["index.md"]
+
+    teachers = tmp_path / "teachers"
+    build_site.stage(teachers, solutions=True)
+    assert (teachers / "_extra" / "downloads" / "02_lora_layer-teacher.ipynb").is_file()
+    nb = json.loads((teachers / "02_lora_layer.ipynb").read_text(encoding="utf-8"))
+    folded = [c for c in nb["cells"] if "hide-input" in c["metadata"].get("tags", [])]
+    assert len(folded) == 3
+    assert not any("### BEGIN SOLUTION" in site_source.cell_source(c) for c in folded)

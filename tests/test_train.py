@@ -62,6 +62,15 @@ def test_training_tunes_the_allocator_explicitly(model, monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("make", [lambda b: iter(b), lambda b: (x for x in b), list])
+def test_batches_that_run_out_are_named(model, make):
+    two = [data.encode_examples(data.make_examples("cpy", 4, seed=s)) for s in range(2)]
+    batches = make(two)
+    with pytest.raises(ValueError, match=r"batches ran out at step 2 of 5") as info:
+        train(model, batches, steps=5, progress=False)
+    assert type(batches).__name__ in str(info.value)  # names what was given
+
+
 def test_a_function_of_the_step_can_supply_batches(model):
     seen = []
 

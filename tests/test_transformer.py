@@ -268,3 +268,45 @@ def test_generate_crops_to_block_size_and_is_reproducible(model):
     assert out.shape == (2, 30)
     again = model.generate(_idx(B=2, T=20), 10, temperature=0.8, top_k=5, seed=1)
     assert np.array_equal(out, again)
+
+
+def test_saving_a_model_with_lora_layers_is_refused(model, tmp_path):
+    from lora_np import lora
+
+    lora.inject(model, ["q", "v"], r=2, alpha=4)
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.q \(LoRALinear\).*lora\.save_adapter"):
+        model.save(tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+    lora.merge_and_unload(model)  # what the message offers: a plain GPT that loads
+    GPT.load(model.save(tmp_path / "m.safetensors"))
+
+
+def test_a_config_that_implies_huge_tensors_is_refused_before_building(
+    model, tmp_path, monkeypatch
+):
+    from lora_np.serialization import save_weights
+
+    huge = GPTConfig(**{**vars(SMALL), "vocab_size": 4_000_000})
+    path = save_weights(model, tmp_path / "m.safetensors", {"config": json.dumps(vars(huge))})
+    built = []
+    real = GPT.__init__
+
+    def spy(self, config):
+        built.append(config)
+        real(self, config)
+
+    monkeypatch.setattr(GPT, "__init__", spy)
+    with pytest.raises(
+        ValueError,
+        match=r"tok_emb\.weight is \(48, 16\) in the file, the config implies \(4000000, 16\)",
+    ):
+        GPT.load(path)
+    assert built == []  # refused from the header, before allocating the model
+
+
+def test_a_checkpoint_with_bytes_after_its_tensors_is_refused(model, tmp_path):
+    path = model.save(tmp_path / "m.safetensors")
+    with open(path, "ab") as f:
+        f.write(b"\0" * 1000)
+    with pytest.raises(ValueError, match="1000 bytes after the tensors"):
+        GPT.load(path)

@@ -24,18 +24,20 @@ nbgrader's gradebook: full marks and zero, or exit 1. No cell but a checker may 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import editions  # noqa: E402  (a sibling script, not an installed package)
+import editions  # noqa: E402  (sibling scripts, not an installed package)
+import grading  # noqa: E402
+import grading_course  # noqa: E402
 
 COURSE_DIR = editions.ROOT / "build" / "nbgrader"
 CI_COURSE_DIR = editions.ROOT / "build" / "nbgrader-ci"
@@ -56,7 +58,18 @@ c.Execute.timeout = {timeout}
 # A checker cell a student deleted is put back (and run) at autograde, not silently lost.
 c.OverwriteCells.add_missing_cells = True
 c.ClearSolutions.code_stub = {{"python": {stub!r}}}
+# nbgrader zip_collect: how your learning platform names the files in its download of all
+# submissions (TEACHING.md, step 3). This pattern is Canvas's; change it for another platform.
+c.FileNameCollectorPlugin.named_regexp = {pattern!r}
+c.FileNameCollectorPlugin.valid_ext = [".ipynb"]
 """
+# Canvas names each file in its "Download Submissions" zip
+# <lastfirst>_[LATE_]<user id>_<submission id>_<file name>[-<attempt>].ipynb; zip_collect passes
+# the full path, and adds .ipynb back to file_id.
+CANVAS_FILE_PATTERN = (
+    r"^(?:.*/)?[^/_]+_(?:LATE_)?(?P<student_id>\d+)_\d+_(?P<file_id>[^/]+?)(?:-\d+)?\.ipynb$"
+)
+STARS = re.compile(r"^#+\s*Exercise\b.*?\((★+)", re.M)
 
 
 def _cell_metadata(grade_id: str, *, solution=False, grade=False, locked=False, points=None):
@@ -73,9 +86,26 @@ def _cell_metadata(grade_id: str, *, solution=False, grade=False, locked=False, 
     return meta
 
 
-def nbgrader_notebook(nb, path: Path | str):
+def exercise_points(nb, exercises, weighting: str = "one") -> dict[str, int]:
+    """{exercise: points}: 1 each, or with ``weighting="stars"`` the stars of the exercise's
+    heading (``### Exercise 2.1: ... (★★, ~15 min)`` is worth 2), 1 where it has none."""
+    points = {}
+    for exercise in exercises:
+        stars = 0
+        if weighting == "stars":
+            for cell in reversed(nb.cells[: exercise.solution_cell]):
+                found = STARS.search(cell.source) if cell.cell_type == "markdown" else None
+                if found:
+                    stars = len(found.group(1))
+                    break
+        points[exercise.name] = stars or 1
+    return points
+
+
+def nbgrader_notebook(nb, path: Path | str, weighting: str = "one"):
     """A copy of a teacher's notebook with nbgrader's cell metadata and no outputs."""
     exercises = editions.find_exercises(nb, path)
+    points = exercise_points(nb, exercises, weighting)
     solutions = {e.solution_cell: e.name for e in exercises}
     checkers = {e.checker_cell: e.name for e in exercises}
     source = nbformat.from_dict(nbformat.reads(nbformat.writes(nb), as_version=4))
@@ -83,7 +113,8 @@ def nbgrader_notebook(nb, path: Path | str):
         if index in solutions:
             meta = _cell_metadata(f"solution_{solutions[index]}", solution=True)
         elif index in checkers:
-            meta = _cell_metadata(f"check_{checkers[index]}", grade=True, locked=True, points=1)
+            name = checkers[index]
+            meta = _cell_metadata(f"check_{name}", grade=True, locked=True, points=points[name])
         else:
             meta = _cell_metadata(f"cell_{cell.id}", locked=True)
         cell.metadata["nbgrader"] = meta
@@ -97,6 +128,38 @@ def nbgrader_notebook(nb, path: Path | str):
         "kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"}
     )
     return source
+
+
+def read_teacher(path: Path):
+    """A teacher's notebook, refused with a one-line EditionError when it is cut short (invalid
+    JSON), older than nbformat 4.5 (cells without ids), or has a cell id twice. nbformat itself
+    would silently give repeated ids new random ones on every read, so the released
+    assignment's cell ids would change with every build."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise editions.EditionError(
+            f"{path.name}: not a complete notebook (invalid JSON at line {err.lineno}: "
+            f"{err.msg}); was it cut short? Restore it from git"
+        ) from None
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list) or data.get("nbformat") != 4:
+        raise editions.EditionError(f"{path.name}: not an nbformat 4 notebook")
+    if data.get("nbformat_minor", 0) < 5 or not all(cell.get("id") for cell in cells):
+        raise editions.EditionError(
+            f"{path.name}: nbformat 4.{data.get('nbformat_minor', 0)} notebook whose cells have "
+            "no ids; open and save it in Jupyter (nbformat 4.5 or newer gives each cell an id)"
+        )
+    seen = {}
+    for index, cell in enumerate(cells):
+        if cell["id"] in seen:
+            raise editions.EditionError(
+                f"{path.name}: cells {seen[cell['id']]} and {index} have the same id "
+                f"{cell['id']!r}; give one of them a new id"
+            )
+        seen[cell["id"]] = index
+    return nbformat.reads(json.dumps(data), as_version=4)
 
 
 def nbgrader(course: Path, *args: str, cwd: Path | None = None) -> str:
@@ -127,7 +190,12 @@ def _require_nbgrader() -> str:
     return nbgrader.__version__
 
 
-def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = None) -> dict:
+def build(
+    paths: list[Path],
+    course: Path = COURSE_DIR,
+    exchange: Path | None = None,
+    weighting: str = "one",
+) -> dict:
     """Write the course directory's config and source/, run generate_assignment.
 
     Returns {assignment id: (path, the teacher's notebook as read)}.
@@ -135,9 +203,11 @@ def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = 
     Every notebook is converted before anything is written, so a malformed one leaves the course
     directory as it was.
     """
+    teachers = {path.stem: (path, read_teacher(path)) for path in paths}
+    sources = {
+        name: nbgrader_notebook(nb, path, weighting) for name, (path, nb) in teachers.items()
+    }
     version = _require_nbgrader()
-    teachers = {path.stem: (path, nbformat.read(path, as_version=4)) for path in paths}
-    sources = {name: nbgrader_notebook(nb, path) for name, (path, nb) in teachers.items()}
     course.mkdir(parents=True, exist_ok=True)
     exchange = exchange or course / "exchange"
     exchange.mkdir(parents=True, exist_ok=True)
@@ -148,8 +218,10 @@ def build(paths: list[Path], course: Path = COURSE_DIR, exchange: Path | None = 
         exchange=str(exchange.resolve()),
         timeout=CELL_TIMEOUT_S,
         stub="\n".join(editions.STUB_LINES),
+        pattern=CANVAS_FILE_PATTERN,
     )
     (course / "nbgrader_config.py").write_text(config)
+    grading_course.hidden_seed(course)  # made once, kept across rebuilds
     for assignment, nb in sources.items():
         folder = course / "source" / assignment
         shutil.rmtree(folder, ignore_errors=True)
@@ -192,107 +264,121 @@ def _solved(released, teacher, path) -> None:
             )
 
 
-def _errors_outside_checkers(graded: Path, label: str) -> list[str]:
-    """Cells other than graded checkers that raised during autograde: each one is a failure."""
-    nb = nbformat.read(graded, as_version=4)
-    return [
-        f"{label}: cell {index} raised {output.ename}: {output.evalue}"
-        for index, cell in enumerate(nb.cells)
-        if not cell.metadata.get("nbgrader", {}).get("grade")
-        for output in cell.get("outputs", [])
-        if output.output_type == "error"
-    ]
-
-
-def grade_one(path: Path, course: Path) -> tuple[str, list[str]]:
-    """One notebook through the whole classroom path in its own course directory.
-
-    Returns a table row (solved, untouched and maximum score, seconds) and the failures.
-    """
-    from nbgrader.api import Gradebook
-
-    start = time.perf_counter()
-    ((assignment, (_, teacher)),) = build([path], course).items()
-    exchange = str((course / "exchange").resolve())
-    student_flags = [f"--Exchange.root={exchange}", f"--course={COURSE_ID}"]
-    nbgrader(course, "release_assignment", assignment, "--force")
-    for student in ("solved", "untouched"):
-        home = course / "students" / student  # the student's own folder, elsewhere in real life
-        home.mkdir(parents=True)
-        nbgrader(course, "fetch_assignment", assignment, *student_flags, cwd=home)
-        if student == "solved":
-            target = home / assignment / f"{assignment}.ipynb"
-            released = nbformat.read(target, as_version=4)
-            _solved(released, teacher, path)
-            nbformat.write(released, target)
-        nbgrader(course, "submit", assignment, *student_flags, f"--student={student}", cwd=home)
-    nbgrader(course, "collect", assignment)
-    nbgrader(course, "autograde", assignment)
-    nbgrader(course, "generate_feedback", assignment)
-
-    n_exercises = len(editions.find_exercises(teacher, path))
-    with Gradebook(f"sqlite:///{(course / 'gradebook.db').resolve()}") as gradebook:
-        solved = gradebook.find_submission(assignment, "solved")
-        untouched = gradebook.find_submission(assignment, "untouched")
-        scores = (solved.score, untouched.score, solved.max_score)
-    failures = []
-    if not scores[2] == scores[0] == n_exercises:
-        failures.append(
-            f"{assignment}: the solved submission scored {scores[0]:g} of {scores[2]:g}; "
-            f"expected {n_exercises} of {n_exercises}"
-        )
-    if scores[1] != 0:
-        failures.append(f"{assignment}: the untouched submission scored {scores[1]:g}; expected 0")
-    for student in ("solved", "untouched"):
-        graded = course / "autograded" / student / assignment / f"{assignment}.ipynb"
-        failures += _errors_outside_checkers(graded, f"{assignment} ({student})")
-        feedback = course / "feedback" / student / assignment / f"{assignment}.html"
-        if not feedback.exists():
-            failures.append(f"{assignment}: no feedback for {student} at {feedback}")
-    seconds = time.perf_counter() - start
-    row = f"{assignment:<22} {scores[0]:>7g} {scores[1]:>10g} {scores[2]:>4g} {seconds:>8.0f}"
-    return row, failures
-
-
-def ci(paths: list[Path], course: Path = CI_COURSE_DIR, workers: int | None = None) -> int:
-    """Every notebook through the classroom path (in parallel, one course directory each); 0
-    when every gradebook shows full marks for the solved submission and zero for the other."""
-    start = time.perf_counter()
-    shutil.rmtree(course, ignore_errors=True)
-    workers = workers or max(1, min(len(paths), os.cpu_count() or 1))
-    order = sorted(paths, key=lambda path: -path.stat().st_size)  # the long ones first
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {path: pool.submit(grade_one, path, course / path.stem) for path in order}
-        results = [futures[path].result() for path in paths]
-    print(f"{'assignment':<22} {'solved':>7} {'untouched':>10} {'max':>4} {'seconds':>8}")
-    failures = []
-    for row, found in results:
-        print(row)
-        failures += found
-    for line in failures:
-        print(f"FAILED {line}", file=sys.stderr)
-    print(
-        f"nbgrader end to end: {len(paths)} assignments x 2 submissions, {workers} in parallel, "
-        f"{time.perf_counter() - start:.0f} s"
+def autograde(
+    assignment: str,
+    course: Path = COURSE_DIR,
+    library: str | None = None,
+    workers: int | None = None,
+    time_limit: float = grading.TIME_LIMIT_S,
+) -> tuple[dict, list]:
+    """Grade every submission of ``assignment`` where it cannot reach (tools/grading_course.py),
+    then nbgrader's feedback. Returns ({student: verdicts or problem}, [(student, problem)])."""
+    _require_nbgrader()
+    (path,) = editions.select([assignment])
+    teacher = read_teacher(path)
+    exercises = editions.find_exercises(teacher, path)
+    source = library if library is not None else ("HEAD" if _is_git_checkout() else "tree")
+    _warn_if_library_changed(source)
+    pristine = grading.PristineLibrary(None if source == "tree" else source)
+    workers = workers or max(1, os.cpu_count() or 1)
+    results = grading_course.grade_all(
+        course, assignment, teacher, exercises, pristine, time_limit, workers
     )
-    return 1 if failures else 0
+    problems = grading_course.record(course, assignment, results, exercises)
+    if results:
+        nbgrader(course, "generate_feedback", assignment, "--force")
+        grading_course.offline_math(course / "feedback", assignment)
+    return results, problems
+
+
+def _is_git_checkout() -> bool:
+    done = subprocess.run(
+        ["git", "-C", str(editions.ROOT), "rev-parse", "--is-inside-work-tree"],
+        capture_output=True,
+        text=True,
+    )
+    return done.returncode == 0 and done.stdout.strip() == "true"
+
+
+def _warn_if_library_changed(source: str) -> None:
+    """Grading uses the committed lora_np; say so when the working tree differs (an uncommitted
+    change of yours, or a file a submission wrote)."""
+    if source == "tree":
+        return
+    done = subprocess.run(
+        ["git", "-C", str(editions.ROOT), "diff", "--name-only", source, "--", "lora_np"],
+        capture_output=True,
+        text=True,
+    )
+    changed = done.stdout.split()
+    if changed:
+        print(
+            f"warning: grading with lora_np as committed ({source}); the working tree differs in "
+            f"{', '.join(changed[:5])} (commit your change, or pass --library tree)",
+            file=sys.stderr,
+        )
+
+
+def _print_grades(assignment: str, results: dict, problems: list) -> None:
+    for student, result in sorted(results.items()):
+        if isinstance(result, str):
+            print(f"{assignment} {student}: NOT GRADED ({result})")
+            continue
+        score = sum(v.score or 0 for v in result)
+        detail = ", ".join(
+            f"{v.exercise} {v.score if v.score is not None else '?'}" for v in result
+        )
+        print(f"{assignment} {student}: {score:g} of {len(result)} ({detail})")
+    for student, reason in problems:
+        print(f"PROBLEM {assignment} {student}: {reason}", file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} submission(s) not graded: see problems.csv", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["build", "ci"])
+    parser.add_argument("command", choices=["build", "autograde", "export", "ci"])
     parser.add_argument("notebooks", nargs="*", help="numbers or names (default: all)")
     parser.add_argument("--course", type=Path, help="the nbgrader course directory")
     parser.add_argument(
         "--exchange", type=Path, help="a folder shared with students (default: COURSE/exchange)"
     )
+    parser.add_argument(
+        "--points", choices=["one", "stars"], default="one", help="build: points per exercise"
+    )
+    parser.add_argument("--library", help="lora_np to grade with: a git revision or 'tree'")
+    parser.add_argument("--workers", type=int, help="submissions graded at once (default: cores)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=grading.TIME_LIMIT_S,
+        help="seconds one exercise of one submission may take (default %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, default=Path("grades.csv"), help="export: the CSV")
     args = parser.parse_args(argv)
     paths = editions.select(args.notebooks)
     try:
         if args.command == "ci":
-            return ci(paths, args.course or CI_COURSE_DIR)
+            import grading_ci  # it imports this module
+
+            return grading_ci.ci(paths, args.course or CI_COURSE_DIR)
+        if args.command == "export":
+            rows = grading_course.export(args.course or COURSE_DIR, args.out)
+            print(f"{args.out}: {rows} rows (an empty score is a submission not graded: see why)")
+            return 0
+        if args.command == "autograde":
+            for path in paths if args.notebooks else []:
+                results, problems = autograde(
+                    path.stem, args.course or COURSE_DIR, args.library, args.workers,
+                    args.time_limit,
+                )  # fmt: skip
+                _print_grades(path.stem, results, problems)
+            if not args.notebooks:
+                print("error: name the assignment(s) to grade", file=sys.stderr)
+                return 2
+            return 0
         course = args.course or COURSE_DIR
-        for assignment in build(paths, course, args.exchange):
+        for assignment in build(paths, course, args.exchange, args.points):
             print(f"{assignment}: release/{assignment}/{assignment}.ipynb")
         print(f"nbgrader course directory: {course} (see TEACHING.md)")
     except editions.EditionError as err:

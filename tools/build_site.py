@@ -2,18 +2,26 @@
 
 Usage::
 
-    python tools/build_site.py            # stage build/site-src/, then Sphinx -> build/site/
+    python tools/build_site.py                  # with solutions (folded), the default
+    python tools/build_site.py --no-solutions   # for learners: make site SOLUTIONS=0
+    python tools/build_site.py --repository URL # the clone address the home page gives
 
 Nothing is executed: myst-nb renders the outputs stored in ``notebooks/NN_*.ipynb``. The steps:
 
 1. stage ``build/site-src/``: this repo's ``site/`` folder (Sphinx's conf.py and static files),
-   a home page made from README.md, a render copy of each notebook (``site_source``), the
-   TEACHING.md guide when it exists, and under ``_extra/`` the files readers download: each
-   stored notebook (teacher's edition) and, when ``make student`` has written ``build/student/``,
-   its student edition;
+   a home page for learners (``site/home.md`` filled in: which build this is, the clone
+   command, where to start, the notebooks with their study times), a render copy of each
+   notebook (``site_source``: alt text from ``site/figure_alt.json``), the TEACHING.md guide
+   (with solutions only), and under ``_extra/downloads/`` the files readers download: each
+   notebook's student edition (``NN_x-student.ipynb``, made fresh by tools/editions.py) and,
+   with solutions, its teacher's edition (``NN_x-teacher.ipynb``);
 2. MathJax 3 from the npm registry (``npm pack``, checked against a pinned SHA-256, cached in
    ``build/cache/``) into the site's static files, so no page needs a CDN;
-3. ``sphinx-build`` into a fresh ``build/site/``; any Sphinx warning fails the build.
+3. ``sphinx-build`` into a fresh ``build/site/``; any Sphinx warning fails the build. Without
+   solutions Sphinx gets the tag ``no_solutions`` (conf.py reads it).
+
+The repository address comes from ``--repository``, else ``[project.urls] Repository`` in
+pyproject.toml; without either the home page tells the reader to ask for it.
 """
 
 from __future__ import annotations
@@ -26,15 +34,20 @@ import subprocess
 import sys
 import tarfile
 import time
+import tomllib
 from pathlib import Path
 
+import editions
+import nbformat
 import notebook_requires
 import site_source
+import study_times
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "site"
 NOTEBOOKS = ROOT / "notebooks"
-STUDENT = ROOT / "build" / "student"
+ALT_TEXT = CONF_DIR / "figure_alt.json"
+HOME = CONF_DIR / "home.md"
 STAGE = ROOT / "build" / "site-src"
 OUT = ROOT / "build" / "site"
 CACHE = ROOT / "build" / "cache"
@@ -51,25 +64,55 @@ MATHJAX_BUNDLE = "tex-chtml.js"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="output folder (default build/site)")
+    parser.add_argument(
+        "--no-solutions",
+        dest="solutions",
+        action="store_false",
+        help="for learners: stubs instead of solutions, no teacher's edition",
+    )
+    parser.add_argument("--repository", help="the clone address the home page gives")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    pages = stage(STAGE)
+    try:
+        pages = stage(STAGE, args.solutions, args.repository or _repository())
+    except (ValueError, editions.EditionError) as err:
+        print(f"build_site: {err}", file=sys.stderr)
+        return 1
     install_mathjax(STAGE / "_static" / "mathjax")
     staged = time.perf_counter()
-    run_sphinx(STAGE, args.out)
+    run_sphinx(STAGE, args.out, args.solutions)
     missing = [p for p in pages if not (args.out / f"{p}.html").is_file()]
     if missing:
         print(f"build_site: Sphinx wrote no page for {missing}", file=sys.stderr)
         return 1
     done = time.perf_counter()
+    which = "with solutions" if args.solutions else "without solutions (for learners)"
     print(
-        f"build_site: {len(pages)} pages in {args.out.relative_to(ROOT)} "
+        f"build_site: {len(pages)} pages in {_shown(args.out)}, {which} "
         f"(staging {staged - start:.1f} s, Sphinx {done - staged:.1f} s, total {done - start:.1f} s)"
     )
     return 0
 
 
-def stage(stage_dir: Path) -> list[str]:
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _repository() -> str | None:
+    """``[project.urls] Repository`` of pyproject.toml, when it has one."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    urls = {key.lower(): value for key, value in project.get("urls", {}).items()}
+    return urls.get("repository") or urls.get("source")
+
+
+def read_alt_text() -> dict[str, dict[str, str]]:
+    """{notebook name: {cell id: alt text}} from site/figure_alt.json."""
+    table = json.loads(ALT_TEXT.read_text(encoding="utf-8"))
+    return {name: texts for name, texts in table.items() if not name.startswith("_")}
+
+
+def stage(stage_dir: Path, solutions: bool = True, repository: str | None = None) -> list[str]:
     """Write the Sphinx source folder; returns the page names (notebooks, then TEACHING)."""
     notebooks = notebook_requires.runnable(sorted(NOTEBOOKS.glob(COURSE_GLOB)))
     if not notebooks:
@@ -78,52 +121,48 @@ def stage(stage_dir: Path) -> list[str]:
         shutil.rmtree(stage_dir)
     shutil.copytree(CONF_DIR, stage_dir, ignore=shutil.ignore_patterns("__pycache__"))
     names = [path.stem for path in notebooks]
-
+    alt = read_alt_text()
+    downloads = stage_dir / "_extra" / "downloads"
+    rows = []
     for path in notebooks:
         nb = json.loads(path.read_text(encoding="utf-8"))
-        rendered = site_source.prepare_notebook(nb)
+        rendered = site_source.prepare_notebook(nb, solutions, alt.get(path.stem, {}), path.name)
         (stage_dir / path.name).write_text(json.dumps(rendered, indent=1), encoding="utf-8")
-        _copy(path, stage_dir / "_extra" / "notebooks" / path.name)
-
-    students = _student_editions(names)
-    for name, path in students.items():
-        _copy(path, stage_dir / "_extra" / "student" / f"{name}.ipynb")
+        teacher = editions.read_notebook(path)
+        student = editions.student_notebook(teacher, path, run_all=True)
+        downloads.mkdir(parents=True, exist_ok=True)
+        (downloads / f"{path.stem}-student.ipynb").write_text(nbformat.writes(student) + "\n")
+        if solutions:
+            _copy(path, downloads / f"{path.stem}-teacher.ipynb")
+        times = study_times.study_time(teacher)
+        rows.append(
+            (
+                path.stem,
+                site_source.page_title(nb),
+                times["exercises"],
+                study_times._hours(times["total_minutes"]),
+            )
+        )
     print(
         f"build_site: {len(names)} notebooks, "
-        + (
-            f"{len(students)} student editions"
-            if students
-            else "no student edition (build/student/)"
-        )
+        + ("with solutions" if solutions else "without solutions")
     )
 
     extra_pages = []
     teaching = next((ROOT / c for c in TEACHING_CANDIDATES if (ROOT / c).is_file()), None)
-    if teaching is not None:
+    if teaching is not None and solutions:  # a guide for teachers, about the solutions too
         text = site_source.link_pages(teaching.read_text(encoding="utf-8"), names)
+        text = site_source.number_exercises(text)
         (stage_dir / "TEACHING.md").write_text(text, encoding="utf-8")
         extra_pages.append("TEACHING")
         print(f"build_site: TEACHING page from {teaching.relative_to(ROOT)}")
-    else:
-        print("build_site: no TEACHING.md yet, no teaching page")
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    index = site_source.readme_to_index(readme, names, extra_pages)
+    template = HOME.read_text(encoding="utf-8")
+    index = site_source.learners_index(template, rows, solutions, repository, extra_pages)
     (stage_dir / "index.md").write_text(index, encoding="utf-8")
+    (stage_dir / "home.md").unlink()
+    (stage_dir / "figure_alt.json").unlink()
     return names + extra_pages
-
-
-def _student_editions(names: list[str]) -> dict[str, Path]:
-    """The student edition of each notebook found under build/student/ (any depth)."""
-    if not STUDENT.is_dir():
-        return {}
-    found = {}
-    for name in names:
-        matches = sorted(STUDENT.rglob(f"{name}.ipynb"), key=lambda p: len(p.parts))
-        matches = [m for m in matches if ".ipynb_checkpoints" not in m.parts]
-        if matches:
-            found[name] = matches[0]
-    return found
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -189,10 +228,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_sphinx(source: Path, out: Path) -> None:
+def run_sphinx(source: Path, out: Path, solutions: bool = True) -> None:
     if out.exists():
         shutil.rmtree(out)
-    command = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-W", "--keep-going"]
+    command = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-W", "--keep-going", "-E"]
+    if not solutions:
+        command += ["-t", "no_solutions"]
     command += ["-d", str(source / ".doctrees"), str(source), str(out)]
     result = subprocess.run(command, cwd=ROOT)
     if result.returncode != 0:

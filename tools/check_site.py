@@ -16,7 +16,16 @@ refused and counted as a failure. On every page and at both sizes it checks:
 - a notebook page shows all of its notebook's Markdown headings (the first as the title), as many
   folded blocks as the notebook has ``<details>`` hints and solutions, all closed, and a folded
   source for each solution cell; the home page shows the README's headings;
-- every local link resolves to a file of the site, and its #anchor to an element of that page.
+- every local link resolves to a file of the site, and its #anchor to an element of that page;
+- every image has alt text that says something (not empty, not a file name); the page's title
+  (the tab) holds no raw LaTeX; no code block scrolls sideways; no solution marker and no
+  exercise number in another style than ``NN.M`` on the page; no two downloads share a name;
+- on a phone, the "Back to top" button never covers text;
+- in a build without solutions (``<meta name="lora-np-solutions" content="no">``): no "Show the
+  solution", no folded solution, no teacher's edition to download, and no line of any
+  solution on the page.
+
+Search, opened from disk (``file://``), must show an excerpt under each result.
 
 A screenshot of each page (top of the page, and the whole page as JPEG) goes to
 ``build/site-test/``. Prints one line per failure and ends with ``N passed, M failed``
@@ -40,6 +49,7 @@ from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlsplit
 
 import build_site
+import notebook_requires
 import site_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,8 +100,40 @@ _COLLECT = """async () => {
     solutions: document.querySelectorAll('.tag_hide-input details.hide').length,
     solutionsOpen: document.querySelectorAll('.tag_hide-input details.hide[open]').length,
     scrollWidth: document.documentElement.scrollWidth,
+    alts: [...article.querySelectorAll('img')].map((img) => img.getAttribute('alt') || ''),
+    docTitle: document.title,
+    navTitles: [...document.querySelectorAll('nav a')].map((a) => a.textContent.trim()),
+    codeScrolling: [...article.querySelectorAll('pre')]
+      .filter((pre) => pre.scrollWidth > pre.clientWidth + 1).length,
+    codeBlocks: article.querySelectorAll('pre').length,
+    text: article.textContent,
+    cellText: [...article.querySelectorAll('.cell_input')].map((c) => c.textContent).join(' '),
+    downloads: [...document.querySelectorAll('a[download]')].map((a) => a.getAttribute('download')),
+    solutionsMeta: (document.querySelector('meta[name="lora-np-solutions"]') || {}).content || '',
   };
 }"""
+# On a phone, scrolled into the page: whether the "Back to top" button, when shown, lies over
+# any text of the article.
+_BACK_TO_TOP = """() => {
+  const button = document.querySelector('#pst-back-to-top');
+  if (!button) return null;
+  const style = getComputedStyle(button);
+  const box = button.getBoundingClientRect();
+  if (style.display === 'none' || style.visibility === 'hidden' || box.height === 0) return null;
+  const article = document.querySelector('article') || document.body;
+  const walker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
+  const range = document.createRange();
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (!node.textContent.trim()) continue;
+    range.selectNodeContents(node);
+    for (const r of range.getClientRects()) {
+      if (r.right > box.left && r.left < box.right && r.bottom > box.top && r.top < box.bottom)
+        return node.textContent.trim().slice(0, 40);
+    }
+  }
+  return null;
+}"""
+_PATH_LIKE = re.compile(r"(^|/)[^ ]*\.(png|jpe?g|svg|gif)$", re.IGNORECASE)
 
 
 @dataclass
@@ -102,6 +144,7 @@ class Expected:
     details: int | None = None  # folded <details> blocks (notebooks only)
     solutions: int | None = None  # folded solution cells (notebooks only)
     has_math: bool = False
+    solution_lines: list[str] = field(default_factory=list)  # must not show without solutions
 
 
 @dataclass
@@ -135,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     start = time.perf_counter()
-    report = check_site(site, expected_pages(), args.shots, full=args.full)
+    solutions = 'name="lora-np-solutions" content="no"' not in (site / "index.html").read_text()
+    report = check_site(site, expected_pages(solutions), args.shots, full=args.full)
+    print(f"site-test: a build {'with' if solutions else 'without'} solutions")
     for failure in report.failures:
         print(f"FAIL {failure}")
     print(
@@ -162,6 +207,11 @@ def check_site(site: Path, expected: dict[str, Expected], shots: Path, full=Fals
     with _serve(site) as base:
         for size, options in VIEWPORTS.items():
             _visit_all(base, pages, size, options, expected, shots, full, report)
+    if "search.html" in pages:
+        search_problems = check_search_from_disk(site, shots)
+        report.failures += search_problems
+        report.passed += not search_problems
+        report.failed += bool(search_problems)
     link_problems = _check_links(site, report)
     report.failures += link_problems
     report.passed += not link_problems
@@ -169,28 +219,53 @@ def check_site(site: Path, expected: dict[str, Expected], shots: Path, full=Fals
     return report
 
 
-def expected_pages() -> dict[str, Expected]:
-    """What each page built from a course file must show, keyed by page name."""
+def expected_pages(solutions: bool = True) -> dict[str, Expected]:
+    """What each page built from a course file must show, keyed by page name, in a build with
+    or without ``solutions``."""
     expected = {}
-    for path in sorted(build_site.NOTEBOOKS.glob(build_site.COURSE_GLOB)):
+    notebooks = sorted(build_site.NOTEBOOKS.glob(build_site.COURSE_GLOB))
+    for path in notebook_requires.runnable(notebooks, say=lambda line: None):  # as the build
         nb = json.loads(path.read_text(encoding="utf-8"))
         markdown = "\n".join(
             site_source.cell_source(c) for c in nb["cells"] if c.get("cell_type") == "markdown"
         )
+        shown = site_source.prepare_notebook(nb, solutions)
         expected[path.stem] = Expected(
-            headings=site_source.notebook_headings(nb),
+            headings=site_source.notebook_headings(shown),
             details=site_source.count_details(nb),
-            solutions=site_source.count_solutions(nb),
+            solutions=site_source.count_solutions(nb) if solutions else 0,
             has_math=bool(_INLINE_MATH.search(markdown)),
+            solution_lines=[] if solutions else solution_lines(nb),
         )
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    expected["index"] = Expected(headings=_markdown_headings(readme))
+    home = build_site.HOME.read_text(encoding="utf-8")
+    expected["index"] = Expected(headings=_markdown_headings(home))
     teaching = next(
         (ROOT / c for c in build_site.TEACHING_CANDIDATES if (ROOT / c).is_file()), None
     )
-    if teaching is not None:
-        expected["TEACHING"] = Expected(headings=_markdown_headings(teaching.read_text("utf-8")))
+    if teaching is not None and solutions:
+        text = site_source.number_exercises(teaching.read_text("utf-8"))
+        expected["TEACHING"] = Expected(headings=_markdown_headings(text))
     return expected
+
+
+def solution_lines(nb: dict) -> list[str]:
+    """The lines of the notebook's solutions (between the markers) that appear nowhere else in
+    it and are long enough to tell apart: none of them may show in a build without solutions."""
+    inside, lines, elsewhere = False, [], []
+    for cell in nb["cells"]:
+        for line in site_source.cell_source(cell).split("\n"):
+            text = line.strip()
+            if text in ("### BEGIN SOLUTION", "### END SOLUTION"):
+                inside = text == "### BEGIN SOLUTION"
+            elif inside:
+                lines.append(text)
+            else:
+                elsewhere.append(text)
+    others = "\n".join(elsewhere)
+    return sorted(
+        {line for line in lines if len(line) >= 16 and not line.startswith("#")}
+        - {line for line in lines if line in others}
+    )
 
 
 def _markdown_headings(text: str) -> list[str]:
@@ -269,6 +344,13 @@ def _visit(page, base, name, size, expected, shots, full, report, outside) -> li
             page.screenshot(path=shots / f"{stem}-{size}-figure.png")
         if full:
             page.screenshot(path=shots / f"{stem}-{size}-full.jpg", full_page=True, quality=60)
+        if size == "phone":
+            page.evaluate("() => window.scrollTo(0, document.body.scrollHeight / 2)")
+            page.wait_for_timeout(400)  # the button appears after a scroll
+            covered = page.evaluate(_BACK_TO_TOP)
+            if covered:
+                problems.append(f"the Back to top button covers text: {covered!r}")
+                page.screenshot(path=shots / f"{stem}-{size}-back-to-top.png")
     except Exception as err:  # a page that cannot be opened is one failure, not a crash
         return problems + [f"could not be checked: {err}"]
     finally:
@@ -285,6 +367,36 @@ def _judge(name, seen, want: Expected | None, base, report) -> list[str]:
     report.images += len(seen["images"])
     report.math += seen["math"]
     problems += [f"image did not load: {i['src']}" for i in seen["images"] if i["width"] <= 0]
+    for alt in seen["alts"]:
+        if len(alt.split()) < 3 or _PATH_LIKE.search(alt.strip()):
+            problems.append(f"image without alt text that says what it shows: alt={alt!r}")
+    for title in [seen["docTitle"], *seen["navTitles"]]:
+        if re.search(r"\\[(a-zA-Z]|\$", title):
+            problems.append(f"title with raw LaTeX: {title!r}")
+    if seen["codeScrolling"]:
+        problems.append(
+            f"{seen['codeScrolling']} of {seen['codeBlocks']} code blocks scroll sideways"
+        )
+    if "BEGIN SOLUTION" in seen["cellText"] or "END SOLUTION" in seen["cellText"]:
+        problems.append("a solution marker is shown in a code cell")
+    other_style = sorted(set(site_source.OTHER_STYLE.findall(seen["text"])))
+    if other_style:
+        problems.append(f"exercise numbers in another style than NN.M: {other_style}")
+    names = seen["downloads"]
+    if len(set(names)) != len(names):
+        problems.append(f"downloads share a name: {sorted(names)}")
+    if seen["solutionsMeta"] == "no":
+        if "Show the solution" in seen["text"] or seen["solutions"]:
+            problems.append("a solution to show in a build without solutions")
+        teacher = [n for n in names if "teacher" in n] + [
+            link for link in seen["links"] if "-teacher.ipynb" in link
+        ]
+        if teacher:
+            problems.append(f"the teacher's edition offered without solutions: {teacher[0]}")
+        if want is not None:
+            shown = [line for line in want.solution_lines if line in seen["text"]]
+            if shown:
+                problems.append(f"solution text on the page: {shown[0]!r}")
     if seen["mathUntypeset"] or seen["mathErrors"]:
         problems.append(
             f"math not typeset: {seen['mathUntypeset']} of {seen['math']} untypeset, "
@@ -328,6 +440,56 @@ def _judge(name, seen, want: Expected | None, base, report) -> list[str]:
             f"expected {want.solutions} closed"
         )
     return problems
+
+
+def check_search_from_disk(
+    site: Path, shots: Path, word: str = "lora", timeout_ms: int = PAGE_TIMEOUT_MS
+) -> list[str]:
+    """Open the site's search page from disk (file://) and search ``word``: each result must
+    show an excerpt of its page."""
+    from playwright.sync_api import sync_playwright
+
+    url = (site / "search.html").resolve().as_uri() + f"?q={word}"
+    with (
+        tempfile.TemporaryDirectory(prefix="site-test-profile-") as profile,
+        sync_playwright() as pw,
+    ):
+        context = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[*CHROMIUM_FLAGS, "--allow-file-access-from-files=false"],
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.goto(url, wait_until="load")
+            try:
+                page.wait_for_function(
+                    # Sphinx lists the results in steps and says when it is done.
+                    "() => { const li = document.querySelectorAll('#search-results li');"
+                    " const done = /found/.test(document.querySelector('#search-results')"
+                    ".textContent.slice(0, 200));"
+                    " return done && [...li].every((x) => x.querySelector('.context'));}",
+                    timeout=timeout_ms,
+                )
+            except Exception:
+                pass
+            found = page.evaluate(
+                "() => [...document.querySelectorAll('#search-results li')]"
+                ".map((li) => !!li.querySelector('.context'))"
+            )
+            page.screenshot(path=shots / "search-from-disk.png")
+        finally:
+            context.close()
+    if not found:
+        return [f"search.html from file://: no result for {word!r}"]
+    if not all(found):
+        return [
+            f"search.html from file://: {found.count(False)} of {len(found)} results without "
+            "an excerpt"
+        ]
+    return []
 
 
 def _check_links(site: Path, report: Report) -> list[str]:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
-import hashlib
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -35,6 +33,14 @@ from pathlib import Path
 
 import nbformat
 import notebook_requires
+from edition_files import (  # a sibling script: reading and writing the files safely
+    EditionError,
+    read_manifest,
+    read_notebook,
+    save_manifest,
+    write_atomic,
+)
+from edition_files import digest as _digest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -53,13 +59,14 @@ STUB_LINES = ("# YOUR CODE HERE", "raise NotImplementedError()")
 SUCCESS_LINE = re.compile(r"✓ {name}: all \d+ checks passed")
 NOT_WRITTEN = "{name} is not written yet"
 MANIFEST = ".edition.json"
+# A heading that names an exercise: "### Exercise 2.3: merging" or "Exercise 02.3".
+EXERCISE_HEADING = re.compile(r"^#{1,6}[ \t]+Exercise[ \t]+(\d+)\.(\d+)\b", re.MULTILINE)
+# The student edition's checker cells import mark_unsolved from here (see run_all_checker).
+RUN_ALL_MODULE = "lora_np.checks._run_all"
+UNSOLVED_LINE = "✗ Exercise {number} not solved yet"
 # A path that climbs out of notebooks/ only works there, not from the student edition's folder;
 # notebooks locate their data through the installed package instead.
 PARENT_PATH = re.compile(r"""["'](\.\./[^"']*)["']""")
-
-
-class EditionError(ValueError):
-    """A notebook does not follow the exercise convention; the message names notebook and cell."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Exercise:
     name: str
     solution_cell: int
     checker_cell: int
+    number: str = ""  # "02.3", recorded in the student edition
 
 
 def where(path: Path | str, nb, index: int) -> str:
@@ -216,6 +224,36 @@ def _binds(statement: ast.stmt, name: str) -> bool:
     )
 
 
+def _binds_dynamically(statement: ast.stmt, name: str) -> bool:
+    """Whether a statement may define ``name`` behind Python's back: ``exec`` of code that
+    defines it, or ``globals()``/``setattr``/``vars()`` with the name as a string."""
+    for node in ast.walk(statement):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if called not in _DYNAMIC:
+            continue
+        for text in _strings(statement):
+            if text == name:
+                return True
+            try:
+                inner = ast.parse(text)
+            except SyntaxError:
+                continue
+            if any(_binds(s, name) or _binds_dynamically(s, name) for s in inner.body):
+                return True
+    return False
+
+
+def _strings(statement: ast.stmt) -> list[str]:
+    return [
+        node.value
+        for node in ast.walk(statement)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
 def _loads(statement: ast.stmt, name: str) -> bool:
     return any(
         isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Load)
@@ -243,16 +281,35 @@ def _is_rebinding(statement: ast.stmt, name: str) -> bool:
     )
 
 
+# Cell magics whose body is Python run in the notebook's namespace (``%%time`` defines names).
+PYTHON_CELL_MAGICS = ("time", "timeit", "capture", "prun", "debug")
+# Calls that can bind a name given as a string: exec("def f..."), setattr(module, "f", ...).
+_DYNAMIC = ("exec", "eval", "compile", "setattr", "globals", "locals", "vars", "__import__")
+
+
+def python_source(source: str) -> str | None:
+    """The Python a code cell runs, with IPython's magic and shell lines blanked, or None when
+    the cell is not Python (``%%bash``, ``%%html``...). The body of ``%%time`` and its kin is
+    Python run in the notebook's namespace, so it is kept."""
+    lines = source.split("\n")
+    first = lines[0].strip() if lines else ""
+    if first.startswith("%%"):
+        magic = first[2:].split()[0] if first[2:].split() else ""
+        if magic not in PYTHON_CELL_MAGICS:
+            return None
+        lines = [""] + lines[1:]
+    # A blanked line keeps the line numbers of error messages right.
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in lines)
+
+
 def _code_statements(nb, path, indices):
-    """(cell index, top-level statements) of the code cells at ``indices``."""
+    """(cell index, top-level statements) of the Python code cells at ``indices``."""
     for index in indices:
         cell = nb.cells[index]
         if cell.cell_type == "code":
-            place = where(path, nb, index)
-            # IPython magics and shell lines are not Python: skip those cells.
-            if any(line.lstrip().startswith(("%", "!")) for line in cell.source.splitlines()):
-                continue
-            yield index, _parse(cell.source, place).body
+            python = python_source(cell.source)
+            if python is not None:
+                yield index, _parse(python, where(path, nb, index)).body
 
 
 def find_exercises(nb, path: Path | str) -> list[Exercise]:
@@ -304,13 +361,62 @@ def find_exercises(nb, path: Path | str) -> list[Exercise]:
                 )
     for exercise in exercises:
         _check_visibility(nb, path, exercise)
+    _check_solution_text(nb, path, exercises)
     return exercises
+
+
+def _code_lines(text: str) -> list[str]:
+    """The lines of ``text`` that carry code: stripped, without blanks and comments."""
+    lines = (line.strip() for line in text.split("\n"))
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def marked_regions(source: str) -> list[list[str]]:
+    """The code lines of each marked region of a solution cell (see :func:`_code_lines`)."""
+    regions, current = [], None
+    for line in source.split("\n"):
+        if line.strip() == BEGIN:
+            current = []
+        elif line.strip() == END and current is not None:
+            regions.append(_code_lines("\n".join(current)))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return regions
+
+
+def _contains(lines: list[str], run: list[str]) -> bool:
+    return any(lines[i : i + len(run)] == run for i in range(len(lines) - len(run) + 1))
+
+
+def _check_solution_text(nb, path, exercises: list[Exercise]) -> None:
+    """No cell of the student edition repeats a solution: every line of a marked region, in
+    order, in another cell (a timing copy, a markdown "answer") would hand the learner the
+    answer the stub hides. A one-line solution is too short to tell from ordinary code."""
+    solutions = {exercise.solution_cell: exercise for exercise in exercises}
+    shown = [
+        _code_lines(stub_source(cell.source) if index in solutions else cell.source)
+        for index, cell in enumerate(nb.cells)
+    ]
+    for exercise in exercises:
+        for region in marked_regions(nb.cells[exercise.solution_cell].source):
+            if len(region) < 2:
+                continue
+            for index, lines in enumerate(shown):
+                if _contains(lines, region):
+                    raise EditionError(
+                        f"{where(path, nb, index)}: repeats the solution of `{exercise.name}` "
+                        f"(cell {exercise.solution_cell}), which the student edition would show"
+                    )
 
 
 def _check_visibility(nb, path, exercise: Exercise) -> None:
     name = exercise.name
     for index, statements in _code_statements(nb, path, range(exercise.solution_cell)):
-        if any(_binds(statement, name) for statement in statements):
+        if any(
+            _binds(statement, name) or _binds_dynamically(statement, name)
+            for statement in statements
+        ):
             raise EditionError(
                 f"{where(path, nb, index)}: defines `{name}` above its exercise (cell "
                 f"{exercise.solution_cell}), so the learner would see it done before writing it"
@@ -330,10 +436,51 @@ def _check_visibility(nb, path, exercise: Exercise) -> None:
                 )
 
 
-def student_notebook(nb, path: Path | str):
-    """The student edition of a teacher's notebook (a new notebook; ``nb`` is not changed)."""
+def exercise_numbers(nb, path: Path | str, exercises: list[Exercise]) -> list[str]:
+    """Each exercise's number in the one style of the course, ``NN.M`` ("02.3"): from the
+    nearest markdown heading between the previous exercise and its solution that names one
+    ("Exercise 2.3" or "02.3"), else the notebook's number and the exercise's place in it."""
+    prefix = Path(path).name[:2]
+    numbers, after = [], -1
+    for place, exercise in enumerate(exercises, start=1):
+        number = f"{prefix}.{place}" if prefix.isdigit() else str(place)
+        for index in range(exercise.solution_cell - 1, after, -1):
+            cell = nb.cells[index]
+            match = EXERCISE_HEADING.search(cell.source) if cell.cell_type == "markdown" else None
+            if match:
+                number = f"{int(match.group(1)):02d}.{int(match.group(2))}"
+                break
+        numbers.append(number)
+        after = exercise.checker_cell
+    return numbers
+
+
+def run_all_checker(source: str, number: str, name: str) -> str:
+    """The student edition's checker cell: the teacher's call inside ``mark_unsolved``, so Run
+    All goes past an exercise not yet started and still stops on a wrong answer."""
+    return (
+        f"# Until you write `{name}`, this marks Exercise {number} unsolved and Run All goes on;\n"
+        "# a wrong answer stops here with the checker's message.\n"
+        f"from {RUN_ALL_MODULE} import mark_unsolved\n"
+        "\n"
+        f'with mark_unsolved("{number}", "{name}"):\n'
+        f"    {source.strip()}"
+    )
+
+
+def student_notebook(nb, path: Path | str, run_all: bool = False):
+    """The student edition of a teacher's notebook (a new notebook; ``nb`` is not changed).
+
+    With ``run_all`` (what ``make student`` writes) each checker cell is wrapped by
+    :func:`run_all_checker`; without it the checker cells are the teacher's, as in nbgrader's
+    release, where an unsolved exercise must fail its grade cell.
+    """
     exercises = find_exercises(nb, path)
     solutions = {exercise.solution_cell for exercise in exercises}
+    numbers = exercise_numbers(nb, path, exercises)
+    checkers = {}
+    if run_all:
+        checkers = {e.checker_cell: (n, e.name) for e, n in zip(exercises, numbers)}
     student = copy.deepcopy(nb)
     for index, cell in enumerate(student.cells):
         if cell.cell_type != "code":
@@ -341,6 +488,8 @@ def student_notebook(nb, path: Path | str):
         if index in solutions:
             cell.source = stub_source(cell.source)
             _parse(cell.source, where(path, student, index))  # the stub must stay valid Python
+        if index in checkers:
+            cell.source = run_all_checker(cell.source, *checkers[index])
         cell.outputs = []
         cell.execution_count = None
         cell.metadata.pop("execution", None)
@@ -351,9 +500,15 @@ def student_notebook(nb, path: Path | str):
     student.metadata["lora_np"] = {
         "edition": "student",
         "source": _source_name(Path(path)),
+        "run_all": run_all,
         "exercises": [
-            {"name": e.name, "solution": ids[e.solution_cell], "checker": ids[e.checker_cell]}
-            for e in exercises
+            {
+                "name": e.name,
+                "number": number,
+                "solution": ids[e.solution_cell],
+                "checker": ids[e.checker_cell],
+            }
+            for e, number in zip(exercises, numbers)
         ],
     }
     return student
@@ -391,8 +546,21 @@ def recorded_exercises(student, path: Path | str) -> list[Exercise]:
             f"{Path(path).name}: the cells of exercise(s) {', '.join(missing)} have been deleted"
         )
     return [
-        Exercise(e["name"], index[e["solution"]], index[e["checker"]]) for e in record["exercises"]
+        Exercise(e["name"], index[e["solution"]], index[e["checker"]], e.get("number", ""))
+        for e in record["exercises"]
     ]
+
+
+def solved_notebook(nb, path: Path | str):
+    """The student edition as a learner who solved every exercise leaves it: the Run All
+    checker cells, and in each solution cell the teacher's solution without its markers."""
+    student = student_notebook(nb, path, run_all=True)
+    for exercise in find_exercises(nb, path):
+        lines = nb.cells[exercise.solution_cell].source.split("\n")
+        student.cells[exercise.solution_cell].source = "\n".join(
+            line for line in lines if line.strip() not in (BEGIN, END)
+        )
+    return student
 
 
 def select(patterns: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
@@ -416,10 +584,6 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def write_student_edition(
     paths: list[Path], out: Path = STUDENT_DIR, force: bool = False
 ) -> list[str]:
@@ -428,36 +592,47 @@ def write_student_edition(
     Every notebook is converted before anything is written, so a malformed one leaves ``out``
     as it was. A notebook the learner has changed since this tool wrote it is kept unless
     ``force``: ``make lab`` runs this, and must never throw a learner's work away.
+
+    Each file is written atomically, and the record (``.edition.json``) lists a notebook's new
+    digest before the notebook is replaced: whenever the run stops, each notebook is one this
+    tool wrote, and the next run replaces it instead of keeping it as the learner's.
     """
     converted = {}
     warnings = []
     for path in paths:
-        teacher = nbformat.read(path, as_version=4)
+        teacher = read_notebook(path)
         warnings += parent_paths(teacher, path)
-        student = student_notebook(teacher, path)
+        student = student_notebook(teacher, path, run_all=True)
         nbformat.validate(student)
         converted[path.name] = nbformat.writes(student) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = read_manifest(manifest_path)
+    out.mkdir(parents=True, exist_ok=True)
     report = []
     for name, text in converted.items():
         target = out / name
+        written = manifest.get(name, [])
+        digest = _digest(text)
         if target.exists() and not force:
-            current = target.read_text()
+            current = target.read_text(encoding="utf-8", errors="replace")
             if current == text:
                 report.append(f"{name}: up to date")
+                if written != [digest]:
+                    manifest[name] = [digest]
+                    save_manifest(manifest_path, manifest)
                 continue
-            if _digest(current) != manifest.get(name):
+            if _digest(current) not in written:
                 report.append(
                     f"{name}: KEPT, you have edited it (delete it, or run "
                     "`make student FORCE=1`, to get a fresh copy)"
                 )
                 continue
-        target.write_text(text)
-        manifest[name] = _digest(text)
+        manifest[name] = [*written, digest]  # the old and the new version are both ours
+        save_manifest(manifest_path, manifest)
+        write_atomic(target, text)
+        manifest[name] = [digest]
+        save_manifest(manifest_path, manifest)
         report.append(f"{name}: written")
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return report + warnings
 
 
@@ -472,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             for path in paths:
-                found = find_exercises(nbformat.read(path, as_version=4), path)
+                found = find_exercises(read_notebook(path), path)
                 names = ", ".join(exercise.name for exercise in found) or "no exercises"
                 print(f"{path.name}: {names}")
             return 0

@@ -10,7 +10,13 @@ The stored notebooks are never changed: the site renders a *copy* in which
   ``dropdown`` directive, so its body is parsed as Markdown and its math is typeset (raw HTML
   reaches the page untouched, and MathJax would skip the math inside it);
 - each solution code cell (a line ``### BEGIN SOLUTION``) gets the ``hide-input`` tag, so its
-  source is folded behind "Show the solution".
+  source is folded behind "Show the solution", without nbgrader's marker lines; in the
+  learners' build (no solutions) it shows the student edition's stub instead, unfolded;
+- exercise numbers take one style, ``NN.M`` ("Exercise 2.1" is shown as "Exercise 02.1");
+- the math of the page title (its ``#`` heading) becomes plain text (``$\\alpha/r$`` -> ``α/r``),
+  so tabs, search results and links show no raw LaTeX;
+- each figure output gets its alt text from ``site/figure_alt.json`` (keyed by notebook and
+  cell id; a figure without one is an error).
 """
 
 from __future__ import annotations
@@ -26,7 +32,43 @@ _SUMMARY = re.compile(r"^\s*<summary[^>]*>(?P<title>.*?)</summary\s*>", re.DOTAL
 _FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})")
 _HEADING = re.compile(r"^ {0,3}(?P<hashes>#{1,6})[ \t]+(?P<text>.*?)[ \t#]*$")
 _SOLUTION_MARK = "### BEGIN SOLUTION"
+_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+_STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")  # nbgrader's, as tools/editions.py
 SOLUTION_TAG = "hide-input"
+# "Exercise 2.1", "exercises 1.1 and 1.2", "Exercises 2.1–2.3": a word, then numbers.
+_EXERCISE_REF = re.compile(
+    r"\b(?P<word>[Ee]xercises?)(?P<space>\s+)"
+    r"(?P<numbers>\d+\.\d+(?:(?:\s*,\s*|\s+and\s+|\s+or\s+|\s*[–-]\s*)\d+\.\d+)*)"
+)
+# An exercise number in another style than NN.M: what the site test looks for on a page.
+OTHER_STYLE = re.compile(r"\b[Ee]xercises?\s+\d\.\d+")
+_MATH = re.compile(r"\$(?P<tex>[^$]+)\$")
+# TeX commands a title may hold, as the characters a reader sees.
+_TEX_SYMBOLS = {
+    "alpha": "α",
+    "beta": "β",
+    "gamma": "γ",
+    "delta": "δ",
+    "Delta": "Δ",
+    "sigma": "σ",
+    "Sigma": "Σ",
+    "phi": "φ",
+    "lambda": "λ",
+    "mu": "μ",
+    "theta": "θ",
+    "epsilon": "ε",
+    "top": "⊤",
+    "sqrt": "√",
+    "times": "×",
+    "cdot": "·",
+    "approx": "≈",
+    "le": "≤",
+    "ge": "≥",
+    "ll": "≪",
+    "to": "→",
+    "infty": "∞",
+    "ell": "ℓ",
+}
 
 
 def details_to_dropdowns(markdown: str) -> str:
@@ -83,19 +125,92 @@ def is_solution_cell(cell: dict) -> bool:
     return any(line.strip() == _SOLUTION_MARK for line in cell_source(cell).splitlines())
 
 
-def prepare_notebook(nb: dict) -> dict:
+def plain_math(tex: str) -> str:
+    """TeX as the plain text a title can hold: ``\\alpha/r`` -> ``α/r``, ``\\|M\\|_F`` -> ``‖M‖_F``."""
+    text = re.sub(r"\\([A-Za-z]+)", lambda m: _TEX_SYMBOLS.get(m.group(1), m.group(1)), tex)
+    text = text.replace("\\|", "‖").replace("\\,", " ").replace("\\", "")
+    return text.replace("{", "").replace("}", "").strip()
+
+
+def plain_title(heading: str) -> str:
+    """A heading with its inline math as plain text; one letter stays italic (``*A*``)."""
+
+    def plain(match: re.Match) -> str:
+        text = plain_math(match.group("tex"))
+        return f"*{text}*" if re.fullmatch(r"[A-Za-z]", text) else text
+
+    return _MATH.sub(plain, heading)
+
+
+def number_exercises(text: str) -> str:
+    """Every exercise number in ``text`` in the style ``NN.M``: "Exercise 2.1" -> "Exercise 02.1"."""
+
+    def pad(match: re.Match) -> str:
+        numbers = re.sub(
+            r"(\d+)\.(\d+)", lambda m: f"{int(m.group(1)):02d}.{m.group(2)}", match["numbers"]
+        )
+        return f"{match['word']}{match['space']}{numbers}"
+
+    return _EXERCISE_REF.sub(pad, text)
+
+
+def _title_plain(markdown: str) -> str:
+    """``markdown`` with the math of its ``#`` headings (the page title) as plain text."""
+    lines = markdown.split("\n")
+    for index, line in enumerate(lines):
+        match = _HEADING.match(line)
+        if match and len(match.group("hashes")) == 1:
+            lines[index] = plain_title(line)
+    return "\n".join(lines)
+
+
+def _without_markers(source: str) -> str:
+    return "\n".join(line for line in source.split("\n") if line.strip() not in _MARKERS)
+
+
+def _stubbed(source: str) -> str:
+    """The student edition's stub: each marked region replaced by nbgrader's two lines."""
+    out, inside = [], False
+    for line in source.split("\n"):
+        if line.strip() == _MARKERS[0]:
+            indent = line[: len(line) - len(line.lstrip())]
+            out += [indent + stub for stub in _STUB]
+            inside = True
+        elif line.strip() == _MARKERS[1]:
+            inside = False
+        elif not inside:
+            out.append(line)
+    return "\n".join(out)
+
+
+def has_figure(cell: dict) -> bool:
+    return any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+def prepare_notebook(
+    nb: dict, solutions: bool = True, alt: dict[str, str] | None = None, name: str = "notebook"
+) -> dict:
     """A copy of the notebook ``nb`` (nbformat's JSON as a dict) as the site renders it.
 
-    Markdown ``<details>`` blocks become dropdowns and solution code cells are folded (see the
-    module docstring); outputs, ids and all other cells are kept as stored.
+    See the module docstring: dropdowns, folded solutions without markers (``solutions``) or
+    the stub in their place, exercise numbers and the title in one style, and the alt text of
+    every figure from ``alt`` ({cell id: text}; None skips alt text). Raises ValueError naming
+    ``name`` and the cell when a figure has no alt text. Outputs, ids and all other cells are
+    kept as stored.
     """
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise ValueError(f"expected a notebook dict with a 'cells' list, got {type(nb).__name__}")
     out = copy.deepcopy(nb)
     for cell in out["cells"]:
         if cell.get("cell_type") == "markdown":
-            cell["source"] = details_to_dropdowns(cell_source(cell))
-        elif is_solution_cell(cell):
+            text = number_exercises(details_to_dropdowns(cell_source(cell)))
+            cell["source"] = _title_plain(text)
+            continue
+        if is_solution_cell(cell):
+            if not solutions:
+                cell["source"] = _stubbed(cell_source(cell))
+                continue
+            cell["source"] = _without_markers(cell_source(cell))
             metadata = cell.setdefault("metadata", {})
             tags = metadata.setdefault("tags", [])
             if SOLUTION_TAG not in tags:
@@ -103,6 +218,15 @@ def prepare_notebook(nb: dict) -> dict:
             metadata.setdefault("mystnb", {}).update(
                 code_prompt_show="Show the solution", code_prompt_hide="Hide the solution"
             )
+        if alt is not None and cell.get("cell_type") == "code" and has_figure(cell):
+            text = alt.get(cell.get("id", ""), "").strip()
+            if not text:
+                raise ValueError(
+                    f"{name}: the figure of cell {cell.get('id')!r} has no alt text; add what it "
+                    "shows to site/figure_alt.json"
+                )
+            mystnb = cell.setdefault("metadata", {}).setdefault("mystnb", {})
+            mystnb.setdefault("image", {})["alt"] = text
     return out
 
 
@@ -149,21 +273,67 @@ def heading_key(text: str) -> str:
     return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
-def readme_to_index(readme: str, pages: Iterable[str], extra_pages: Iterable[str] = ()) -> str:
-    """The site's home page (MyST Markdown) from the README's text.
+def learners_index(
+    template: str,
+    rows: list[tuple[str, str, int, str]],
+    solutions: bool,
+    repository: str | None,
+    extra_pages: Iterable[str] = (),
+) -> str:
+    """The site's home page (MyST Markdown), written for learners, from ``site/home.md``.
 
-    Each notebook name in ``pages`` written as code (`` `03_initialisation` ``) becomes a link
-    to its page, links to ``notebooks/NN_x.ipynb`` point at the page, and a hidden table of
-    contents lists ``pages`` then ``extra_pages`` (say ``TEACHING``) for the sidebar.
+    ``rows`` holds one (page name, plain title, exercises, study time) per notebook, in order.
+    The page says which build it is (with or without solutions), how to get the course (the
+    clone command for ``repository``, or where to ask for it) and where to start; a hidden table
+    of contents lists the notebooks then ``extra_pages`` for the sidebar.
     """
-    pages, extra_pages = list(pages), list(extra_pages)
-    text = link_pages(readme, pages + extra_pages)
-    for name in pages:
-        text = re.sub(rf"(?<!\[)`{re.escape(name)}(?:\.ipynb)?`", f"[`{name}`]({name}.ipynb)", text)
+    if not rows:
+        raise ValueError("the home page needs at least one notebook")
+    if solutions:
+        edition = (
+            "*This site shows the solutions:* each exercise's is folded under **Show the "
+            "solution**, and each page also offers the teacher's edition of its notebook."
+        )
+        hint = "Try each exercise before you open its solution."
+    else:
+        edition = "*This site shows the exercises without their solutions.*"
+        hint = ""
+    clone = (
+        f"git clone {repository} lora-np && cd lora-np"
+        if repository
+        else "git clone <course repository address> lora-np && cd lora-np"
+    )
+    where = (
+        f"The course lives at <{repository}>. "
+        if repository
+        else "Ask your teacher for the address of the course's repository, for the first one. "
+    )
+    table = ["| notebook | exercises | study time |", "|---|---|---|"]
+    table += [f"| [{title}]({name}.ipynb) | {n} | {time} |" for name, title, n, time in rows]
+    first_name, first_title = rows[0][0], rows[0][1]
+    text = template
+    for key, value in {
+        "edition": edition,
+        "clone": clone,
+        "repository": where,
+        "first": f"[{first_title}]({first_name}.ipynb)",
+        "solutions": hint,
+        "table": "\n".join(table),
+    }.items():
+        text = text.replace("{{" + key + "}}", value)
+    text = re.sub(r"\n{3,}", "\n\n", text)
     toc = ["", "```{toctree}", ":hidden:", ":maxdepth: 1", ""]
-    toc += pages + extra_pages
+    toc += [row[0] for row in rows] + list(extra_pages)
     toc += ["```", ""]
     return text.rstrip("\n") + "\n" + "\n".join(toc)
+
+
+def page_title(nb: dict) -> str:
+    """The notebook's title as the site shows it: its first ``#`` heading, math as plain text
+    and Markdown marks dropped ("04 — Why α/r? Scaling the LoRA update")."""
+    for heading in notebook_headings(nb):
+        return re.sub(r"[*_`]", "", plain_title(heading)).strip()
+    return ""
 
 
 def link_pages(markdown: str, pages: Iterable[str]) -> str:

@@ -2,13 +2,19 @@
 
 Each checker calls your function on random and edge cases, compares with the library's
 implementation, and either prints one line (every case passed) or raises an ``AssertionError``
-that names the case and the likely mistake. ``passing_or_reference(fn, name)`` gives your
+that names the case and the likely mistake. A checker cannot be passed by accident or by a trick:
+its reference answer is computed first, from private copies of the inputs, with the library's
+functions as they were when this package was imported; your function must leave its inputs
+unchanged, return exactly the kind of value asked for, and return within a time limit
+(``_guard.TIME_LIMIT_S`` seconds per call). When your function raises, the error shows your own
+line, not the checker's. ``passing_or_reference(fn, name)`` gives your
 function back when it passes, otherwise the library's, so later cells still run.
 
 One module per notebook topic; this package sits above the rest of ``lora_np`` (it imports the
 library for its reference answers, and nothing in the library imports it).
 """
 
+from . import _harness
 from ._harness import ExerciseError, passing_or_reference
 from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
@@ -43,3 +49,5 @@ __all__ = [
     "check_unbroadcast",
     "passing_or_reference",
 ]
+
+_harness._guard.freeze_library()  # the library as imported: what every reference runs on

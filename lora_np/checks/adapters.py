@@ -19,6 +19,9 @@ from ._harness import (
     is_shape_error,
     np,
     passed,
+    precision_of,
+    snapshot,
+    unchanged,
 )
 
 __all__ = [
@@ -26,13 +29,6 @@ __all__ = [
     "check_quantize_blockwise",
     "mixed_lora_forward_reference",
 ]
-
-
-def _judged_as(got, dtype):
-    """float32 inputs: judge the answer at float32 precision, whatever dtype it came back in."""
-    if np.dtype(dtype) == np.float32 and np.issubdtype(got.dtype, np.floating):
-        return got.astype(np.float32)
-    return got
 
 
 # ----------------------------------------------------------------------------- quantize_blockwise
@@ -104,6 +100,11 @@ def _wrong_quantizations(w, bits, block) -> list:
             "It matches codes up to +-2**(bits-1): use L = 2**(bits-1) - 1 levels on each side "
             "(2**(bits-1) does not fit in `bits` bits as a signed code).",
             _round_trip(w, bits, block, L=half)[2],
+        ),
+        (
+            "It matches L = 2**bits - 1 levels on each side: one of the `bits` bits holds the "
+            "sign, so a symmetric signed code reaches L = 2**(bits-1) - 1 (7 for 4 bits, not 15).",
+            _round_trip(w, bits, block, L=2**bits - 1)[2],
         ),
         (
             "It matches dequantising with max|w| instead of the step max|w| / L: w_hat is "
@@ -196,6 +197,8 @@ def check_quantize_blockwise(fn, *, quiet: bool = False) -> None:
     name = "quantize_blockwise"
     n_cases = 0
     for w, bits, block, case in _quant_inputs():
+        want = quantization.quantize_blockwise(w.astype(np.float64), bits, block)  # first
+        mistakes = _wrong_quantizations(w.astype(np.float64), bits, block)
         given = w.copy()
         try:
             got = call(fn, name, case, given, bits, block)
@@ -207,19 +210,19 @@ def check_quantize_blockwise(fn, *, quiet: bool = False) -> None:
                     "pad the flattened values with zeros to whole blocks (zeros change no "
                     "absmax), then cut the padding off again"
                 )
-            raise ExerciseError(text) from None
-        if not np.array_equal(given, w):
+            error = ExerciseError(text)
+            error.learner_traceback = err.learner_traceback
+            raise error from None
+        if not np.array_equal(given, w) or given.shape != w.shape:
             raise ExerciseError(f"{name} changed w in place on {case}: return a new array")
-        if got is None:
-            raise ExerciseError(f"{name} returned None on {case}: did you forget `return`?")
-        shape = tuple(np.shape(got.numpy() if hasattr(got, "numpy") else got))
+        host = as_array(got, name, case, finite=False)
+        shape = host.shape
         if shape != w.shape and int(np.prod(shape)) == w.size:
             raise ExerciseError(
                 f"{name} returned shape {shape} on {case}; expected w's shape {w.shape}: "
                 "reshape the round trip back to w.shape"
             )
-        host = got.numpy() if hasattr(got, "numpy") else backend.to_numpy(got)
-        if np.issubdtype(np.asarray(host).dtype, np.floating) and np.isnan(host).any():
+        if np.issubdtype(host.dtype, np.floating) and np.isnan(host).any():
             zero = np.asarray(w).reshape(-1) == 0
             hint = (
                 " An all-zero block has max|w| = 0, and 0 / 0 is NaN: give such a block "
@@ -228,13 +231,11 @@ def check_quantize_blockwise(fn, *, quiet: bool = False) -> None:
                 else ""
             )
             raise ExerciseError(f"{name} returned NaN on {case}.{hint}")
-        want = quantization.quantize_blockwise(w.astype(np.float64), bits, block)
-        got = _judged_as(as_array(got, name, case, w.shape), w.dtype)
+        got = as_array(host, name, case, w.shape)
         want = _accept_either_rounding_at_ties(got, want, w, bits, block)
-        mistakes = _wrong_quantizations(w.astype(np.float64), bits, block)
         codes = _round_trip(w, bits, block)[0].reshape(-1)[: w.size].reshape(w.shape)
         mistakes = [(text, codes if wrong is None else wrong) for text, wrong in mistakes]
-        compare(got, want, name, case, mistakes, what="round trip")
+        compare(got, want, name, case, mistakes, "round trip", precision_of(w))
         n_cases += 1
     passed(name, n_cases, quiet)
 
@@ -355,8 +356,16 @@ def check_mixed_lora_forward(fn, *, quiet: bool = False) -> None:
     adapter ``adapter_ids[i]``: x[i] W0^T + b + scaling[a] x[i] A[a]^T B[a]^T."""
     name = "mixed_lora_forward"
     n_cases = 0
+    labels = ("x", "W0", "b", "A", "B", "scaling", "adapter_ids")
     for args, case in _mixed_inputs():
+        args64 = [
+            None if a is None else a.copy() if a.dtype.kind == "i" else a.astype(np.float64)
+            for a in args
+        ]
+        want = mixed_lora_forward_reference(*args64)  # first, from private copies
+        mistakes = _wrong_mixed(*args64)
         given = [None if a is None else a.copy() for a in args]
+        before = snapshot(*given)
         try:
             got = call(fn, name, case, *given)
         except ExerciseError as err:
@@ -369,16 +378,12 @@ def check_mixed_lora_forward(fn, *, quiet: bool = False) -> None:
                 )
             elif "NoneType" in text:
                 text += ". b can be None (no bias): add it only when it is given"
-            raise ExerciseError(text) from None
-        if any(
-            a is not None and not np.array_equal(g, a) for g, a in zip(given, args, strict=True)
-        ):
-            raise ExerciseError(f"{name} changed one of its inputs in place on {case}")
-        args64 = [
-            None if a is None else a if a.dtype.kind == "i" else a.astype(np.float64) for a in args
-        ]
-        want = mixed_lora_forward_reference(*args64)
-        got = _judged_as(as_array(got, name, case, want.shape), args[0].dtype)
-        compare(got, want, name, case, _wrong_mixed(*args64), what="output h")
+            error = ExerciseError(text)
+            error.learner_traceback = err.learner_traceback
+            raise error from None
+        unchanged(name, case, labels, before, given)
+        got = as_array(got, name, case, want.shape)
+        precision = precision_of(*(a for a in args if a is not None and a.dtype.kind == "f"))
+        compare(got, want, name, case, mistakes, "output h", precision)
         n_cases += 1
     passed(name, n_cases, quiet)

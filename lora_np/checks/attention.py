@@ -19,7 +19,16 @@ from typing import Any
 
 from .. import functional
 from ..autograd import Tensor, no_grad
-from ._harness import ExerciseError, as_array, call, compare, exercise, np, passed
+from ._harness import (
+    ExerciseError,
+    as_array,
+    call,
+    compare,
+    exercise,
+    np,
+    passed,
+    precision_of,
+)
 
 __all__ = [
     "causal_attention_reference",
@@ -60,20 +69,6 @@ def causal_attention_reference(q, k, v):
 
 
 # ----------------------------------------------------------------------------- shared
-
-
-def _host(value: Any):
-    """A learner's output as a host array when it is one (a Tensor is read), else the value."""
-    if hasattr(value, "numpy") and callable(value.numpy):
-        try:
-            return np.asarray(value.numpy())
-        except Exception:
-            return value
-    try:
-        array = np.asarray(value)
-    except Exception:
-        return value
-    return array if np.issubdtype(array.dtype, np.number) else value
 
 
 def _same(got, wrong, dtype) -> bool:
@@ -162,17 +157,18 @@ def check_split_heads(fn: Any, *, quiet: bool = False) -> None:
         case = f"x of shape {(B, T, C)}, n_head = {n_head} ({what})"
         x = rng.standard_normal((B, T, C)).astype(dtype)
         before = x.copy()
-        want = split_heads_reference(x, n_head)
+        want = split_heads_reference(x.copy(), n_head)  # first, from a private copy
         got = call(fn, name, case, x, n_head)
         _unchanged(name, case, x=(before, x))
-        shape = tuple(np.shape(_host(got))) if got is not None else None
-        if shape is not None and shape != want.shape:
+        got = as_array(got, name, case)
+        shape = got.shape
+        if shape != want.shape:
             hint = _split_shape_hint(shape, B, T, C, n_head)
             if hint is not None:
                 raise ExerciseError(
                     f"{name} returned shape {shape} on {case}; expected {want.shape}: {hint}"
                 )
-        compare(got, want, name, case, _split_mistakes(x, n_head), what="heads")
+        compare(got, want, name, case, _split_mistakes(x, n_head), "heads", precision_of(x))
     passed(name, len(_SPLIT_CASES), quiet)
 
 
@@ -207,6 +203,10 @@ def _attention_variants(q, k, v) -> dict[str, Any]:
             "diagonal_finite": _softmax(np.where(np.triu(np.ones((T, T), bool)), -1e9, scores)) @ v,
             "zero_mask": _softmax(np.where(future, 0.0, scores)) @ v,
             "no_scale": _softmax(np.where(future, -np.inf, raw)) @ v,
+            "sqrt_T": _softmax(np.where(future, -np.inf, raw / math.sqrt(T))) @ v,
+            "past_masked": _softmax(np.where(np.tril(np.ones((T, T), bool), k=-1), -np.inf, scores))
+            @ v,
+            "only_future": _softmax(np.where(future, scores, -np.inf)) @ v,
             "over_hd": _softmax(np.where(future, -np.inf, raw / hd)) @ v,
             "axis_queries": _softmax(masked, axis=-2) @ v,
             "axis_heads": _softmax(masked, axis=1) @ v,
@@ -247,6 +247,18 @@ def _attention_mistakes(variants) -> list[tuple[str, Any]]:
             variants["no_mask"],
         ),
         (
+            "Your mask is on the wrong side: it hides the PAST keys (j < i, np.tril) and lets "
+            "position t read the future. Mask the keys after t, j > i: "
+            "np.triu(np.ones((T, T), bool), k=1)",
+            variants["past_masked"],
+        ),
+        (
+            "Your mask is the wrong way round: it keeps only the future keys (j > i) and hides "
+            "the rest. Set the scores to -inf WHERE the key is in the future, "
+            "np.where(future, -np.inf, scores)",
+            variants["only_future"],
+        ),
+        (
             "Your mask also hides the diagonal: position t must read itself (keys j <= i), so "
             "mask only j > i (np.triu(..., k=1), not k=0). With -inf there, position 0 has "
             "nothing left to read and its row is 0/0 = NaN",
@@ -269,6 +281,11 @@ def _attention_mistakes(variants) -> list[tuple[str, Any]]:
         (
             "You divided the scores by hd; the scale is 1/√hd (math.sqrt(hd))",
             variants["over_hd"],
+        ),
+        (
+            "You divided the scores by √T, the sequence length; the scale is 1/√hd, the size "
+            "of each head's vectors (hd = q.shape[-1]), whatever the length",
+            variants["sqrt_T"],
         ),
         (
             "Your softmax runs over the queries (axis -2): each query's row of scores over the "
@@ -357,13 +374,13 @@ def check_causal_attention(fn: Any, *, quiet: bool = False) -> None:
     for q, k, v, case, large in cases:
         saved = (q.copy(), k.copy(), v.copy())
         variants = _attention_variants(q, k, v)
-        want = causal_attention_reference(*(np.asarray(a, dtype=np.float64) for a in (q, k, v)))
+        want = causal_attention_reference(*(np.array(a, dtype=np.float64) for a in (q, k, v)))
         got = call(fn, name, case, q, k, v)
         _unchanged(name, case, q=(saved[0], q), k=(saved[1], k), v=(saved[2], v))
-        host = _host(got)
-        shape = tuple(np.shape(host)) if got is not None else None
+        host = as_array(got, name, case, finite=False)
+        shape = host.shape
         T, hd = q.shape[-2], q.shape[-1]
-        if shape is not None and shape != want.shape and shape == q.shape[:-1] + (T,):
+        if shape != want.shape and shape == q.shape[:-1] + (T,):
             raise ExerciseError(
                 f"{name} returned shape {shape} on {case}; expected {want.shape}: that is the "
                 "shape of the attention weights (B, heads, T, T). Multiply them by v: each "
@@ -375,7 +392,7 @@ def check_causal_attention(fn: Any, *, quiet: bool = False) -> None:
                 "them by v"
             )
         mistakes = _attention_mistakes(variants)
-        if isinstance(host, np.ndarray) and host.shape == want.shape:
+        if host.shape == want.shape:
             if np.issubdtype(host.dtype, np.inexact) and not np.all(np.isfinite(host)):
                 for explanation, wrong in mistakes:  # a NaN output: whose NaNs are these?
                     if _same(host, wrong, q.dtype) and not _same(wrong, want, q.dtype):
@@ -383,5 +400,5 @@ def check_causal_attention(fn: Any, *, quiet: bool = False) -> None:
                 if large:
                     raise ExerciseError(f"{name} returned NaN or inf on {case}. {_OVERFLOW}")
                 as_array(host, name, case, want.shape)  # names the NaN
-        compare(got, want, name, case, mistakes)
+        compare(host, want, name, case, mistakes, precision=precision_of(q, k, v))
     passed(name, len(cases), quiet)

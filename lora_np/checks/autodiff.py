@@ -13,7 +13,20 @@ import math
 from typing import Any
 
 from .. import autograd
-from ._harness import ExerciseError, call, compare, exercise, np, passed
+from . import _guard
+from ._harness import (
+    ExerciseError,
+    as_array,
+    call,
+    compare,
+    describe,
+    exercise,
+    np,
+    passed,
+    precision_of,
+    snapshot,
+    unchanged,
+)
 
 __all__ = ["check_topological_order", "check_unbroadcast"]
 
@@ -74,17 +87,20 @@ def check_unbroadcast(fn: Any, *, quiet: bool = False) -> None:
     for grad_shape, shape, what, dtype in cases:
         case = f"grad {grad_shape} to shape {shape} ({what})"
         grad = rng.standard_normal(grad_shape).astype(dtype)
-        before = grad.copy()
-        # the answer in float64, so a float32 gradient summed in float64 is judged fairly too
+        # the answer first, in float64, so a float32 gradient summed in float64 is judged fairly
         want = autograd.unbroadcast(grad.astype(np.float64), shape)
-        got = call(fn, name, case, grad, shape)
-        if not np.array_equal(grad, before):
+        given = grad.copy()
+        before = snapshot(given, shape)
+        got = call(fn, name, case, given, shape)
+        if not np.array_equal(given, grad):
             raise ExerciseError(
                 f"{name} changed its input `grad` in place on {case}: sum into a new array "
                 "(the same gradient array may be handed to several inputs)"
             )
-        got_shape = tuple(np.shape(got)) if got is not None else None
-        if got_shape is not None and got_shape != tuple(shape):
+        unchanged(name, case, ("grad", "shape"), before, [given, shape])
+        got = as_array(got, name, case)
+        got_shape = tuple(got.shape)
+        if got_shape != tuple(shape):
             mistake = _unbroadcast_shape_mistake(grad_shape, shape, got_shape)
             if mistake is not None:
                 raise ExerciseError(
@@ -99,7 +115,7 @@ def check_unbroadcast(fn: Any, *, quiet: bool = False) -> None:
                 want / copies,
             ),
         ]
-        compare(got, want, name, case, mistakes, what="gradient")
+        compare(got, want, name, case, mistakes, "gradient", precision_of(grad))
     passed(name, len(cases), quiet)
 
 
@@ -165,11 +181,26 @@ def _graphs() -> list:
             nodes.append(_Node(f"n{i}", *(nodes[int(j)] for j in picks)))
         graphs.append((f"a random graph of {n_nodes} nodes", nodes[-1], []))
 
-    chain = _Node("c0")
+    # 40 stacked diamonds (each level: two nodes computed from the one below, joined above):
+    # 121 nodes but 2**40 paths, so a walk that follows every path never finishes. A chain of
+    # 5,000 ops on top also defeats a recursive walk (deeper than Python's recursion limit).
+    bottom = _Node("d0")
+    for level in range(1, _DIAMONDS + 1):
+        left = _Node(f"l{level}", bottom)
+        right = _Node(f"r{level}", bottom)
+        bottom = _Node(f"d{level}", left, right)
+    chain = _Node("c0", bottom)
     for i in range(1, 5000):
         chain = _Node(f"c{i}", chain)
-    graphs.append(("a chain of 5,000 ops (deeper than Python's recursion limit)", chain, []))
+    graphs.append((_DEEP_CASE, chain, []))
     return graphs
+
+
+_DIAMONDS = 40
+_DEEP_CASE = (
+    f"a chain of 5,000 ops on top of {_DIAMONDS} stacked diamonds (deeper than Python's "
+    f"recursion limit, and 2**{_DIAMONDS} paths from the root to the bottom leaf)"
+)
 
 
 def _call_order(fn: Any, name: str, case: str, root: _Node) -> Any:
@@ -182,6 +213,12 @@ def _call_order(fn: Any, name: str, case: str, root: _Node) -> Any:
                 "nested call per level of the graph. Make it iterative: keep the nodes still "
                 "to visit on an explicit stack (a list you append to and pop from)"
             ) from None
+        if "did not return within" in str(err) and case == _DEEP_CASE:
+            raise ExerciseError(
+                f"{err} On this graph a walk that follows every path reaches the bottom of the "
+                f"diamonds 2**{_DIAMONDS} times: mark each node as visited the first time you "
+                "reach it and never walk it again, so every node is handled once"
+            ) from None
         raise
 
 
@@ -189,12 +226,16 @@ def _check_order(got: Any, name: str, case: str, root: _Node, outside: list) -> 
     """Raise an ExerciseError unless ``got`` is a valid root-first order of root's graph."""
     if got is None:
         raise ExerciseError(f"{name} returned None on {case}: did you forget `return`?")
-    try:
-        order = list(got)
-    except TypeError:
-        raise ExerciseError(
-            f"{name} returned {type(got).__name__} on {case}; expected a list of nodes"
-        ) from None
+    if isinstance(got, list | tuple):
+        order = list(list.__iter__(got) if isinstance(got, list) else tuple.__iter__(got))
+    else:  # another iterable (a reversed list, a generator): read it within the time limit
+        outcome = _guard.run_limited(list, (got,))
+        if outcome.timed_out or outcome.error is not None:
+            raise ExerciseError(
+                f"{name} returned {describe(got)} on {case}, which could not be read as a "
+                "sequence of nodes; expected a list of nodes"
+            )
+        order = outcome.value
     nodes = _reachable(root)
     ids = {id(n) for n in nodes}
     outside_ids = {id(n) for n in outside}
@@ -206,8 +247,8 @@ def _check_order(got: Any, name: str, case: str, root: _Node, outside: list) -> 
             )
         if id(item) not in ids:
             raise ExerciseError(
-                f"{name}: on {case}, your list contains {item!r} ({type(item).__name__}), which "
-                "is not a node of the graph: return the node objects themselves"
+                f"{name}: on {case}, your list contains {describe(item)}, which is not a node "
+                "of the graph: return the node objects themselves"
             )
     counts: dict[int, int] = {}
     for item in order:
@@ -258,6 +299,13 @@ def check_topological_order(fn: Any, *, quiet: bool = False) -> None:
     graphs = _graphs()
     for what, root, outside in graphs:
         case = what
+        graph = [(node, node.name, node.parents) for node in _reachable(root) + outside]
         got = _call_order(fn, name, case, root)
+        for node, label, parents in graph:
+            if node.name != label or node.parents is not parents:
+                raise ExerciseError(
+                    f"{name} changed the graph on {case}: node {label}'s .name or .parents was "
+                    "reassigned. Only read the nodes; the engine needs the graph as it was"
+                )
         _check_order(got, name, case, root, outside)
     passed(name, len(graphs), quiet)

@@ -13,10 +13,20 @@ afterwards, so a checker cell never changes what the notebook draws next.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 from .. import backend, nn, optim, transformer
 from .. import lora as lora_lib
-from ._harness import ExerciseError, call, exercise, passed
+from ._harness import (
+    ExerciseError,
+    as_items,
+    as_whole_number,
+    call,
+    exercise,
+    passed,
+    snapshot,
+    unchanged,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -118,25 +128,8 @@ def _wrong_counts(model) -> list:
 
 
 def _as_pair(got, name: str, case: str, what: str) -> tuple:
-    if got is None:
-        raise ExerciseError(f"{name} returned None on {case}: did you forget `return`?")
-    if not isinstance(got, tuple | list) or len(got) != 2:
-        raise ExerciseError(
-            f"{name} returned {type(got).__name__} on {case}; expected a pair {what}"
-        )
-    pair = []
-    for value in got:
-        try:
-            number = int(value)
-            exact = number == value
-        except (TypeError, ValueError):
-            exact = False
-        if not exact:
-            raise ExerciseError(
-                f"{name} returned {got!r} on {case}; expected two whole numbers {what}"
-            )
-        pair.append(number)
-    return tuple(pair)
+    items = as_items(got, 2, name, case, f"a pair {what}")
+    return tuple(as_whole_number(v, name, case, f"two whole numbers {what}") for v in items)
 
 
 @exercise("count_trainable", lora_lib.count_parameters)
@@ -145,16 +138,21 @@ def check_count_trainable(fn, *, quiet: bool = False) -> None:
     name = "count_trainable"
     n_cases = 0
     for case, model in _models():
+        # the reference first, on a private copy: nothing the learner's function does to the
+        # model can change the expected answer
+        want = tuple(int(v) for v in lora_lib.count_parameters(copy.deepcopy(model)))
+        wrong_counts = _wrong_counts(model)
         flags = [p.requires_grad for p in model.parameters()]
+        before = snapshot(model)
         got = call(fn, name, case, model)
         if [p.requires_grad for p in model.parameters()] != flags:
             raise ExerciseError(
                 f"{name} changed which parameters require a gradient on {case}: only count them"
             )
+        unchanged(name, case, ("model",), before, [model])
         got = _as_pair(got, name, case, "(trainable, total)")
-        want = tuple(int(v) for v in lora_lib.count_parameters(model))
         if got != want:
-            for explanation, wrong in _wrong_counts(model):
+            for explanation, wrong in wrong_counts:
                 if tuple(int(v) for v in wrong) == got and tuple(wrong) != want:
                     raise ExerciseError(f"{name}: wrong count on {case}. {explanation}")
             raise ExerciseError(
@@ -272,19 +270,15 @@ def check_optimizer_state_bytes(fn, *, quiet: bool = False) -> None:
     n_cases = 0
     for case, params, optimizer in _param_lists():
         case = f"{case}, optimizer {optimizer!r}"
-        got = call(fn, name, case, list(params), optimizer)
-        if got is None:
-            raise ExerciseError(f"{name} returned None on {case}: did you forget `return`?")
-        try:
-            number = int(got)
-            exact = number == got
-        except (TypeError, ValueError):
-            exact = False
-        if not exact:
-            raise ExerciseError(f"{name} returned {got!r} on {case}; expected a whole number")
-        want = optimizer_state_bytes_reference(params, optimizer)
+        want = optimizer_state_bytes_reference(params, optimizer)  # first (it reads copies)
+        wrong_answers = _wrong_state_bytes(params, optimizer)
+        given = list(params)
+        before = snapshot(given)
+        got = call(fn, name, case, given, optimizer)
+        unchanged(name, case, ("params",), before, [given])
+        number = as_whole_number(got, name, case, "the number of bytes")
         if number != want:
-            for explanation, wrong in _wrong_state_bytes(params, optimizer):
+            for explanation, wrong in wrong_answers:
                 if wrong == number and wrong != want:
                     raise ExerciseError(f"{name}: wrong answer on {case}. {explanation}")
             raise ExerciseError(f"{name}: wrong answer on {case}: yours {number}, expected {want}")

@@ -20,7 +20,18 @@ from typing import Any
 
 from .. import backend, nn
 from .. import lora as lora_lib
-from ._harness import ExerciseError, as_array, call, compare, exercise, np, passed
+from ._harness import (
+    ExerciseError,
+    as_array,
+    as_items,
+    call,
+    compare,
+    exercise,
+    np,
+    passed,
+    snapshot,
+    unchanged,
+)
 
 __all__ = ["check_init_lora", "check_pissa_init", "reference_init_lora", "reference_pissa_init"]
 
@@ -58,7 +69,9 @@ _INIT_SHAPES = [
     (5, 300, 1, "rank 1 on a (5, 300) layer"),
     (3, 3, 3, "r = d = k = 3"),
 ]
-_BIG = (64, 4096, 64)  # 262,144 entries of A: enough to see the law, not only the range
+# 262,144 entries of A: enough to see the law, not only the range; d, k and r all differ, so a
+# bound of 1/sqrt(d) and one of 1/sqrt(r) give different numbers and are named apart
+_BIG = (128, 4096, 64)
 _KS_LIMIT = 0.01  # a correct draw exceeds this with probability about 1e-22 at this size
 
 
@@ -90,13 +103,9 @@ def _excess_kurtosis(values) -> float:
 
 def _factors(fn: Callable, name: str, case: str, d: int, k: int, r: int, rng) -> tuple:
     """Call ``fn(d, k, r, rng)`` and return (A, B) as host arrays with the contract's shapes."""
-    out = call(fn, name, case, d, k, r, rng)
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise ExerciseError(
-            f"{name} returned {type(out).__name__} on {case}; expected a pair (A, B)"
-        )
-    A = as_array(out[0], name, case)
-    B = as_array(out[1], name, case)
+    A, B = as_items(call(fn, name, case, d, k, r, rng), 2, name, case, "a pair (A, B)")
+    A = as_array(A, name, case)
+    B = as_array(B, name, case)
     if A.shape == (d, r) and B.shape == (r, k) and (d, r) != (r, k):
         raise ExerciseError(f"{name}: on {case} you returned (B, A); return (A, B), in that order")
     for label, array, want, flipped in (("A", A, (r, k), (k, r)), ("B", B, (d, r), (r, d))):
@@ -269,12 +278,11 @@ def check_pissa_init(fn: Any, *, quiet: bool = False) -> None:
         W0 = rng.standard_normal(shape) / math.sqrt(shape[1])
         d, k = shape
         A_ref, B_ref, res_ref = reference_pissa_init(W0, r, s)
-        out = call(fn, name, case, W0.copy(), r, s)
-        if not isinstance(out, (tuple, list)) or len(out) != 3:
-            raise ExerciseError(
-                f"{name} returned {type(out).__name__} on {case}; expected (A, B, W_res)"
-            )
-        A, B, res = (as_array(a, name, case) for a in out)
+        given = W0.copy()
+        before = snapshot(given)
+        out = call(fn, name, case, given, r, s)
+        unchanged(name, case, ("W0",), before, [given])
+        A, B, res = (as_array(a, name, case) for a in as_items(out, 3, name, case, "(A, B, W_res)"))
         for label, array, want in (("A", A, (r, k)), ("B", B, (d, r)), ("W_res", res, (d, k))):
             if array.shape != want:
                 flipped = " (the transpose)" if array.shape == want[::-1] else ""

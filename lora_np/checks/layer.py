@@ -15,12 +15,16 @@ from ..autograd import Tensor, no_grad
 from ._harness import (
     ExerciseError,
     as_array,
+    as_items,
     call,
     compare,
     exercise,
     is_shape_error,
     np,
     passed,
+    precision_of,
+    snapshot,
+    unchanged,
 )
 
 __all__ = [
@@ -88,7 +92,7 @@ def merge_reference(W0, A, B, scaling):
     layer = lora.LoRALinear(base, r=r, alpha=float(r))  # scaling alpha / r = 1 ...
     if saved is not None:  # building the layer must not move the caller's random stream
         generator.bit_generator.state = saved
-    layer.set_scale(float(scaling))  # ... times the factor: exactly `scaling`
+    layer.set_scale(layer.active_adapter, float(scaling))  # ... times the factor: `scaling`
     base.weight.data = backend.xp.asarray(W0.copy())
     layer.A.data = backend.xp.asarray(np.asarray(A, dtype=W0.dtype))
     layer.B.data = backend.xp.asarray(np.asarray(B, dtype=W0.dtype))
@@ -97,13 +101,6 @@ def merge_reference(W0, A, B, scaling):
 
 
 # ----------------------------------------------------------------------------- shared
-
-
-def _judged_as(got, dtype):
-    """float32 inputs: judge the answer at float32 precision, whatever dtype it came back in."""
-    if np.dtype(dtype) == np.float32 and np.issubdtype(got.dtype, np.floating):
-        return got.astype(np.float32)
-    return got
 
 
 def _call_explained(fn, name: str, case: str, *args):
@@ -119,12 +116,14 @@ def _call_explained(fn, name: str, case: str, *args):
             )
         elif "NoneType" in text:
             text += ". b can be None (no bias): add it only when it is given"
-        raise ExerciseError(text) from None
+        error = ExerciseError(text)
+        error.learner_traceback = err.learner_traceback
+        raise error from None
 
 
 def _wrong_shape_hint(got, name: str, case: str, want_shape, what: str):
-    """A clear message when an output has the transposed shape of the expected one."""
-    shape = tuple(np.shape(got))
+    """A clear message when an output (a host array) has the transposed shape of the expected one."""
+    shape = tuple(got.shape)
     if len(want_shape) == 2 and shape == tuple(reversed(want_shape)) and shape != want_shape:
         raise ExerciseError(
             f"{name} returned {what} of shape {shape} on {case}; expected {tuple(want_shape)}: "
@@ -167,6 +166,11 @@ def _wrong_forwards(x, W0, b, A, B, s) -> list:
             base + bias + s * s * low,
         ),
         (
+            "It matches (scaling / r) on the low-rank path: `scaling` is already alpha / r, so "
+            "do not divide by r again.",
+            base + bias + s / A.shape[0] * low,
+        ),
+        (
             "It matches scaling applied to the whole output: only the low-rank path is scaled, "
             "x W0^T + b stays as it is.",
             s * (base + bias + low),
@@ -196,18 +200,19 @@ def _wrong_forwards(x, W0, b, A, B, s) -> list:
 def check_lora_forward(fn, *, quiet: bool = False) -> None:
     """Check ``fn(x, W0, b, A, B, scaling)`` -> h (n, d) = x W0^T + b + scaling · (x A^T) B^T."""
     name = "lora_forward"
+    labels = ("x", "W0", "b", "A", "B", "scaling")
     n_cases = 0
     for args, case in _forward_inputs():
-        given = [
-            None if a is None else np.copy(a) if isinstance(a, np.ndarray) else a for a in args
-        ]
-        got = _call_explained(fn, name, case, *given)
         args64 = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
-        want = lora_forward_reference(*args64)
-        if got is not None and np.ndim(got) == 2:
-            _wrong_shape_hint(got, name, case, want.shape, "h")
-        got = _judged_as(as_array(got, name, case, want.shape), args[0].dtype)
-        compare(got, want, name, case, _wrong_forwards(*args64), what="output h")
+        want = lora_forward_reference(*args64)  # first, from private float64 copies
+        mistakes = _wrong_forwards(*args64)
+        given = [np.copy(a) if isinstance(a, np.ndarray) else a for a in args]
+        before = snapshot(*given)
+        got = _call_explained(fn, name, case, *given)
+        unchanged(name, case, labels, before, given)
+        got = as_array(got, name, case)
+        _wrong_shape_hint(got, name, case, want.shape, "h")
+        compare(got, want, name, case, mistakes, "output h", precision_of(*args))
         n_cases += 1
     passed(name, n_cases, quiet)
 
@@ -261,35 +266,33 @@ def _wrong_grads(x, A, B, s, g) -> tuple:
 def check_lora_grads(fn, *, quiet: bool = False) -> None:
     """Check ``fn(x, A, B, scaling, grad_h)`` -> (grad_A (r, k), grad_B (d, r)), summed over n."""
     name = "lora_grads"
+    labels = ("x", "A", "B", "scaling", "grad_h")
     n_cases = 0
     for args, case in _grad_inputs():
         x, A, B, s, g = args
-        got = _call_explained(
-            fn, name, case, *[a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        args64 = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+        want_A, want_B = lora_grads_reference(*args64)  # first, from private float64 copies
+        mistakes_A, mistakes_B = _wrong_grads(*args64)
+        given = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        before = snapshot(*given)
+        got = _call_explained(fn, name, case, *given)
+        unchanged(name, case, labels, before, given)
+        got_A, got_B = as_items(
+            got, 2, name, case, "a pair (grad_A, grad_B), e.g. `return grad_A, grad_B`"
         )
-        if got is None:
-            raise ExerciseError(f"{name} returned None on {case}: did you forget `return`?")
-        if not isinstance(got, tuple | list) or len(got) != 2:
-            raise ExerciseError(
-                f"{name} returned {type(got).__name__} on {case}; expected a pair "
-                "(grad_A, grad_B), e.g. `return grad_A, grad_B`"
-            )
-        got_A, got_B = got
+        got_A = as_array(got_A, name, case + " (grad_A)")
+        got_B = as_array(got_B, name, case + " (grad_B)")
         shape_A, shape_B = A.shape, B.shape
-        if np.shape(got_A) == shape_B and np.shape(got_B) == shape_A:
+        if got_A.shape == shape_B and got_B.shape == shape_A:
             raise ExerciseError(
                 f"{name} returned (grad_B, grad_A) on {case}: return them in the order "
                 "(grad_A, grad_B), each shaped like its matrix"
             )
         _wrong_shape_hint(got_A, name, case, shape_A, "grad_A")
         _wrong_shape_hint(got_B, name, case, shape_B, "grad_B")
-        args64 = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
-        want_A, want_B = lora_grads_reference(*args64)
-        mistakes_A, mistakes_B = _wrong_grads(*args64)
-        got_A = _judged_as(as_array(got_A, name, case + " (grad_A)", shape_A), x.dtype)
-        got_B = _judged_as(as_array(got_B, name, case + " (grad_B)", shape_B), x.dtype)
-        compare(got_A, want_A, name, case, mistakes_A, what="grad_A")
-        compare(got_B, want_B, name, case, mistakes_B, what="grad_B")
+        precision = precision_of(*args)
+        compare(got_A, want_A, name, case, mistakes_A, "grad_A", precision)
+        compare(got_B, want_B, name, case, mistakes_B, "grad_B", precision)
         n_cases += 1
     passed(name, n_cases, quiet)
 
@@ -298,7 +301,8 @@ def check_lora_grads(fn, *, quiet: bool = False) -> None:
 
 # (d, k, r, scaling, dtype, description)
 _MERGE_CASES = [
-    (6, 6, 2, 2.0, "float64", "a square W0 (d = k = 6), r = 2, scaling 2"),
+    # scaling 3 with r = 2: scaling / r differs from 1 (at scaling = r it would read as "no scale")
+    (6, 6, 2, 3.0, "float64", "a square W0 (d = k = 6), r = 2, scaling 3"),
     (7, 4, 3, 0.5, "float64", "d = 7, k = 4, r = 3, scaling 0.5"),
     (3, 8, 1, 16.0, "float64", "d = 3, k = 8, r = 1, scaling 16"),
     (5, 9, 2, 1.5, "float32", "float32 weights, d = 5, k = 9, r = 2, scaling 1.5"),
@@ -319,6 +323,11 @@ def _wrong_merges(W0, A, B, s) -> list:
     wrong = [
         ("Your update is off by the factor `scaling`: merge W0 + scaling · B A.", W0 + delta),
         ("It matches scaling applied twice (scaling**2).", W0 + s * s * delta),
+        (
+            "It matches W0 + (scaling / r) · B A: `scaling` is already alpha / r, so do not "
+            "divide by r again.",
+            W0 + s / A.shape[0] * delta,
+        ),
         (
             "It matches the update scaling · B A alone: merge returns the whole new weight "
             "W0 + scaling · B A.",
@@ -350,6 +359,9 @@ def check_merge(fn, *, quiet: bool = False) -> None:
     n_cases = 0
     for args, case in _merge_inputs():
         W0, A, B, s = args
+        args64 = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+        want = merge_reference(*args64)  # first, from private float64 copies
+        mistakes = _wrong_merges(*args64)
         W0_given, A_given, B_given = W0.copy(), A.copy(), B.copy()
         try:
             got = call(fn, name, case, W0_given, A_given, B_given, s)
@@ -357,8 +369,10 @@ def check_merge(fn, *, quiet: bool = False) -> None:
             text = str(err)
             if is_shape_error(text):
                 text += ". The update is B (d, r) @ A (r, k): check the order of the factors"
-            raise ExerciseError(text) from None
-        if not np.array_equal(W0_given, W0):
+            error = ExerciseError(text)
+            error.learner_traceback = err.learner_traceback
+            raise error from None
+        if not np.array_equal(W0_given, W0) or W0_given.shape != W0.shape:
             raise ExerciseError(
                 f"{name} changed W0 in place on {case}: the frozen weight must stay as it was "
                 "(write W0 + ..., not W0 += ...; or start from W0.copy())"
@@ -369,11 +383,8 @@ def check_merge(fn, *, quiet: bool = False) -> None:
             )
         if not (np.array_equal(A_given, A) and np.array_equal(B_given, B)):
             raise ExerciseError(f"{name} changed A or B in place on {case}: leave them as given")
-        args64 = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
-        want = merge_reference(*args64)
-        if got is not None and np.ndim(got) == 2:
-            _wrong_shape_hint(got, name, case, want.shape, "a weight")
-        got = _judged_as(as_array(got, name, case, want.shape), W0.dtype)
-        compare(got, want, name, case, _wrong_merges(*args64), what="merged weight")
+        got = as_array(got, name, case)
+        _wrong_shape_hint(got, name, case, want.shape, "a weight")
+        compare(got, want, name, case, mistakes, "merged weight", precision_of(W0, A, B))
         n_cases += 1
     passed(name, n_cases, quiet)

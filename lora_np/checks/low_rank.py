@@ -10,7 +10,18 @@ square shape; the edge ranks r = 0 (the zero matrix) and r = min(d, k) (M itself
 from __future__ import annotations
 
 from .. import analysis
-from ._harness import ExerciseError, as_array, call, compare, exercise, np, passed
+from ._harness import (
+    ExerciseError,
+    as_array,
+    call,
+    compare,
+    exercise,
+    np,
+    passed,
+    precision_of,
+    snapshot,
+    unchanged,
+)
 
 __all__ = ["check_best_rank_approximation", "check_eckart_young_error"]
 
@@ -30,13 +41,6 @@ def _matrices():
     rng = np.random.default_rng(20260101)
     for d, k, r, dtype, description in _CASES:
         yield rng.standard_normal((d, k)).astype(dtype), r, description
-
-
-def _judged_as(got, dtype):
-    """float32 input: judge the answer at float32 precision, whatever dtype it came back in."""
-    if dtype == np.float32 and np.issubdtype(got.dtype, np.floating):
-        return got.astype(np.float32)
-    return got
 
 
 def _layers(U, S, Vt, keep) -> np.ndarray:
@@ -108,21 +112,22 @@ def check_best_rank_approximation(fn, *, quiet: bool = False) -> None:
     n_cases = 0
     for M, r, description in _matrices():
         case = description
+        M64 = M.astype(np.float64)
+        want = analysis.best_rank_approximation(M64.copy(), r)  # first, from a private copy
+        mistakes = _wrong_approximations(M64, r)
         M_given = M.copy()
         got = call(fn, name, case, M_given, r)
         if not np.array_equal(M_given, M):
             raise ExerciseError(
                 f"{name} changed its input M on {case}: work on a copy (or build a new array)"
             )
-        if got is not None and np.ndim(got) == 0:
+        got = as_array(got, name, case)
+        if got.ndim == 0:
             raise ExerciseError(
                 f"{name} returned a single number on {case}; expected the (d, k) matrix M_r. "
                 "Did you return the error ||M - M_r|| instead of the approximation itself?"
             )
-        M64 = M.astype(np.float64)
-        want = analysis.best_rank_approximation(M64, r)
-        got = _judged_as(as_array(got, name, case, want.shape), M.dtype)
-        compare(got, want, name, case, _wrong_approximations(M64, r), what="approximation")
+        compare(got, want, name, case, mistakes, "approximation", precision_of(M))
         n_cases += 1
     passed(name, n_cases, quiet)
 
@@ -180,10 +185,14 @@ def check_eckart_young_error(fn, *, quiet: bool = False) -> None:
     n_cases = 0
     for M, r, description in _matrices():
         case = description
-        got = call(fn, name, case, M.copy(), r)
         M64 = M.astype(np.float64)
-        want = np.asarray(analysis.eckart_young_error(M64, r))
-        got = _judged_as(as_array(got, name, case, ()), M.dtype)
-        compare(got, want, name, case, _wrong_errors(M64, r), what="error")
+        want = np.asarray(analysis.eckart_young_error(M64.copy(), r))  # first, on a copy
+        mistakes = _wrong_errors(M64, r)
+        given = M.copy()
+        before = snapshot(given)
+        got = call(fn, name, case, given, r)
+        unchanged(name, case, ("M",), before, [given])
+        got = as_array(got, name, case, ())
+        compare(got, want, name, case, mistakes, "error", precision_of(M))
         n_cases += 1
     passed(name, n_cases, quiet)

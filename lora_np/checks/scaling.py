@@ -15,7 +15,17 @@ from .. import backend, optim
 from .. import lora as lora_lib
 from ..autograd import Tensor
 from ..nn import Parameter
-from ._harness import ExerciseError, as_array, call, compare, exercise, np, passed
+from ._harness import (
+    ExerciseError,
+    as_array,
+    call,
+    compare,
+    exercise,
+    np,
+    passed,
+    snapshot,
+    unchanged,
+)
 
 __all__ = [
     "check_adam_first_update",
@@ -41,7 +51,7 @@ def reference_lora_scaling(alpha: float, r: int, rslora: bool = False) -> float:
 
 _SCALING_CASES = [
     (8, 8, False, "PEFT's default r = 8, alpha = 8"),
-    (16, 4, False, "alpha = 16, r = 4"),
+    (20, 4, False, "alpha = 20, r = 4"),
     (8, 3, False, "alpha = 8, r = 3 (not a whole number)"),
     (32, 4, False, "GPT-2 in the paper: r = 4, alpha = 32"),
     (8.0, 64, False, "a float alpha, r = 64"),
@@ -84,6 +94,7 @@ def _scaling_mistakes(alpha: float, r: int, rslora: bool) -> list:
                 alpha / math.sqrt(r),
             ),
         )
+        wrong.append(("you returned alpha / r**2: divide by the rank once", alpha / r**2))
     return wrong
 
 
@@ -96,26 +107,19 @@ def check_lora_scaling(fn: Any, *, quiet: bool = False) -> None:
     """
     name = "lora_scaling"
     n_checks = 0
-    for alpha, r in ((16, 4), (8, 3)):
+    # alpha = 12, r = 8 first: there every classic mistake gives its own number (at alpha = 16,
+    # r = 4, alpha / r**2 and sqrt(alpha) / r are both 1 and could not be told apart)
+    for alpha, r in ((12, 8), (8, 3)):
         case = f"alpha = {alpha}, r = {r} with rslora left out (its default is False)"
+        want = np.float64(reference_lora_scaling(alpha, r))
         got = as_array(call(fn, name, case, alpha, r), name, case, ())
-        compare(
-            got.astype(np.float64),
-            np.float64(alpha / r),
-            name,
-            case,
-            _scaling_mistakes(alpha, r, False),
-            "scale",
-        )
+        compare(got, want, name, case, _scaling_mistakes(alpha, r, False), "scale")
         n_checks += 1
     for alpha, r, rslora, what in _SCALING_CASES:
         case = f"alpha = {alpha:g}, r = {r}, rslora = {rslora} ({what})"
-        got = call(lambda *a, flag=rslora: fn(*a, rslora=flag), name, case, alpha, r)
         want = np.float64(reference_lora_scaling(alpha, r, rslora))
-        got = as_array(got, name, case, ())
-        compare(
-            got.astype(np.float64), want, name, case, _scaling_mistakes(alpha, r, rslora), "scale"
-        )
+        got = as_array(call(fn, name, case, alpha, r, rslora=rslora), name, case, ())
+        compare(got, want, name, case, _scaling_mistakes(alpha, r, rslora), "scale")
         n_checks += 1
     passed(name, n_checks, quiet)
 
@@ -173,8 +177,11 @@ def check_adam_first_update(fn: Any, *, quiet: bool = False) -> None:
         case = f"G ({d}, {k}), A ({r}, {k}), scaling = {s:g}, lr = {lr:g} ({what})"
         G = rng.standard_normal((d, k)) / d
         A = rng.uniform(-1, 1, (r, k)) / math.sqrt(k)
-        want = reference_adam_first_update(G, A, s, lr)
-        got = call(fn, name, case, G.copy(), A.copy(), s, lr)
+        want = reference_adam_first_update(G.copy(), A.copy(), s, lr)  # first, on copies
+        given = [G.copy(), A.copy(), s, lr]
+        before = snapshot(*given)
+        got = call(fn, name, case, *given)
+        unchanged(name, case, ("G", "A", "scaling", "lr"), before, given)
         got = as_array(got, name, case)
         if got.shape == (d, r):
             raise ExerciseError(

@@ -20,26 +20,22 @@ from ._harness import (
     is_shape_error,
     np,
     passed,
+    precision_of,
+    snapshot,
+    unchanged,
 )
 
 __all__ = ["check_energy_rank", "check_subspace_similarity"]
 
 
-def _judged_as(got, dtype):
-    """float32 inputs: judge the answer at float32 precision, whatever dtype it came back in."""
-    if np.dtype(dtype) == np.float32 and np.issubdtype(got.dtype, np.floating):
-        return got.astype(np.float32)
-    return got
-
-
 def _scalar(got, name: str, case: str, what: str):
     """The learner's answer as a 0-d host array, with a clear message when it is not one number."""
-    if got is not None and np.ndim(got) not in (0,) and np.size(got) != 1:
+    array = as_array(got, name, case)
+    if array.size != 1:
         raise ExerciseError(
-            f"{name} returned an array of shape {tuple(np.shape(got))} on {case}; expected one "
+            f"{name} returned an array of shape {array.shape} on {case}; expected one "
             f"number ({what})"
         )
-    array = as_array(got, name, case)
     return array.reshape(())
 
 
@@ -57,7 +53,7 @@ def _energy_cases():
     tie = np.zeros((5, 4))
     tie[np.arange(4), np.arange(4)] = 2.0  # four equal directions: 25% of the energy each
     yield structured, 0.9, "a 12×8 matrix with a decaying spectrum, share 0.9"
-    yield structured, 0.99, "the same 12×8 matrix, share 0.99"
+    yield structured, 1.0, "the same 12×8 matrix, share 1.0 (all of the energy: rank 8)"
     yield structured.T.copy(), 0.6, "its 8×12 transpose (d < k), share 0.6"
     yield rng.standard_normal((6, 9)), 0.75, "a random 6×9 matrix, share 0.75"
     yield tie, 0.5, "a 5×4 matrix whose top 2 of 4 equal directions hold exactly half"
@@ -101,6 +97,22 @@ def _wrong_energy_ranks(M64, share: float, want: int) -> list:
             _rank_of(np.sort(M64.ravel() ** 2)[::-1], share),
         ),
     ]
+    if share == 1.0 and total > 0.0:
+        wrong += [
+            (
+                "At share 1.0 the cumulative share of all directions can come out a hair below "
+                "1 in floating point (0.9999999999999998), so `>= 1.0` never holds and argmax "
+                "returns index 0: compare with a small tolerance (share - 1e-12), so that every "
+                "direction counts when the whole energy is asked for.",
+                1,
+            ),
+            (
+                "At share 1.0 the cumulative share can come out a hair below 1 in floating "
+                "point, so no entry reaches 1.0 and the search runs past the end: compare with "
+                "a small tolerance (share - 1e-12); the rank can never exceed min(d, k).",
+                want + 1,
+            ),
+        ]
     if total > 0.0:
         wrong += [
             (
@@ -128,11 +140,15 @@ def check_energy_rank(fn, *, quiet: bool = False) -> None:
     name = "energy_rank"
     n_cases = 0
     for M, share, case in _energy_cases():
-        got = call(fn, name, case, M.copy(), share)
-        if isinstance(got, bool):
+        want = np.asarray(float(analysis.energy_rank(M.astype(np.float64), share)))  # first
+        wrong = _wrong_energy_ranks(M.astype(np.float64), share, int(want))
+        given = M.copy()
+        before = snapshot(given)
+        got = call(fn, name, case, given, share)
+        unchanged(name, case, ("M",), before, [given])
+        if isinstance(got, bool | np.bool_):
             raise ExerciseError(f"{name} returned {got} on {case}; expected a rank (an integer)")
         got = _scalar(got, name, case, "the rank r")
-        want = np.asarray(float(analysis.energy_rank(M.astype(np.float64), share)))
         if np.issubdtype(got.dtype, np.floating) and float(got) != round(float(got)):
             raise ExerciseError(
                 f"{name} returned {float(got):.4g} on {case}; expected a whole number of "
@@ -144,7 +160,6 @@ def check_energy_rank(fn, *, quiet: bool = False) -> None:
                 f"{name}: wrong rank on {case}: yours {float(got):g}, expected 0. A zero matrix "
                 "has no energy (the cumulative share is 0/0 = NaN): return 0 before dividing."
             )
-        wrong = _wrong_energy_ranks(M.astype(np.float64), share, int(want))
         wrong = [(why, None if r is None else np.asarray(float(r))) for why, r in wrong]
         compare(got, want, name, case, wrong, what="rank")
         n_cases += 1
@@ -201,8 +216,9 @@ def _wrong_similarities(A1, A2, i: int, j: int) -> list:
     overlap = V1[:, :i].T @ V2[:, :j]
     wrong = [
         (
-            "It matches dividing by max(i, j): Eq. 4 divides by min(i, j), the size of the "
-            "smaller subspace, so that φ = 1 when it lies inside the larger one.",
+            f"It matches dividing by {'i' if i > j else 'j'} (here max(i, j) = {large}): Eq. 4 "
+            "divides by min(i, j), the size of the smaller subspace, so that φ = 1 when it "
+            "lies inside the larger one.",
             _phi(V1, V2, i, j, large),
         ),
         (
@@ -276,7 +292,9 @@ def _call_explained(fn, name: str, case: str, *args):
                 "vectors live in spaces of different sizes. Use the RIGHT-singular vectors "
                 "(rows of Vt), which live in R^k for both"
             )
-        raise ExerciseError(text) from None
+        error = ExerciseError(text)
+        error.learner_traceback = err.learner_traceback
+        raise error from None
 
 
 @exercise("subspace_similarity", analysis.subspace_similarity)
@@ -292,13 +310,14 @@ def check_subspace_similarity(fn, *, quiet: bool = False) -> None:
     name = "subspace_similarity"
     n_cases = 0
     for A1, A2, i, j, case in _similarity_cases():
+        A1_64, A2_64 = A1.astype(np.float64), A2.astype(np.float64)
+        want = np.asarray(analysis.subspace_similarity(A1_64.copy(), A2_64.copy(), i, j))  # first
+        mistakes = _wrong_similarities(A1_64, A2_64, i, j)
         given1, given2 = A1.copy(), A2.copy()
         got = _call_explained(fn, name, case, given1, given2, i, j)
         if not (np.array_equal(given1, A1) and np.array_equal(given2, A2)):
             raise ExerciseError(f"{name} changed its input A1 or A2 on {case}: work on copies")
-        got = _judged_as(_scalar(got, name, case, "φ in [0, 1]"), A1.dtype)
-        A1_64, A2_64 = A1.astype(np.float64), A2.astype(np.float64)
-        want = np.asarray(analysis.subspace_similarity(A1_64, A2_64, i, j))
-        compare(got, want, name, case, _wrong_similarities(A1_64, A2_64, i, j), what="φ")
+        got = _scalar(got, name, case, "φ in [0, 1]")
+        compare(got, want, name, case, mistakes, "φ", precision_of(A1, A2))
         n_cases += 1
     passed(name, n_cases, quiet)

@@ -121,6 +121,8 @@ class LoRALinear(nn.Module):
         init: "kaiming" (default, as PEFT/loralib), "gaussian" or "pissa"; see ``INITS``.
         dropout: dropout probability on the adapter's input (training mode only).
         adapter_name: the first adapter's name.
+        weights: ``(A, B)`` arrays of shapes (r, k) and (d, r) to start from instead of ``init``
+            (loading a saved adapter): then no random number is drawn.
 
     Attributes:
         base: the wrapped Linear. A, B, r, alpha, scaling: the active adapter's.
@@ -139,6 +141,8 @@ class LoRALinear(nn.Module):
         init: str = "kaiming",
         dropout: float = 0.0,
         adapter_name: str = DEFAULT_ADAPTER,
+        *,
+        weights: tuple | None = None,
     ):
         if isinstance(base, LoRALinear):
             raise TypeError(
@@ -155,7 +159,9 @@ class LoRALinear(nn.Module):
         self.active_adapter = None
         self.merged = False
         self._disabled = False
-        self.add_adapter(adapter_name, r, alpha, rslora=rslora, init=init, dropout=dropout)
+        self.add_adapter(
+            adapter_name, r, alpha, rslora=rslora, init=init, dropout=dropout, weights=weights
+        )
         base.requires_grad_(False)  # after add_adapter: a bad argument leaves base untouched
         self.set_adapter(adapter_name)
 
@@ -241,19 +247,27 @@ class LoRALinear(nn.Module):
             self.base.weight.data -= self.delta_weight()
         self.merged = False
 
-    def set_scale(self, factor: float, adapter_name: str | None = None) -> None:
-        """Dial an adapter's strength: s = factor · alpha / r (PEFT's ``set_scale``).
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """Dial adapter ``adapter``'s strength: s = scale · alpha / r (PEFT's
+        ``LoraLayer.set_scale(adapter, scale)``, same order).
 
-        factor 0 gives the base layer's outputs, 1 the trained adapter. Refused while merged:
-        unmerge() must subtract exactly the s·B·A that merge() added.
+        scale 0 gives the base layer's outputs, 1 the trained adapter. Refused while merged:
+        unmerge() must subtract exactly the s·B·A that merge() added. An unknown adapter is a
+        KeyError (PEFT skips it silently: a typo would change nothing, unnoticed).
         """
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Real):
-            raise ValueError(f"scale factor must be a real number, got {factor!r}")
-        if not math.isfinite(factor):
-            raise ValueError(f"scale factor must be finite, got {factor!r}")
-        adapter = self.adapters[self.active_adapter if adapter_name is None else adapter_name]
+        if not isinstance(adapter, str):
+            raise TypeError(
+                f"set_scale(adapter, scale) takes the adapter's name first, as PEFT's does; got "
+                f"adapter={adapter!r}. For the active adapter: "
+                f"layer.set_scale(layer.active_adapter, {adapter!r})"
+            )
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise ValueError(f"scale factor must be a real number, got {scale!r}")
+        if not math.isfinite(scale):
+            raise ValueError(f"scale factor must be finite, got {scale!r}")
+        chosen = self.adapters[adapter]
         self._require_unmerged("change an adapter's scale")
-        adapter.scaling = float(factor) * adapter.trained_scaling
+        chosen.scaling = float(scale) * chosen.trained_scaling
 
     def _check_merge(self) -> None:
         if isinstance(self.base, QuantizedLinear):
@@ -281,21 +295,47 @@ class LoRALinear(nn.Module):
         rslora: bool = False,
         init: str = "kaiming",
         dropout: float = 0.0,
+        *,
+        weights: tuple | None = None,
     ) -> LoRAAdapter:
         """Add a new adapter (frozen and inactive until ``set_adapter(name)``).
 
         "pissa" rewrites the base weight, so it is only allowed as the layer's first adapter.
+        ``weights``: ``(A, B)`` to start from, shapes (r, k) and (d, r), copied in the base's
+        dtype; ``init`` is then only recorded, and no random number is drawn.
         """
         self._check_new_adapter(name, r, alpha, rslora, init, dropout)
         r, alpha = int(r), float(alpha)
-        s = scaling(alpha, r, rslora)
-        A, B, residual = _initial_weights(self.base.weight.data, r, s, init)
+        if weights is None:
+            A, B, residual = _initial_weights(
+                self.base.weight.data, r, scaling(alpha, r, rslora), init
+            )
+        else:
+            A, B = self._given_weights(name, r, weights, init)
+            residual = None
         adapter = LoRAAdapter(A, B, alpha, rslora, float(dropout), init)
         adapter.requires_grad_(False)
         if residual is not None:
             self.base.weight.data = residual
         setattr(self.adapters, name, adapter)
         return adapter
+
+    def _given_weights(self, name: str, r: int, weights, init: str) -> tuple:
+        """``weights`` as (A, B) arrays of the base's dtype, shapes checked."""
+        if init == "pissa":
+            raise ValueError("init='pissa' computes A and B from the base weight; give no weights")
+        if not (isinstance(weights, tuple | list) and len(weights) == 2):
+            raise ValueError(f"weights must be a pair (A, B), got {type(weights).__name__}")
+        dtype = self.base.weight.data.dtype
+        A, B = (backend.xp.array(w, dtype=dtype, copy=True) for w in weights)  # never aliased
+        expected = {"A": (r, self.in_features), "B": (self.out_features, r)}
+        for which, array in (("A", A), ("B", B)):
+            if tuple(array.shape) != expected[which]:
+                raise ValueError(
+                    f"weights for adapter {name!r}: {which} of shape {expected[which]} expected "
+                    f"(r={r}), got {tuple(array.shape)}"
+                )
+        return A, B
 
     def _check_new_adapter(self, name, r, alpha, rslora, init, dropout) -> None:
         check_adapter_name(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from .. import nn
-from .targeting import lora_layers, lora_layers_or_error, matches
+from .targeting import check_pattern, lora_layers, lora_layers_or_error, selects
 from .validation import check_each
 
 
@@ -17,8 +17,11 @@ def _select_layers(model: nn.Module, targets) -> list:
     layers = lora_layers_or_error(model)
     if targets is None:
         return layers
-    targets = [targets] if isinstance(targets, str) else list(targets)
-    chosen = [(n, layer) for n, layer in layers if any(matches(n, t) for t in targets)]
+    if isinstance(targets, str):  # PEFT's rule, as inject's: a regex for the whole name
+        check_pattern(targets)
+    else:
+        targets = list(targets)
+    chosen = [(n, layer) for n, layer in layers if selects(n, targets)]
     if not chosen:
         raise ValueError(
             f"targets {targets} match no LoRA layer; they are: {[n for n, _ in layers]}"
@@ -29,7 +32,8 @@ def _select_layers(model: nn.Module, targets) -> list:
 def add_adapter(
     model: nn.Module, name: str, r: int, alpha: float, targets=None, **lora_kwargs
 ) -> list:
-    """Add adapter ``name`` to every LoRA layer (or those ``targets`` select); returns their names.
+    """Add adapter ``name`` to every LoRA layer (or those ``targets`` select: a regex string
+    or a list of names, inject's rule); returns their names.
 
     The new adapter is frozen and inactive until ``set_adapter(model, name)``. Checked on every
     layer before any layer changes.

@@ -22,11 +22,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .. import backend, nn
+from .. import nn
 from ..quantized import QuantizedLinear
-from ..serialization import atomic_write_folder, read_safetensors, safetensors_bytes
+from ..serialization import read_pair, write_pair
 from .layer import LoRALinear
-from .targeting import lora_layers, matches
+from .targeting import freeze_base, lora_layers, matches
 from .validation import DEFAULT_ADAPTER, check_adapter_name, check_alpha, check_rank
 
 CONFIG_NAME = "adapter_config.json"
@@ -110,6 +110,12 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     the most common one go into ``rank_pattern`` / ``alpha_pattern`` under their full name, as
     PEFT would read them.
 
+    As PEFT's ``save_pretrained``: the folder is created if needed, a path that is a file is
+    refused, and only the adapter's two files are written; every other entry of the folder
+    (checkpoints, notes, ``.git``, symlinks) is left as it is. The two files are written as a
+    pair (``serialization.write_pair``): a load never pairs one save's config with another's
+    weights, a failed save leaves the old adapter, and symlinks are written through.
+
     A "pissa" adapter is stored like any other, but it belongs to the *residual* base weight:
     load it into a model whose base weights are that residual, not the original W0.
 
@@ -124,24 +130,27 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             tensors[f"{PREFIX}{name}.lora_A.weight"] = adapter.A.data  # (r, k)
             tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.B.data  # (d, r)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    # Both files or neither: a folder with new weights beside the old config would load
-    # without error and match neither adapter.
-    files = {
-        WEIGHTS_NAME: safetensors_bytes(tensors, {"format": "pt"}),
-        CONFIG_NAME: text.encode("utf-8"),
-    }
-    return atomic_write_folder(Path(path), files)
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"cannot save an adapter to {folder}: it is a file, and an adapter is a folder "
+            f"holding {CONFIG_NAME} and {WEIGHTS_NAME}; choose a folder path"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    # Only these two files are written, as a pair: a folder with new weights beside the old
+    # config would load without error and match neither adapter (serialization.write_pair).
+    write_pair(folder, WEIGHTS_NAME, tensors, {"format": "pt"}, CONFIG_NAME, text.encode())
+    return folder
 
 
 # ============================================================================ adapters: loading
 
 
-def _read_config(path: Path) -> dict:
-    """The config as a dict, every entry lora_np reads checked for its JSON type."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (an adapter folder needs {CONFIG_NAME})")
+def _read_config(path: Path, raw: bytes) -> dict:
+    """The config (``raw``, the bytes of ``path``) as a dict, every entry lora_np reads checked
+    for its JSON type."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is truncated or corrupt, not valid JSON ({err})") from None
     if not isinstance(config, dict):
@@ -281,23 +290,41 @@ def _targeted(model: nn.Module, config: dict) -> list:
     return names
 
 
-def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) -> list:
+def load_adapter(
+    model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER, is_trainable: bool = False
+) -> list:
     """Load a PEFT-layout adapter folder into ``model`` under ``adapter_name``; make it active.
 
-    Plain Linear layers named in the file are wrapped in a LoRALinear; layers that already are
-    LoRALinear get a new adapter. Everything is checked before anything changes: readable files,
-    a LoRA config, key names, missing keys (a targeted layer without weights, or A without B),
-    unexpected keys (a layer the model does not have, or that is not a Linear), shapes (the key
+    As PEFT's ``PeftModel.from_pretrained`` / ``load_adapter``: every parameter outside the
+    adapters is frozen, and the loaded adapter trains only with ``is_trainable=True``; other
+    adapters keep their flags (an inactive one is frozen). No random number is drawn.
+
+    The two files are read as one save's pair, even while another process saves into the
+    folder; the weights file's header is checked against its size before its tensors are read;
+    bf16 weights load as float32. Plain Linear layers named in the file are wrapped in a
+    LoRALinear; layers that already are LoRALinear get a new adapter. Everything is checked
+    before anything changes: readable files, a LoRA config, key names, missing keys (a
+    targeted layer without weights, or A without B), unexpected keys (a layer the model does not have, or that is not a Linear), target_modules
+    that select no layer of the model (as PEFT, even when the keys would fit), shapes (the key
     and both shapes are named), an adapter name already in use, a merged layer.
 
     Returns:
         The names of the layers that received the adapter, in model order.
     """
+    if not isinstance(is_trainable, bool):
+        raise TypeError(f"is_trainable must be True or False, got {is_trainable!r}")
     folder = Path(path)
     if not folder.is_dir():
+        if folder.exists():
+            raise NotADirectoryError(f"{folder} is a file; an adapter is a folder")
         raise FileNotFoundError(f"adapter folder {folder} does not exist")
-    config = _read_config(folder / CONFIG_NAME)
-    tensors = read_safetensors(folder / WEIGHTS_NAME)
+    try:  # one save's pair, even while another process saves into the folder
+        tensors, _, raw_config = read_pair(folder, WEIGHTS_NAME, CONFIG_NAME)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{err} (an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME})"
+        ) from None
+    config = _read_config(folder / CONFIG_NAME, raw_config)
     check_adapter_name(adapter_name)
     modules = dict(model.named_modules())
     lora_names = [n for n, _ in lora_layers(model)]
@@ -314,7 +341,7 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             continue
         weights.setdefault(match["layer"], {})[match["which"]] = array
     targeted = _targeted(model, config)
-    if not targeted and not weights:
+    if not targeted:  # as PEFT: "Target modules ... not found", whatever the weights' keys say
         raise ValueError(
             f"{folder}: this adapter is for other modules; target_modules "
             f"{config['target_modules']} match no Linear layer of the model"
@@ -386,12 +413,13 @@ def load_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     for name, module, r, alpha, A, B in plan:
         if isinstance(module, LoRALinear):
             layer = module
-            layer.add_adapter(adapter_name, r, alpha, **options)
+            layer.add_adapter(adapter_name, r, alpha, **options, weights=(A, B))
         else:
-            layer = LoRALinear(module, r, alpha, adapter_name=adapter_name, **options)
+            layer = LoRALinear(
+                module, r, alpha, adapter_name=adapter_name, **options, weights=(A, B)
+            )
             model.set_submodule(name, layer)
-        adapter = layer.adapters[adapter_name]
-        adapter.A.data = backend.xp.asarray(A, dtype=layer.base.weight.dtype)
-        adapter.B.data = backend.xp.asarray(B, dtype=layer.base.weight.dtype)
         layer.set_adapter(adapter_name)
+        layer.adapters[adapter_name].requires_grad_(is_trainable)
+    freeze_base(model)
     return [name for name, *_ in plan]

@@ -1,8 +1,16 @@
-"""Finding the layers to adapt and wrapping them: ``inject`` (PEFT's target_modules rule),
+r"""Finding the layers to adapt and wrapping them: ``inject`` (PEFT's target_modules rule),
 ``mark_only_lora_as_trainable`` (loralib's), and counting what trains.
+
+The one targeting rule (PEFT's ``target_modules``), for ``inject``, ``add_adapter`` and
+``load_adapter`` alike: a string is a regular expression that must match the whole dotted
+module name (``re.fullmatch``); each entry of a list matches a name equal to it or ending in
+"." + entry. So ``["q"]`` selects every ``blocks.<i>.attn.q``, and so does ``r".*\.q"``;
+the string ``"q"`` selects only a module named exactly ``q``.
 """
 
 from __future__ import annotations
+
+import re
 
 from .. import nn
 from ..quantized import QuantizedLinear
@@ -28,7 +36,35 @@ def lora_layers_or_error(model: nn.Module) -> list:
     return layers
 
 
-matches = nn.name_matches  # PEFT's rule for a target_modules entry
+matches = nn.name_matches  # PEFT's rule for one entry of a target_modules list
+
+
+def selects(name: str, targets) -> bool:
+    """Whether ``targets`` (a regex string, or a list of names) select module ``name``."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(matches(name, t) for t in targets)
+
+
+def check_pattern(pattern: str) -> None:
+    """Refuse a string target that is not a valid regular expression, naming it."""
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"target {pattern!r} is not a valid regular expression: {err}") from None
+
+
+def _matched(modules: dict, targets) -> list:
+    """(target, [names it selects]) for a regex string, or for each entry of a list."""
+    if isinstance(targets, str):
+        check_pattern(targets)
+        return [(targets, [n for n in modules if n and selects(n, targets)])]
+    targets = list(targets)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(
+            f"targets must be a regex string or a non-empty list of names, got {targets!r}"
+        )
+    return [(t, [n for n in modules if n and matches(n, t)]) for t in targets]
 
 
 def _inside_lora(name: str, lora_names: list) -> bool:
@@ -39,20 +75,18 @@ def find_targets(model: nn.Module, targets) -> list:
     """The dotted names of the Linear modules (float or quantised) that ``targets`` select (model
     order), checked as ``inject`` does.
 
-    ``"all-linear"`` (PEFT's shorthand) selects every Linear but the model's output layer, the
-    one its ``output_layer_name`` attribute names (the GPT's ``head``): a model without one is
-    refused, as PEFT refuses models that do not name their output embeddings.
+    ``targets``: a regex string for the whole name, or a list of names or dotted tails (see
+    the module docstring). ``"all-linear"`` (PEFT's shorthand) selects every Linear but the
+    model's output layer, the one its ``output_layer_name`` attribute names (the GPT's
+    ``head``): a model without one is refused, as PEFT refuses models that do not name their
+    output embeddings.
 
     Raises ValueError when a target matches nothing (listing the Linear names that exist) or
-    matches a module that is not a Linear, and when a match already carries LoRA.
+    matches a module that is not a Linear, when a match already carries LoRA, and when a
+    string is not a valid regular expression.
     """
     if targets == ALL_LINEAR:
         targets = _all_linear(model)
-    if isinstance(targets, str):
-        targets = [targets]
-    targets = list(targets)
-    if not targets or not all(isinstance(t, str) and t for t in targets):
-        raise ValueError(f"targets must be a non-empty list of module names, got {targets!r}")
     modules = dict(model.named_modules())
     lora_names = [n for n, m in modules.items() if isinstance(m, LoRALinear)]
     linear_names = [
@@ -61,11 +95,17 @@ def find_targets(model: nn.Module, targets) -> list:
         if isinstance(m, nn.Linear | QuantizedLinear) and not _inside_lora(n, lora_names)
     ]
     selected = []
-    for target in targets:
-        matched = [n for n in modules if n and matches(n, target)]
+    for target, matched in _matched(modules, targets):
         if not matched:
+            rule = (
+                " (a string is a regular expression for the whole module name, as PEFT's "
+                f"target_modules; a list, e.g. [{target!r}], also matches dotted tails)"
+                if isinstance(targets, str)
+                else ""
+            )
             raise ValueError(
-                f"target {target!r} matches no module; the Linear layers are: {linear_names or 'none'}"
+                f"target {target!r} matches no module{rule}; the Linear layers are: "
+                f"{linear_names or 'none'}"
             )
         for name in matched:
             module = modules[name]
@@ -107,16 +147,19 @@ def _all_linear(model: nn.Module) -> list:
 
 
 def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> list:
-    """Wrap every Linear that ``targets`` select in a LoRALinear, in place; return their names.
+    r"""Wrap every Linear that ``targets`` select in a LoRALinear, in place; return their names.
 
-    A target matches a module whose dotted name equals it or ends with "." + target, as PEFT
-    matches ``target_modules``: "q" selects every ``blocks.<i>.attn.q``, "blocks.0.attn.q" only
-    that one. Afterwards only LoRA parameters are trainable (``mark_only_lora_as_trainable``),
-    as after PEFT's ``get_peft_model``.
+    ``targets`` follow PEFT's ``target_modules`` rule: a list entry matches a module whose
+    dotted name equals it or ends with "." + entry (["q"] selects every
+    ``blocks.<i>.attn.q``, ["blocks.0.attn.q"] only that one); a string is a regular
+    expression for the whole name (r"blocks\.0\.attn\.(q|v)"). Afterwards only LoRA
+    parameters are trainable (``mark_only_lora_as_trainable``), as after PEFT's
+    ``get_peft_model``.
 
     Args:
         model: any Module.
-        targets: a name, a list of names, or "all-linear" (every Linear but the output layer).
+        targets: a list of names, a regex string, or "all-linear" (every Linear but the
+            output layer).
         r, alpha, lora_kwargs: passed to every ``LoRALinear`` (rslora, init, dropout, adapter_name).
     Returns:
         The dotted names of the replaced layers, in model order.
@@ -163,6 +206,15 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
         for name, p in model.named_parameters():
             if name == "bias" or name.endswith(".bias"):
                 p.requires_grad_(True)
+
+
+def freeze_base(model: nn.Module) -> None:
+    """Freeze every parameter that is not a LoRA adapter's A or B, leaving the adapters' flags
+    as they are (what PEFT does to a model it loads an adapter into)."""
+    adapter_params = {id(p) for _, layer in lora_layers(model) for p in layer.adapters.parameters()}
+    for p in model.parameters():
+        if id(p) not in adapter_params:
+            p.requires_grad_(False)
 
 
 def lora_parameters(model: nn.Module, adapter_name: str | None = None) -> list:

@@ -1,0 +1,249 @@
+"""tools/grading.py: each exercise graded in a fresh process against a pristine lora_np, so that
+honest work scores full marks, untouched work 0, and none of the known cheats scores at all.
+
+Most cases grade a submission of notebook 02 (three exercises, a few seconds each); the
+submissions are built from the student edition, as a learner would hand it in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import uuid
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import editions  # noqa: E402
+import grading  # noqa: E402
+
+import lora_np as ln  # noqa: E402
+
+NOTEBOOK = editions.select(["02"])[0]
+TEACHER = nbformat.read(NOTEBOOK, as_version=4)
+EXERCISES = editions.find_exercises(TEACHER, NOTEBOOK)
+SEED = 424242
+
+
+@pytest.fixture(scope="module")
+def library():
+    return grading.PristineLibrary(None)  # the working tree: what these tests are checking
+
+
+def honest(name: str) -> str:
+    """The teacher's solution of ``name`` without the markers, as a learner would type it."""
+    (exercise,) = [e for e in EXERCISES if e.name == name]
+    lines = TEACHER.cells[exercise.solution_cell].source.split("\n")
+    return "\n".join(line for line in lines if line.strip() not in (editions.BEGIN, editions.END))
+
+
+def submission(tmp_path, solutions=(), extra=(), edit=None) -> Path:
+    """The student edition with ``solutions`` {name: source} typed in, ``extra`` (index, source)
+    code cells inserted, and ``edit`` (a function of the notebook) applied; its path."""
+    nb = editions.student_notebook(TEACHER, NOTEBOOK)
+    solutions = dict(solutions)
+    for exercise in EXERCISES:
+        if exercise.name in solutions:
+            nb.cells[exercise.solution_cell].source = solutions[exercise.name]
+    for index, source in sorted(extra, reverse=True):
+        nb.cells.insert(index, nbformat.v4.new_code_cell(source))
+    if edit:
+        edit(nb)
+    path = tmp_path / f"{uuid.uuid4().hex[:8]}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def grade(path, library, **kwargs) -> dict:
+    verdicts = grading.grade_submission(path, TEACHER, EXERCISES, library, SEED, **kwargs)
+    return {v.exercise: v for v in verdicts}
+
+
+ALL_SOLVED = {e.name: honest(e.name) for e in EXERCISES}
+
+
+def scores(verdicts) -> dict:
+    return {name: v.score for name, v in verdicts.items()}
+
+
+def test_honest_work_scores_full_marks_and_untouched_zero(tmp_path, library):
+    solved = grade(submission(tmp_path, ALL_SOLVED), library)
+    assert scores(solved) == {e.name: 1 for e in EXERCISES}, solved
+    assert "hidden cases" in solved["merge"].message
+    untouched = grade(submission(tmp_path), library)
+    assert scores(untouched) == {e.name: 0 for e in EXERCISES}
+    assert "not written yet" in untouched["merge"].message
+
+
+def test_cell_ids_metadata_and_duplicates_do_not_change_the_grade(tmp_path, library):
+    def shuffle_ids_and_metadata(nb):
+        for cell in nb.cells:
+            cell.id = uuid.uuid4().hex[:8]  # another edition, or a re-saved notebook
+            cell.metadata = {"nbgrader": {"solution": True}}  # edited: no grade_id
+        nb.metadata = {}
+        first = EXERCISES[0]
+        nb.cells.insert(first.solution_cell, nbformat.from_dict(nb.cells[first.solution_cell]))
+
+    path = submission(tmp_path, ALL_SOLVED, edit=shuffle_ids_and_metadata)
+    assert scores(grade(path, library)) == {e.name: 1 for e in EXERCISES}
+
+
+def test_a_helper_in_a_cell_of_its_own_is_graded_with_the_function(tmp_path, library):
+    helper = "def _scaled(B, A, s):\n    return s * (B @ A)"
+    merge = "def merge(W0, A, B, scaling):\n    return W0 + _scaled(B, A, scaling)"
+    index = next(e for e in EXERCISES if e.name == "merge").solution_cell
+    path = submission(tmp_path, {"merge": merge}, extra=[(index, helper)])
+    assert grade(path, library)["merge"].score == 1
+
+
+CHEATS = {
+    "returns the checker's reference": {
+        "merge": "def merge(W0, A, B, scaling):\n"
+        "    return ln.checks.layer.merge_reference(W0, A, B, scaling)"
+    },
+    "returns the reference through passing_or_reference": {
+        "merge": "def merge(W0, A, B, scaling):\n"
+        "    return ln.checks.passing_or_reference(None, 'merge')(W0, A, B, scaling)"
+    },
+    "uses the library's fused op": {
+        "lora_forward": "def lora_forward(x, W0, b, A, B, scaling):\n"
+        "    from lora_np import functional, Tensor\n"
+        "    t = lambda a: None if a is None else Tensor(a)\n"
+        "    return functional.lora_linear(t(x), t(W0), t(b), t(A), t(B), scaling).numpy()"
+    },
+    "returns a lazy object that asks the library later": {
+        "merge": "def merge(W0, A, B, scaling):\n"
+        "    class Lazy:\n"
+        "        def __array__(self, dtype=None, copy=None):\n"
+        "            return ln.checks.layer.merge_reference(W0, A, B, scaling)\n"
+        "    return Lazy()"
+    },
+    "patches the checker module from inside the function": {
+        "merge": "def merge(W0, A, B, scaling):\n"
+        "    import lora_np.checks._harness as h, lora_np.checks.layer as l\n"
+        "    h.compare = l.compare = lambda *a, **k: None\n"
+        "    h.as_array = l.as_array = lambda v, *a, **k: np.zeros(a[-1])\n"
+        "    return np.zeros_like(W0)"
+    },
+    "patches NumPy from inside the function": {
+        "merge": "def merge(W0, A, B, scaling):\n"
+        "    np.allclose = lambda *a, **k: True\n"
+        "    return np.zeros_like(W0)"
+    },
+}
+
+
+@pytest.mark.parametrize("cheat", sorted(CHEATS))
+def test_a_cheating_function_scores_zero(tmp_path, library, cheat):
+    verdicts = grade(submission(tmp_path, CHEATS[cheat]), library)
+    (name,) = CHEATS[cheat]
+    assert verdicts[name].score == 0, verdicts[name]
+    caught_by = "tampered" if "patches" in cheat else "used the library's answer"
+    assert verdicts[name].status == caught_by, verdicts[name]
+
+
+NOTEBOOK_CHEATS = {
+    # each replaces what the notebook's checker cells would run; the grader runs none of it
+    "replaces the checker": "ln.checks.check_merge = lambda fn: print('✓ merge: all 4 checks')",
+    "rebinds ln": "import types\nln = types.SimpleNamespace(checks=types.SimpleNamespace("
+    "check_merge=print, passing_or_reference=lambda f, n: f))",
+    "wraps the checker in try/except": "try:\n    ln.checks.check_merge(merge)\n"
+    "except Exception:\n    print('✓ merge: all 4 checks passed')",
+}
+
+
+@pytest.mark.parametrize("cheat", sorted(NOTEBOOK_CHEATS))
+def test_a_notebook_cell_cannot_change_the_grade(tmp_path, library, cheat):
+    index = next(e for e in EXERCISES if e.name == "merge").checker_cell
+    path = submission(tmp_path, extra=[(index, NOTEBOOK_CHEATS[cheat])])
+    assert grade(path, library)["merge"].score == 0
+
+
+def test_poisoning_the_library_on_disk_leaves_the_next_grade_unchanged(tmp_path, library):
+    poison = (
+        "def merge(W0, A, B, scaling):\n"
+        "    import os, lora_np.checks as c\n"
+        "    for path in (c.__file__,):\n"
+        "        os.chmod(path, 0o644)\n"
+        "        with open(path, 'a') as f:\n"
+        "            f.write('\\nfor _n in list(__all__):\\n'\n"
+        "                    '    if _n.startswith(\"check_\"):\\n'\n"
+        "                    '        globals()[_n] = lambda fn, quiet=False: None\\n')\n"
+        "    return W0"
+    )
+    grade(submission(tmp_path, {"merge": poison}), library)
+    assert scores(grade(submission(tmp_path), library)) == {e.name: 0 for e in EXERCISES}
+
+
+def test_hidden_cases_catch_a_function_tuned_to_the_visible_ones(tmp_path, library):
+    seen = []
+
+    def recording(W0, A, B, scaling):
+        seen.append(hashlib.sha256(np.ascontiguousarray(W0).tobytes()).hexdigest())
+        return W0 + scaling * (B @ A)
+
+    ln.checks.check_merge(recording, quiet=True)
+    tuned = (
+        "def merge(W0, A, B, scaling):\n"
+        "    import hashlib\n"
+        f"    if hashlib.sha256(np.ascontiguousarray(W0).tobytes()).hexdigest() in {seen!r}:\n"
+        "        return W0 + scaling * (B @ A)\n"
+        "    return W0 + (B @ A)"
+    )
+    verdict = grade(submission(tmp_path, {"merge": tuned}), library)["merge"]
+    assert verdict.score == 0 and verdict.message.endswith("(hidden cases)"), verdict
+
+
+def test_a_hanging_function_is_stopped_at_the_time_limit(tmp_path, library):
+    hang = "def merge(W0, A, B, scaling):\n    while True:\n        pass"
+    verdict = grade(submission(tmp_path, {"merge": hang}), library, time_limit=5)["merge"]
+    assert (verdict.score, verdict.status) == (0, "time limit")
+
+
+@pytest.mark.parametrize("how", ["import os\n    os._exit(0)", "raise SystemExit(0)"])
+def test_a_function_that_ends_python_scores_zero_with_a_reason(tmp_path, library, how):
+    crash = f"def merge(W0, A, B, scaling):\n    {how}"
+    verdicts = grade(submission(tmp_path, {**ALL_SOLVED, "merge": crash}), library)
+    assert scores(verdicts) == {"lora_forward": 1, "lora_grads": 1, "merge": 0}
+    assert "merge" in verdicts["merge"].message
+
+
+def test_top_level_code_of_the_learner_never_runs(tmp_path, library):
+    crash = "import os\nos._exit(3)\n" + honest("merge")
+    assert grade(submission(tmp_path, {"merge": crash}), library)["merge"].score == 1
+
+
+def test_an_ungradable_notebook_is_a_problem_not_a_zero(tmp_path, library):
+    whole = submission(tmp_path, ALL_SOLVED)
+    truncated = tmp_path / "truncated.ipynb"
+    truncated.write_text(whole.read_text()[:5000])
+    with pytest.raises(grading.GradingProblem, match="cut short"):
+        grade(truncated, library)
+    other = tmp_path / "other.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), other)
+    with pytest.raises(grading.GradingProblem, match="none of this assignment's functions"):
+        grade(other, library)
+
+
+def test_a_solution_that_is_not_python_scores_zero_with_the_error(tmp_path, library):
+    broken = "def merge(W0, A, B, scaling:\n    return W0"
+    verdict = grade(submission(tmp_path, {"merge": broken}), library)["merge"]
+    assert (verdict.score, verdict.status) == (0, "invalid Python")
+    assert "not valid Python" in verdict.message
+
+
+def test_learner_definitions_keeps_only_definitions():
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("%%time\nimport math\nx = 1\ndef merge(a):\n    return a"),
+            nbformat.v4.new_code_cell("print('hi')\ndef merge(a):\n    return 2 * a"),
+        ]
+    )
+    code = grading.learner_definitions(nb, "merge", known=set())
+    assert "print" not in code and "x = 1" not in code and "%%time" not in code
+    assert code.rstrip().endswith("return 2 * a") and "import math" in code
