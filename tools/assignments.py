@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import editions  # noqa: E402  (sibling scripts, not an installed package)
 import grading  # noqa: E402
 import grading_course  # noqa: E402
+import notebook_requires  # noqa: E402
 
 COURSE_DIR = editions.ROOT / "build" / "nbgrader"
 CI_COURSE_DIR = editions.ROOT / "build" / "nbgrader-ci"
@@ -357,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("grades.csv"), help="export: the CSV")
     args = parser.parse_args(argv)
     paths = editions.select(args.notebooks)
+    # 09 (From lora_np to PEFT) needs torch and has no exercises: nothing to hand in or grade
+    for path in [p for p in paths if notebook_requires.requirements(p)]:
+        print(f"{path.name}: no assignment (it has no exercises)", file=sys.stderr)
+        paths.remove(path)
     try:
         if args.command == "ci":
             import grading_ci  # it imports this module

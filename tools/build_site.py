@@ -39,6 +39,7 @@ from pathlib import Path
 
 import editions
 import nbformat
+import notebook_requires
 import site_source
 import study_times
 
@@ -113,7 +114,7 @@ def read_alt_text() -> dict[str, dict[str, str]]:
 
 def stage(stage_dir: Path, solutions: bool = True, repository: str | None = None) -> list[str]:
     """Write the Sphinx source folder; returns the page names (notebooks, then TEACHING)."""
-    notebooks = sorted(NOTEBOOKS.glob(COURSE_GLOB))
+    notebooks = notebook_requires.runnable(sorted(NOTEBOOKS.glob(COURSE_GLOB)))
     if not notebooks:
         raise SystemExit(f"build_site: no notebooks matching {COURSE_GLOB} in {NOTEBOOKS}")
     if stage_dir.exists():

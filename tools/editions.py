@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import notebook_requires
 from edition_files import (  # a sibling script: reading and writing the files safely
     EditionError,
     read_manifest,
@@ -563,10 +564,11 @@ def solved_notebook(nb, path: Path | str):
 
 
 def select(patterns: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
-    """The course notebooks named by numbers or names (all of them when empty), sorted."""
+    """The course notebooks named by numbers or names (all of them when empty), sorted; those
+    that need packages this environment lacks are left out with a line on stderr."""
     course = sorted(folder.glob(COURSE_GLOB))
     if not patterns:
-        return course
+        return notebook_requires.runnable(course, say=_say)
     chosen = set()
     for pattern in patterns:
         stem = f"{int(pattern):02d}_" if pattern.isdigit() else Path(pattern).stem
@@ -575,7 +577,11 @@ def select(patterns: list[str], folder: Path = NOTEBOOKS) -> list[Path]:
             known = ", ".join(path.name for path in course) or "none"
             raise SystemExit(f"no notebook in {folder} matches {pattern!r} (found: {known})")
         chosen.update(matches)
-    return sorted(chosen)
+    return notebook_requires.runnable(sorted(chosen), say=_say)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def write_student_edition(

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import notebook_requires
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         help="maintainers: overwrite the stored notebooks and figures/ (default: build/course/)",
     )
     args = parser.parse_args(argv)
-    paths = select_notebooks(args.notebooks)
+    paths = notebook_requires.runnable(select_notebooks(args.notebooks))
     output_dir = NOTEBOOKS if args.in_place else BUILD
     # The kernels inherit this environment, so every save_figure call lands here.
     os.environ[FIGURE_DIR_VARIABLE] = str(STORED_FIGURES if args.in_place else BUILD / "figures")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import notebook_requires
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run every cell and report every failing one (later ones may follow from the first)",
     )
     args = parser.parse_args(argv)
-    paths = select(args.notebooks)
+    paths = notebook_requires.runnable(select(args.notebooks))
     failures = 0
     with tempfile.TemporaryDirectory(prefix="lora_np_strict_") as tmp:
         workdir = Path(tmp)
