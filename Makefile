@@ -2,7 +2,7 @@
 #   make course      run every notebook in order into build/course/ (the clone stays clean)
 #   make test        ruff, unit tests, strict nbval on every notebook
 #   make test-matrix strict nbval on Python 3.11-3.13 with the newest and the lowest allowed
-#                    dependencies, BLAS variables unset (what CI runs after make test)
+#                    dependencies, BLAS variables as the machine sets them (CI runs it)
 #   make store-outputs  maintainers: rerun the notebooks in place and rewrite figures/
 #   make crosscheck  compare against PyTorch/PEFT (installs torch==2.13.0 and peft)
 #   make lab         open the student edition in JupyterLab (runs make student first)
