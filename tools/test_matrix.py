@@ -14,6 +14,12 @@ outputs instead (no compared digit depends on the kernel; see tests/test_experim
     python tools/test_matrix.py                  # every configuration
     python tools/test_matrix.py 3.12-newest      # or some of them: <python>-<newest|lowest>
 
+A configuration that would repeat `make test` is skipped with a line that says so: the newest
+one on .venv's Python when .venv holds the newest release of every requirement pyproject.toml names
+(`make test` already ran strict nbval there; the installed wheel, the one thing it would add,
+is proven by every other configuration). Name it explicitly to run it anyway. Each run uses
+WORKERS processes (pytest-xdist, --dist loadfile: a notebook stays in one kernel).
+
 Needs `uv` (make test-matrix installs it into .venv). Exit status 1 when any configuration fails.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +41,8 @@ BUILD = ROOT / "build" / "matrix"
 PYTHONS = ("3.11", "3.12", "3.13")
 RESOLUTIONS = ("newest", "lowest")
 CELL_TIMEOUT_S = 600  # a kernel that dies or hangs fails the cell instead of the whole run
+WORKERS = 2  # the course machine's cores
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
 def find_python(version: str) -> str | None:
@@ -89,6 +98,49 @@ def run_environment(figure_dir: Path) -> dict[str, str]:
     return env
 
 
+def repeats_make_test(uv: str, version: str, resolution: str) -> str | None:
+    """Why the configuration would only repeat `make test`'s strict nbval, or None: it is the
+    newest one on .venv's Python and .venv holds every release it resolves to."""
+    if resolution != "newest" or not VENV_PYTHON.exists():
+        return None
+    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
+    venv_version = subprocess.run(
+        [str(VENV_PYTHON), "-c", probe], capture_output=True, text=True
+    ).stdout.strip()
+    if venv_version != version:
+        return None
+    resolved = subprocess.run(
+        [uv, "pip", "compile", "-", "--quiet", "--no-header", "--no-annotate"]
+        + ["--python-version", version],
+        input="\n".join(declared_requirements()),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    installed = subprocess.run(
+        [uv, "pip", "freeze", "--python", str(VENV_PYTHON)], capture_output=True, text=True
+    )
+    if resolved.returncode or installed.returncode:
+        return None  # cannot tell: run it
+    # The packages pyproject.toml names (a newer release of one of their own dependencies,
+    # such as an HTML parser of nbconvert's, changes nothing the course is tested on).
+    named = {
+        _pin(line.replace(">=", "==").replace("<", ";"))[0] for line in declared_requirements()
+    }
+    pins = {_pin(line) for line in resolved.stdout.splitlines() if "==" in line}
+    pins = {pin for pin in pins if pin[0] in named}
+    have = {_pin(line) for line in installed.stdout.splitlines() if "==" in line}
+    if len(pins) < len(named) or not pins <= have:
+        return None
+    return f".venv (Python {version}) holds the newest release of all {len(pins)} requirements"
+
+
+def _pin(line: str) -> tuple[str, str]:
+    """('numpy', '2.4.6') from 'numpy==2.4.6' or 'NumPy == 2.4.6 ; python_version...'."""
+    name, _, version = line.split(";")[0].partition("==")
+    return name.strip().lower().replace("_", "-"), version.strip()
+
+
 def failure_excerpt(log_path: Path, limit: int = 80) -> str:
     """What pytest said about the first failures (CI prints only stdout, not the log file)."""
     lines = log_path.read_text(errors="replace").splitlines()
@@ -130,6 +182,7 @@ def test_configuration(
         ).stdout.split()
         env = run_environment(BUILD / "figures" / name)
         pytest = [venv_python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        pytest += ["-n", str(WORKERS), "--dist", "loadfile"]
         # The unit tests where old releases could break the library; `make test` already ran
         # them on the newest, so the newest runs spend their time on the notebooks alone. The
         # student edition's full execution is left to `make test` (minutes, and no library
@@ -176,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         if python is None:
             print(f"skip {config}: no Python {version} found (looked on PATH and in pyenv)")
             rows.append((config, "skipped", f"no Python {version} here"))
+            continue
+        repeated = None if args.configs else repeats_make_test(uv, version, resolution)
+        if repeated:
+            print(f"skip {config}: repeats make test ({repeated})")
+            rows.append((config, "skipped", "repeats make test"))
             continue
         print(f"{config}: {python} ...", flush=True)
         start = time.perf_counter()
