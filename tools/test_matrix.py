@@ -124,9 +124,7 @@ def repeats_make_test(uv: str, version: str, resolution: str) -> str | None:
         return None  # cannot tell: run it
     # The packages pyproject.toml names (a newer release of one of their own dependencies,
     # such as an HTML parser of nbconvert's, changes nothing the course is tested on).
-    named = {
-        _pin(line.replace(">=", "==").replace("<", ";"))[0] for line in declared_requirements()
-    }
+    named = {_pin(re.match(r"[A-Za-z0-9._-]+", line)[0])[0] for line in declared_requirements()}
     pins = {_pin(line) for line in resolved.stdout.splitlines() if "==" in line}
     pins = {pin for pin in pins if pin[0] in named}
     have = {_pin(line) for line in installed.stdout.splitlines() if "==" in line}
