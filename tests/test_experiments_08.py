@@ -100,6 +100,15 @@ def _misses(new, ql, rerun_miss) -> list[str]:
     return [miss for miss in found if miss]
 
 
+def test_rerun_qlora_point_misses_at_half_the_rate(stored, exp, rerun_miss):
+    """A changed script fails the rerun: at half the chosen rate the point scored 0.655 with
+    loss 0.389 (SkylakeX, 2026-12-05), far outside TOLERANCE of 0.950 and 0.0548; at twice the
+    rate 0.990 and 0.032, outside too."""
+    ql = stored["qlora"]
+    _, new = _rerun(exp, ql, lr_factor=0.5)
+    assert {miss.split(":")[0] for miss in _misses(new, ql, rerun_miss)} == {"score", "loss"}
+
+
 def test_rerun_qlora_point_matches_stored(stored, exp, rerun_miss):
     ql = stored["qlora"]
     model, new = _rerun(exp, ql)
