@@ -61,15 +61,16 @@ store-outputs: $(VENV)/.installed
 # One pytest run for the unit tests and strict nbval, on TEST_WORKERS processes (pytest-xdist):
 # --dist loadfile keeps each file on one worker, so a notebook's cells run in order in one
 # kernel and test_editions.py executes the student edition once; tests/conftest.py starts the
-# longest files first. Each experiment rerun runs once. The BLAS variables are left as the
-# machine sets them (tests/test_environment.py).
+# longest files first. Each experiment rerun runs once; the reruns with a deliberate change
+# that prove the rerun tests' power (marker `sensitivity`) run in .ci/run. The BLAS variables
+# are left as the machine sets them (tests/test_environment.py).
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(FORMAT_DIRS)
 	LORA_NP_FIGURE_DIR=build/test-figures $(BIN)/pytest $(NBVAL_FLAGS) \
-	    -n $(TEST_WORKERS) --dist loadfile -m "not crosscheck and not gpu" \
+	    -n $(TEST_WORKERS) --dist loadfile -m "not crosscheck and not gpu and not sensitivity" \
 	    --ignore=tests/fixtures tests notebooks
 
 $(VENV)/.matrix: $(VENV)/.installed

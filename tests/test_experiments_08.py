@@ -100,6 +100,7 @@ def _misses(new, ql, rerun_miss) -> list[str]:
     return [miss for miss in found if miss]
 
 
+@pytest.mark.sensitivity
 def test_rerun_qlora_point_misses_at_half_the_rate(stored, exp, rerun_miss):
     """A changed script fails the rerun: at half the chosen rate the point scored 0.655 with
     loss 0.389 (SkylakeX, 2026-12-05), far outside TOLERANCE of 0.950 and 0.0548; at twice the
