@@ -1,9 +1,10 @@
 # lora-np: every target bootstraps .venv from pyproject.toml on first use.
 #   make course      run every notebook in order into build/course/ (the clone stays clean);
 #                    09 needs torch, transformers and PEFT: without them it says how to run it
-#   make test        ruff, unit tests, strict nbval on every notebook
+#   make test        ruff, unit tests, strict nbval on every notebook (2 processes;
+#                    TEST_WORKERS=N for more)
 #   make test-matrix strict nbval on Python 3.11-3.13 with the newest and the lowest allowed
-#                    dependencies, BLAS variables unset (what CI runs after make test)
+#                    dependencies, BLAS variables as the machine sets them (CI runs it)
 #   make store-outputs  maintainers: rerun the notebooks in place and rewrite figures/
 #   make crosscheck  compare against PyTorch/transformers/PEFT (installs torch==2.13.0,
 #                    transformers and peft), then strict nbval on notebook 09
@@ -60,16 +61,20 @@ course: $(VENV)/.installed
 store-outputs: $(VENV)/.installed
 	$(BIN)/python tools/run_course.py --in-place
 
+# One pytest run for the unit tests and strict nbval, on TEST_WORKERS processes (pytest-xdist):
+# --dist loadfile keeps each file on one worker, so a notebook's cells run in order in one
+# kernel and test_editions.py executes the student edition once; tests/conftest.py starts the
+# longest files first. Each experiment rerun runs once; the reruns with a deliberate change
+# that prove the rerun tests' power (marker `sensitivity`) run in .ci/run. The BLAS variables
+# are left as the machine sets them (tests/test_environment.py).
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(FORMAT_DIRS)
-	$(BIN)/pytest tests -q -m "not crosscheck and not gpu"
-	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		echo "$(BIN)/pytest $(NBVAL_FLAGS) notebooks"; \
-		LORA_NP_FIGURE_DIR=build/test-figures $(BIN)/pytest $(NBVAL_FLAGS) notebooks; \
-	else \
-		echo "nbval skipped: notebooks/ holds no .ipynb yet"; \
-	fi
+	LORA_NP_FIGURE_DIR=build/test-figures $(BIN)/pytest $(NBVAL_FLAGS) \
+	    -n $(TEST_WORKERS) --dist loadfile -m "not crosscheck and not gpu and not sensitivity" \
+	    --ignore=tests/fixtures tests notebooks
 
 $(VENV)/.matrix: $(VENV)/.installed
 	$(BIN)/python -m pip install "uv>=0.9,<1"

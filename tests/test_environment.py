@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -124,7 +125,6 @@ def clock_derived_asserts(source: str) -> list[str]:
     """The assert statements of a cell that read a value computed from a clock: names assigned
     from a clock call, from a function whose body reads a clock, or from such names (a small
     taint analysis over the cell's syntax tree, repeated until nothing new is tainted)."""
-    import ast
 
     tree = ast.parse("\n".join(line for line in source.splitlines() if line[:1] not in "%!"))
 
@@ -180,3 +180,72 @@ def test_no_notebook_asserts_on_a_clock():
                 f"{path.name} code cell {index}: {a}" for a in clock_derived_asserts(cell.source)
             ]
     assert not timed_asserts, f"an assert reads a clock: {timed_asserts}"
+
+
+# ------------------------------------------------------------- BLAS variables are never changed
+
+# Spelled in two halves so that this file does not find itself.
+BLAS_VARIABLES = ("OPENBLAS_" + "CORETYPE", "OPENBLAS_" + "L2_SIZE")
+
+
+def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path):
+    """Some processors set them because older OpenBLAS builds compute wrong results or crash
+    without them; the matrix's environments keep them exactly as the machine sets them."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import test_matrix
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    monkeypatch.setenv(BLAS_VARIABLES[0], "Haswell")
+    monkeypatch.setenv(BLAS_VARIABLES[1], "1048576")
+    env = test_matrix.run_environment(tmp_path)
+    assert env[BLAS_VARIABLES[0]] == "Haswell" and env[BLAS_VARIABLES[1]] == "1048576"
+    assert env["LORA_NP_FIGURE_DIR"] == str(tmp_path)
+    monkeypatch.delenv(BLAS_VARIABLES[0])
+    assert BLAS_VARIABLES[0] not in test_matrix.run_environment(tmp_path)  # nor sets one
+
+
+def test_no_test_or_ci_step_names_a_blas_variable():
+    """Tests and CI leave the BLAS variables alone: no test, CI script or test target names one
+    in code (a comment or docstring may explain why; the Makefile's bench target may: it times,
+    it does not test)."""
+    files = [*(ROOT / "tests").rglob("*.py")]
+    files += [ROOT / "tools" / name for name in ("test_matrix.py", "run_strict_course.py")]
+    found = [
+        f"{path.name}: {text!r}"
+        for path in files
+        if path != Path(__file__).resolve()
+        for text in _code_strings(path.read_text())
+        if _names_blas(text)
+    ]
+    shell = (ROOT / ".ci" / "run").read_text().splitlines()
+    shell += (ROOT / "Makefile").read_text().split("\nbench:")[0].splitlines()
+    found += [line.strip() for line in shell if _names_blas(line.split("#")[0])]
+    assert not found, found
+
+
+def _code_strings(source: str) -> list[str]:
+    """The string constants of a Python file that are not docstrings (an environment variable
+    can only be changed by naming it in a string: os.environ[...], env -u ...)."""
+    tree = ast.parse(source)
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def _names_blas(text: str) -> bool:
+    return any(name in text for name in BLAS_VARIABLES) or "env -u" in text
+
+
+def test_the_blas_scan_finds_a_change():
+    assert _code_strings(f'"""{BLAS_VARIABLES[0]}"""\nos.environ.pop("x")') == ["x"]
+    assert _names_blas(f"env = {{k: v for k in os.environ if k != '{BLAS_VARIABLES[0]}'}}")
+    assert _names_blas("\tenv -u SOMETHING make test")
+    assert not _names_blas("env = dict(os.environ)")

@@ -90,18 +90,52 @@ def test_costs_follow_the_shapes(results):
         assert row["optimizer_state_bytes"] == 8 * row["trainable_params"]  # 2 fp32 moments
 
 
-def test_rerun_one_point(results, script):
-    """Rerun prv, LoRA q+v r=4, seed 0 at its tuned rate (300 steps, about 15 s): one BLAS
-    thread makes it bit-reproducible on one machine, so it must match to the printed digits."""
-    config = script._config(**{k: v for k, v in RERUN.items()})
+# The rerun below, measured 2026-12-05 on this project's AMD EPYC (AVX-512; numpy 2.4.6 with
+# OpenBLAS 0.3.31), each kernel forced for that one command (OPENBLAS_CORETYPE=<kernel>):
+#   kernel        exact match   final loss
+#   stored        0.940         0.05442
+#   SkylakeX      0.940         0.05442   (the kernel that made the stored results: bit for bit)
+#   Haswell       0.940         0.05464
+#   Sandybridge   0.935         0.05426
+#   Nehalem       0.945         0.05433
+# Largest deviation: 0.005 (one prompt of 200) and 0.4 %. Allowed, with margin: 0.015 (three
+# prompts) and 1 %. Seeds 0-2 span 0.925-0.945 and 0.037-0.084.
+RERUN_TOLERANCE = {"exact_match": (0.015, False), "final_loss": (0.01, True)}
+
+
+def misses(row, stored, seed_rows, tolerance, rerun_miss) -> list[str]:
+    """What a rerun ``row`` misses of the ``stored`` row, per compared key (tests/conftest.py)."""
+    found = []
+    for key, (allowed, relative) in tolerance.items():
+        seeds = [r[key] for r in seed_rows]
+        found.append(rerun_miss(key, row[key], stored[key], seeds, allowed, relative))
+    return [miss for miss in found if miss]
+
+
+def test_rerun_miss_judges_tolerance_and_seed_range(rerun_miss):
+    assert rerun_miss("em", 0.94, 0.94, [0.92, 0.95], 0.01) is None
+    assert "more than 0.01 apart" in rerun_miss("em", 0.92, 0.94, [0.9, 0.95], 0.01)
+    assert "outside the stored seeds' range" in rerun_miss("em", 0.955, 0.95, [0.9, 0.94], 0.01)
+    assert rerun_miss("loss", 0.105, 0.1, [0.1], 0.1, relative=True) is None
+    assert "more than 0.005 apart" in rerun_miss("loss", 0.106, 0.1, [0.1], 0.05, relative=True)
+
+
+def _rerun(results, script, lr_factor=1.0):
+    """prv, LoRA q+v r=4, seed 0 at its tuned rate times ``lr_factor`` (300 steps, about 15 s)."""
+    config = script._config(**RERUN)
     lr = results["lr"][script.name(config)]["lr"]
-    stored = _find(results["runs"], **RERUN, seed=0)
     ln.backend.set_blas_threads(1)  # as in every process of the script
-    row = script.run(**config, seed=0, lr=lr)
+    return script.run(**config, seed=0, lr=lr * lr_factor)
+
+
+def test_rerun_one_point(results, script, rerun_miss):
+    """The stored point again, within the spread measured across BLAS kernels (above)."""
+    stored = _find(results["runs"], **RERUN, seed=0)
+    row = _rerun(results, script)
     for key in ("trainable_params", "optimizer_state_bytes", "disk_bytes", "steps", "lr"):
         assert row[key] == stored[key], key
-    assert f"{row['exact_match']:.3f}" == f"{stored['exact_match']:.3f}", (row, stored)
-    assert f"{row['final_loss']:.4f}" == f"{stored['final_loss']:.4f}", (row, stored)
+    seed_rows = _rows(results["runs"], **RERUN)
+    assert not misses(row, stored, seed_rows, RERUN_TOLERANCE, rerun_miss), (row, stored)
 
 
 # --- experiments/07_which_matrices.py: which matrices under a fixed budget, alpha / r fixed ---
@@ -160,9 +194,22 @@ def _rows(rows, **where):
     return [r for r in rows if all(r[k] == v for k, v in where.items())]
 
 
-def test_which_rerun_one_point(which_results, which_script):
-    """Rerun prv, q+v r=4 (alpha 8), seed 0, at its tuned lr (300 steps, about 40 s): one BLAS
-    thread makes it bit-reproducible on one machine, so it must match to the printed digits."""
+# The rerun below, measured 2026-12-05 as RERUN_TOLERANCE's (a constant rate: the runs spread
+# more at the end than the cosine-scheduled one above):
+#   kernel        exact match   final loss
+#   stored        0.890         0.05842
+#   SkylakeX      0.890         0.05842   (bit for bit)
+#   Haswell       0.885         0.07171
+#   Sandybridge   0.905         0.05521
+#   Nehalem       0.895         0.05966
+# Largest deviation: 0.015 (three prompts) and 23 %. Allowed, with margin: 0.04 and 50 %.
+# Seeds 0-2 span 0.890-0.960 and 0.052-0.058.
+WHICH_TOLERANCE = {"exact_match": (0.04, False), "final_loss": (0.5, True)}
+
+
+def test_which_rerun_one_point(which_results, which_script, rerun_miss):
+    """Rerun prv, q+v r=4 (alpha 8), seed 0, at its tuned lr (300 steps, about 15 s): the
+    stored point again, within the spread measured across BLAS kernels (above)."""
     s = which_script
     lr = which_results["prv_lr"][s.name(WHICH_RERUN["targets"], WHICH_RERUN["r"])]["lr"]
     stored = _find(which_results["runs"], **WHICH_RERUN, lr=lr)
@@ -170,5 +217,17 @@ def test_which_rerun_one_point(which_results, which_script):
     row = s.run("prv", tuple(WHICH_RERUN["targets"]), WHICH_RERUN["r"], 0, lr, s.PRV["steps"])
     for key in ("trainable_params", "alpha", "scaling", "steps", "lr"):
         assert row[key] == stored[key], key
-    assert f"{row['exact_match']:.3f}" == f"{stored['exact_match']:.3f}", (row, stored)
-    assert f"{row['final_loss']:.4f}" == f"{stored['final_loss']:.4f}", (row, stored)
+    point = {k: v for k, v in WHICH_RERUN.items() if k != "seed"}
+    seed_rows = _rows(which_results["runs"], **point, lr=lr)
+    assert not misses(row, stored, seed_rows, WHICH_TOLERANCE, rerun_miss), (row, stored)
+
+
+@pytest.mark.sensitivity
+def test_rerun_one_point_misses_at_twice_the_rate(results, script, rerun_miss):
+    """A changed script fails the rerun: at twice the tuned rate the point scored 0.985 with
+    loss 0.024 under SkylakeX and loss 0.031 under Haswell (2026-12-05), far outside
+    RERUN_TOLERANCE of 0.940 and 0.0544; at half the rate 0.815 and 0.148 (SkylakeX)."""
+    stored = _find(results["runs"], **RERUN, seed=0)
+    row = _rerun(results, script, lr_factor=2.0)
+    found = misses(row, stored, _rows(results["runs"], **RERUN), RERUN_TOLERANCE, rerun_miss)
+    assert "final_loss" in {miss.split(":")[0] for miss in found}, found

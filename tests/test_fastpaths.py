@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import lora_np as ln
 from lora_np import fastpaths
 
 
@@ -99,4 +98,3 @@ def test_tune_allocator_is_an_explicit_call_that_can_be_switched_off(monkeypatch
     assert fastpaths.tune_allocator() is False
     monkeypatch.delenv("LORA_NP_MALLOC_TUNING")
     assert isinstance(fastpaths.tune_allocator(), bool)  # True on glibc, False elsewhere
-    assert not hasattr(ln.backend, "malloc_tuned")

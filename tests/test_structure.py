@@ -97,18 +97,13 @@ def test_the_import_scan_sees_imports_inside_functions(tmp_path):
     assert "lora_np.serialization" in graph["lora_np.lora.peft_format"]
 
 
-def test_no_module_is_much_over_450_lines():
+def test_no_module_is_over_500_lines():
     long = {
         _module_name(p): n
         for p in PACKAGE.rglob("*.py")
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500
     }
     assert not long, long
-
-
-def test_importing_lora_np_does_not_tune_the_allocator():
-    assert not hasattr(ln.backend, "malloc_tuned")
-    assert callable(ln.fastpaths.tune_allocator)
 
 
 def test_every_public_name_of_the_design_is_in_lora():
@@ -130,4 +125,3 @@ def test_every_public_name_of_the_design_is_in_lora():
         "INITS",
     ):
         assert hasattr(ln.lora, name), name
-    assert not hasattr(ln, "io")

@@ -4,13 +4,17 @@ Usage::
 
     python tools/run_strict_course.py            # every notebooks/NN_*.ipynb, in order
     python tools/run_strict_course.py 05 08      # some of them (numbers or names)
+    python tools/run_strict_course.py --workers 4   # notebooks at a time (default 2)
 
 Each notebook runs from a fresh kernel with ``LORA_NP_BACKEND=numpy-strict``, whose arrays
 refuse silent conversion to NumPy the way CuPy's do (``lora_np/backend_strict.py``): a line
 that hands a backend array to NumPy, or mixes one with a host array, fails here as it would on
 a GPU. Outputs are not compared and nothing in the repository is written: the notebooks run
 from a temporary folder, which also receives their figures (``LORA_NP_FIGURE_DIR``). The first
-failing cell of each notebook is reported (every failing cell with ``--keep-going``); the exit status is 1 when any notebook failed.
+failing cell of each notebook is reported (every failing cell with ``--keep-going``); the exit
+status is 1 when any notebook failed. The notebooks are independent (each loads what it needs
+from the package), so ``--workers`` of them run at a time, longest first; reports come in
+course order.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -106,23 +111,30 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run every cell and report every failing one (later ones may follow from the first)",
     )
+    parser.add_argument("--workers", type=int, default=2, help="notebooks at a time (default 2)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     paths = notebook_requires.runnable(select(args.notebooks))
     failures = 0
     with tempfile.TemporaryDirectory(prefix="lora_np_strict_") as tmp:
         workdir = Path(tmp)
-        # the kernel inherits this process's environment
+        # the kernels inherit this process's environment (the pool's processes are forked
+        # after these lines)
         os.environ["LORA_NP_BACKEND"] = "numpy-strict"
         os.environ["LORA_NP_FIGURE_DIR"] = str(workdir / "figures")
-        for path in paths:
-            print(f"{path.name} on numpy-strict ...", flush=True)
-            seconds, errors = run(path, workdir, keep_going=args.keep_going)
-            if errors:
-                failures += 1
-                for error in errors:
-                    print(f"  FAILED (after {seconds:.0f} s) in {error}", flush=True)
-            else:
-                print(f"  ok in {seconds:.0f} s", flush=True)
+        longest_first = sorted(paths, key=lambda path: -path.stat().st_size)
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            futures = {p: pool.submit(run, p, workdir, args.keep_going) for p in longest_first}
+            for path in paths:
+                print(f"{path.name} on numpy-strict ...", flush=True)
+                seconds, errors = futures[path].result()
+                if errors:
+                    failures += 1
+                    for error in errors:
+                        print(f"  FAILED (after {seconds:.0f} s) in {error}", flush=True)
+                else:
+                    print(f"  ok in {seconds:.0f} s", flush=True)
     print(f"{len(paths) - failures} of {len(paths)} notebooks ran on the numpy-strict backend")
     return 1 if failures else 0
 
