@@ -73,7 +73,7 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(FORMAT_DIRS)
 	LORA_NP_FIGURE_DIR=build/test-figures $(BIN)/pytest $(NBVAL_FLAGS) \
-	    -n $(TEST_WORKERS) --dist loadfile -m "not crosscheck and not gpu and not sensitivity" \
+	    -n $(TEST_WORKERS) --dist loadfile -m "not crosscheck and not gpu and not sensitivity and not solved_edition" \
 	    --ignore=tests/fixtures tests notebooks
 
 $(VENV)/.matrix: $(VENV)/.installed

@@ -304,25 +304,27 @@ def test_readme_and_teaching_state_the_current_study_times(capsys):
 RUN_TESTS = ("test_student_edition_runs_to_the_end", "test_solved_student_edition_runs_green")
 
 
-def _selected_student_paths(request) -> list[Path]:
-    """The notebooks whose run tests are selected in this session (all by default)."""
+def _selected_student_paths(request, tests=RUN_TESTS) -> list[Path]:
+    """The notebooks whose run tests (among ``tests``) are selected in this session."""
     chosen = {
         item.callspec.params["path"]
         for item in request.session.items
-        if getattr(item, "originalname", "") in RUN_TESTS
+        if getattr(item, "originalname", "") in tests
     }
-    return sorted(chosen) if chosen else NOTEBOOKS
+    return sorted(chosen)
 
 
 @pytest.fixture(scope="module")
 def student_run(request, tmp_path_factory):
     """Build the student edition of the selected notebooks, untouched and solved, and run them
     all once, in parallel: {("student" or "solved", name): (path, Run)}."""
-    paths = _selected_student_paths(request)
+    paths = _selected_student_paths(request, RUN_TESTS[:1])
     out = tmp_path_factory.mktemp("student")
     editions.write_student_edition(paths, out)
     untouched = [out / path.name for path in paths]
-    solved = run_edition.write_solved(paths, tmp_path_factory.mktemp("solved"))
+    # The solved edition is built and run only when its test is selected (.ci/run's step).
+    solved_paths = _selected_student_paths(request, RUN_TESTS[1:])
+    solved = run_edition.write_solved(solved_paths, tmp_path_factory.mktemp("solved"))
     results = run_edition.run_all(untouched + solved)
     runs = {("student", p.name): (p, results[p]) for p in untouched}
     runs |= {("solved", p.name): (p, results[p]) for p in solved}
@@ -341,6 +343,7 @@ def test_student_edition_runs_to_the_end(student_run, path):
         assert "✗ Exercise" in run.printed[exercise.checker_cell]
 
 
+@pytest.mark.solved_edition  # a second execution of the course: .ci/run, not make test
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_solved_student_edition_runs_green(student_run, path):
     """With the solutions typed in: no cell raises, every checker prints its success line and
