@@ -31,9 +31,9 @@ held-out prompts (``data.exact_match(model, task, n=200)``, seed 1234). It write
 from an A of their own (seed ``INDEPENDENT_INIT`` + s) instead of swp's: it writes
 ``independent_init.json`` beside scores.json and seed 0's rot adapters in
 ``lora_np/results/08_independent_init/`` (reused if present). Per seed it trains up to four
-adapters and scores 14 adapters and combinations on 7 tasks. Only seed 0's rot adapters are
-committed so far (notebook 08 measures their overlap with swp's); the combination scores of
-this rerun are not.
+adapters and scores 14 adapters and combinations on 7 tasks. Seeds 0-2 are committed (notebook 08
+compares them with the shared-start combinations); took 692 s (``seconds``) with 2 processes on
+the same busy 2-core machine.
 
 Workers: 2 processes (WORKERS=1 for one), one BLAS thread each, so a run repeats bit for bit on
 one machine. Took 15 minutes (886 s, ``seconds`` in scores.json) on a 2-core machine shared
