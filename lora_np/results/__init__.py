@@ -10,9 +10,12 @@ outputs ship with the package, beside this file, and a notebook reads them from 
 
 What is here (each file is written by the script ``experiments/<name>.py`` of the repository):
 
-* ``05_svd_rank.json``, ``05_full_ft_*.safetensors``, ``05_lora_*/``: notebook 05;
-* ``07_finetune.json``: notebook 07;
-* ``08_adapters/``: notebook 08 (adapter folders and ``scores.json``).
+* ``05_svd_rank.json``, ``05_full_ft_*.safetensors``, ``05_lora_*/``, ``05_cross_task_A.safetensors``
+  (the cross-task null's adapters, A only): notebook 05;
+* ``07_finetune.json``, ``07_which_matrices.json``, ``07_heldout_loss.json``: notebook 07;
+* ``08_adapters/``: notebook 08 (adapter folders, ``scores.json``, and ``independent_init.json``,
+  the combinations rerun from independently initialised adapters), and ``08_independent_init/``,
+  those adapters.
 """
 
 from __future__ import annotations
