@@ -247,3 +247,17 @@ def test_learner_definitions_keeps_only_definitions():
     code = grading.learner_definitions(nb, "merge", known=set())
     assert "print" not in code and "x = 1" not in code and "%%time" not in code
     assert code.rstrip().endswith("return 2 * a") and "import math" in code
+
+
+def test_python_s_own_copy_caches_are_not_tampering():
+    """copy.deepcopy writes ``__slotnames__`` on a class the first time it copies an instance;
+    the checkers deep-copy the learner's model, so an honest 07 solution did this in CI."""
+    import copy
+
+    import grading_child
+
+    before = grading_child.snapshot()
+    for cls in (ln.nn.Embedding, ln.nn.Dropout, ln.lora.LoRALinear):
+        cls.__dict__.get("__slotnames__") and delattr(cls, "__slotnames__")
+    copy.deepcopy(ln.nn.Sequential(ln.nn.Embedding(4, 3), ln.nn.Dropout(0.1)))
+    assert grading_child.tampered(before, grading_child.snapshot()) == []

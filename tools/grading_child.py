@@ -102,6 +102,12 @@ def _library_objects():
             yield name, module
 
 
+# Class attributes Python itself writes as caches, not learner tampering: copy.deepcopy and pickle
+# store a class's slot names on it the first time they copy an instance (the checkers' snapshots
+# deep-copy the learner's model, so an honest solution triggers it).
+PYTHON_CACHES = frozenset({"__slotnames__"})
+
+
 def snapshot() -> dict:
     """What learner code must leave as it was: ids of callables, classes and modules, and the
     code of every lora_np function."""
@@ -116,7 +122,8 @@ def snapshot() -> dict:
                     state[f"{name}.{attr}.__defaults__"] = id(value.__defaults__)
                 if isinstance(value, type) and value.__module__ == name:
                     for key, item in list(vars(value).items()):
-                        state[f"{name}.{attr}.{key}"] = id(item)
+                        if key not in PYTHON_CACHES:
+                            state[f"{name}.{attr}.{key}"] = id(item)
     state["sys.modules"] = sorted(
         (n, id(m)) for n, m in sys.modules.items() if n.split(".")[0] in LIBRARY_MODULES
     )
