@@ -23,8 +23,10 @@ from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
+from .numerical import check_numerical_gradient
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
+from .value import check_value
 
 __all__ = [
     "ExerciseError",
@@ -47,6 +49,8 @@ __all__ = [
     "check_merge",
     "check_topological_order",
     "check_unbroadcast",
+    "check_numerical_gradient",
+    "check_value",
     "passing_or_reference",
 ]
 
