@@ -231,8 +231,9 @@ def test_a_class_exercise_is_checked_by_its_snake_case_checker():
     "source",
     [
         CLASS_SOLUTION.replace('    """Doc."""\n', '    """Doc."""\n    ### BEGIN SOLUTION\n', 1),
-        CLASS_SOLUTION.replace("        self.count = start\n        ### END SOLUTION\n", "", 1)
-        .replace("    def step(self):\n        ### BEGIN SOLUTION\n", "    def step(self):\n"),
+        CLASS_SOLUTION.replace(
+            "        self.count = start\n        ### END SOLUTION\n", "", 1
+        ).replace("    def step(self):\n        ### BEGIN SOLUTION\n", "    def step(self):\n"),
     ],
     ids=["a marker in the class body", "a region spanning two methods"],
 )
