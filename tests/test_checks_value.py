@@ -108,37 +108,48 @@ def build(source: str, replace: tuple[str, str] | None = None) -> type:
 
 
 class Tape:
-    """Written differently: no closures; each result keeps its inputs and local slopes, and
-    backward walks its own iterative order (a stack, then reversed)."""
+    """Written differently: every op goes through one helper that stores the local slopes and
+    makes the closure from them; backward walks its own iterative order (a stack, reversed)."""
 
-    def __init__(self, data, parents=(), slopes=()):
-        self.data, self.grad = float(data), 0.0
-        self.parents, self.slopes = parents, slopes
+    def __init__(self, data, parents=(), op=""):
+        self.data, self.grad = float(data), 0
+        self.parents = parents
+        self._backward = lambda: None
 
     @staticmethod
     def lift(x):
         return x if isinstance(x, Tape) else Tape(x)
 
+    def _result(self, data, parents, slopes):
+        out = Tape(data, parents)
+
+        def _backward():
+            for parent, slope in zip(parents, slopes):
+                parent.grad = parent.grad + slope * out.grad
+
+        out._backward = _backward
+        return out
+
     def __add__(self, other):
         other = Tape.lift(other)
-        return Tape(self.data + other.data, (self, other), (1.0, 1.0))
+        return self._result(self.data + other.data, (self, other), (1.0, 1.0))
 
     def __radd__(self, other):
         return Tape.lift(other) + self
 
     def __mul__(self, other):
         other = Tape.lift(other)
-        return Tape(self.data * other.data, (self, other), (other.data, self.data))
+        return self._result(self.data * other.data, (self, other), (other.data, self.data))
 
     def __rmul__(self, other):
         return Tape.lift(other) * self
 
     def __neg__(self):
-        return Tape(-self.data, (self,), (-1.0,))
+        return self._result(-self.data, (self,), (-1.0,))
 
     def __sub__(self, other):
         other = Tape.lift(other)
-        return Tape(self.data - other.data, (self, other), (1.0, -1.0))
+        return self._result(self.data - other.data, (self, other), (1.0, -1.0))
 
     def __rsub__(self, other):
         return Tape.lift(other) - self
@@ -146,20 +157,20 @@ class Tape:
     def __truediv__(self, other):
         other = Tape.lift(other)
         q = self.data / other.data
-        return Tape(q, (self, other), (1 / other.data, -q / other.data))
+        return self._result(q, (self, other), (1 / other.data, -q / other.data))
 
     def __rtruediv__(self, other):
         return Tape.lift(other) / self
 
     def __pow__(self, n):
-        return Tape(self.data**n, (self,), (n * self.data ** (n - 1),))
+        return self._result(self.data**n, (self,), (n * self.data ** (n - 1),))
 
     def tanh(self):
         t = math.tanh(self.data)
-        return Tape(t, (self,), (1 - t**2,))
+        return self._result(t, (self,), (1 - t**2,))
 
     def exp(self):
-        return Tape(math.exp(self.data), (self,), (math.exp(self.data),))
+        return self._result(math.exp(self.data), (self,), (math.exp(self.data),))
 
     def backward(self):
         order, seen, stack = [], set(), [(self, False)]
@@ -173,8 +184,7 @@ class Tape:
                 stack.extend((p, False) for p in node.parents)
         self.grad = 1
         for node in reversed(order):
-            for parent, slope in zip(node.parents, node.slopes):
-                parent.grad += slope * node.grad
+            node._backward()
 
 
 def rejected(cls) -> str:
@@ -267,6 +277,13 @@ MISTAKES = {
             "            self.grad += other.data * out.grad\n            self.data = 0.0\n",
         ),
         "changed a leaf's .data",
+    ),
+    "no parents kept": (
+        (
+            'out = Value(self.data * other.data, (self, other), "*")',
+            'out = Value(self.data * other.data, (), "*")',
+        ),
+        "expected the tuple (a, b)",
     ),
     "grad left as a string": (
         (

@@ -318,6 +318,7 @@ def _run_case(cls, case: str, values, expression, expected_data) -> tuple[list, 
             f"Value: `{case}` returned {describe(out)}; expected a Value: every op returns a new "
             "Value (wrap a plain number with Value(number), never return the float)"
         )
+    _check_links(out, leaves, case)
     data = _number(getattr(out, "data", None), f"the result's .data of `{case}`", case)
     if not math.isclose(data, expected_data, rel_tol=1e-9, abs_tol=1e-12):
         raise ExerciseError(
@@ -337,6 +338,23 @@ def _run_case(cls, case: str, values, expression, expected_data) -> tuple[list, 
     grads = [_number(getattr(leaf, "grad", None), "a leaf's .grad", case) for leaf in leaves]
     after = [_number(getattr(leaf, "data", None), "a leaf's .data", case) for leaf in leaves]
     return grads, after
+
+
+def _check_links(out, leaves: list, case: str) -> None:
+    """The result must hold its inputs in ``.parents`` and its closure in ``._backward``: the
+    notebook's later cells walk ``.parents`` and call ``._backward`` themselves."""
+    parents = getattr(out, "parents", None)
+    if not isinstance(parents, tuple | list) or not callable(getattr(out, "_backward", None)):
+        raise ExerciseError(
+            f"Value: the result of `{case}` needs `.parents` (a tuple of the Values it was "
+            "computed from) and `._backward` (its closure, a function of no arguments); got "
+            f".parents = {describe(parents)}"
+        )
+    if case == _OPS[0][0] and [id(p) for p in parents] != [id(leaf) for leaf in leaves]:
+        raise ExerciseError(
+            f"Value: the result of `{case}` has .parents {describe(parents)}; expected the "
+            "tuple (a, b) of the two Values it was computed from"
+        )
 
 
 def _at(values) -> str:
