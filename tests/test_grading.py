@@ -249,6 +249,18 @@ def test_learner_definitions_keeps_only_definitions():
     assert code.rstrip().endswith("return 2 * a") and "import math" in code
 
 
+def test_learner_definitions_finds_a_class_exercise():
+    """An exercise may be a class (notebook 00's Value): the cell that defines it is found."""
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import math\nclass Value:\n    pass"),
+            nbformat.v4.new_code_cell("v = Value()\nclass Value:\n    data = 1.0"),
+        ]
+    )
+    code = grading.learner_definitions(nb, "Value", known=set())
+    assert code.rstrip().endswith("data = 1.0") and "v = Value()" not in code
+
+
 def test_python_s_own_copy_caches_are_not_tampering():
     """copy.deepcopy writes ``__slotnames__`` on a class the first time it copies an instance;
     the checkers deep-copy the learner's model, so an honest 07 solution did this in CI."""
