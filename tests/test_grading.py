@@ -273,3 +273,24 @@ def test_python_s_own_copy_caches_are_not_tampering():
         cls.__dict__.get("__slotnames__") and delattr(cls, "__slotnames__")
     copy.deepcopy(ln.nn.Sequential(ln.nn.Embedding(4, 3), ln.nn.Dropout(0.1)))
     assert grading_child.tampered(before, grading_child.snapshot()) == []
+
+
+def test_a_class_exercise_is_graded_through_the_class_itself(tmp_path, library):
+    """Notebook 00's Value is a class: the checker gets the learner's class (not a wrapper
+    function), so honest work scores full marks and the untouched stub 0."""
+    path = editions.select(["00"])[0]
+    teacher = nbformat.read(path, as_version=4)
+    exercises = [e for e in editions.find_exercises(teacher, path) if e.name == "Value"]
+    nb = editions.student_notebook(teacher, path)
+    for exercise in editions.find_exercises(teacher, path):  # every solution typed in
+        lines = teacher.cells[exercise.solution_cell].source.split("\n")
+        nb.cells[exercise.solution_cell].source = "\n".join(
+            line for line in lines if line.strip() not in (editions.BEGIN, editions.END)
+        )
+    solved, untouched = tmp_path / "solved.ipynb", tmp_path / "untouched.ipynb"
+    nbformat.write(nb, solved)
+    nbformat.write(editions.student_notebook(teacher, path), untouched)
+    (verdict,) = grading.grade_submission(solved, teacher, exercises, library, SEED)
+    assert verdict.score == 1, verdict.message
+    (verdict,) = grading.grade_submission(untouched, teacher, exercises, library, SEED)
+    assert verdict.score == 0 and "not written yet" in verdict.message

@@ -322,7 +322,7 @@ def _run_case(cls, case: str, values, expression, expected_data) -> tuple[list, 
     data = _number(getattr(out, "data", None), f"the result's .data of `{case}`", case)
     if not math.isclose(data, expected_data, rel_tol=1e-9, abs_tol=1e-12):
         raise ExerciseError(
-            f"Value: `{case}` gives .data {data:.6g} at {_at(values)}; expected {expected_data:.6g}"
+            f"Value: `{case}` gives .data {data:.6g} at {_at(values, expression)}; expected {expected_data:.6g}"
         )
     backward = getattr(out, "backward", None)
     try:
@@ -357,9 +357,10 @@ def _check_links(out, leaves: list, case: str) -> None:
         )
 
 
-def _at(values) -> str:
-    names = "abcde" if len(values) <= 2 else ["x1", "x2", "w1", "w2", "b"]
-    return ", ".join(f"{n} = {v:g}" for n, v in zip(names, values, strict=False))
+def _at(values, expression) -> str:
+    """'a = 1.5, b = -2' with the expression's own argument names."""
+    names = expression.__code__.co_varnames[: expression.__code__.co_argcount]
+    return ", ".join(f"{n} = {v:.6g}" for n, v in zip(names, values, strict=True))
 
 
 def _grads(engine: type, values, expression) -> tuple[list, float]:
@@ -381,12 +382,12 @@ def _compare(got: list, values, expression, case: str) -> None:
         wrong, _ = _grads(engine, values, expression)
         if not _close(wrong, want) and _close(got, wrong):
             raise ExerciseError(
-                f"Value: wrong gradient on `{case}` at {_at(values)}. {explanation}"
+                f"Value: wrong gradient on `{case}` at {_at(values, expression)}. {explanation}"
             )
     yours = ", ".join(f"{g:.6g}" for g in got)
     expected = ", ".join(f"{g:.6g}" for g in want)
     raise ExerciseError(
-        f"Value: wrong gradient on `{case}` at {_at(values)}: the leaves' .grad are [{yours}], "
+        f"Value: wrong gradient on `{case}` at {_at(values, expression)}: the leaves' .grad are [{yours}], "
         f"expected [{expected}]"
     )
 
@@ -416,7 +417,9 @@ def check_value(cls: Any, *, quiet: bool = False) -> None:
         raise ExerciseError(
             "Value: that is the library's Value (or a class built on it); write your own class"
         )
-    cases = [*_OPS, *_GRAPHS]
+    rng = np.random.default_rng(7)  # a neuron at random inputs (the grader draws its own)
+    neuron = tuple(float(v) for v in rng.uniform(-1.5, 1.5, size=5))
+    cases = [*_OPS, *_GRAPHS, ("the neuron at random inputs", neuron, _GRAPHS[1][2])]
     for what, values, expression in cases:
         _, want_data = _grads(_Sim, values, expression)  # the answer first
         grads, after = _run_case(cls, what, values, expression, want_data)
