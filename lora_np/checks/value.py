@@ -322,7 +322,8 @@ def _run_case(cls, case: str, values, expression, expected_data) -> tuple[list, 
     data = _number(getattr(out, "data", None), f"the result's .data of `{case}`", case)
     if not math.isclose(data, expected_data, rel_tol=1e-9, abs_tol=1e-12):
         raise ExerciseError(
-            f"Value: `{case}` gives .data {data:.6g} at {_at(values, expression)}; expected {expected_data:.6g}"
+            f"Value: `{case}` gives .data {data:.6g} at {_at(values, expression)}; "
+            f"expected {expected_data:.6g}"
         )
     backward = getattr(out, "backward", None)
     try:
@@ -387,8 +388,8 @@ def _compare(got: list, values, expression, case: str) -> None:
     yours = ", ".join(f"{g:.6g}" for g in got)
     expected = ", ".join(f"{g:.6g}" for g in want)
     raise ExerciseError(
-        f"Value: wrong gradient on `{case}` at {_at(values, expression)}: the leaves' .grad are [{yours}], "
-        f"expected [{expected}]"
+        f"Value: wrong gradient on `{case}` at {_at(values, expression)}: the leaves' .grad "
+        f"are [{yours}], expected [{expected}]"
     )
 
 
@@ -429,7 +430,7 @@ def check_value(cls: Any, *, quiet: bool = False) -> None:
             )
         _compare(grads, values, expression, what)
     deep = f"a chain of {_CHAIN:,} multiplications by 1 + 1/{_CHAIN}"
-    want_grads, want_data = _grads(_Sim, (1.0,), _chain)
+    _, want_data = _grads(_Sim, (1.0,), _chain)
     grads, _ = _run_case(cls, deep, (1.0,), _chain, want_data)
     _compare(grads, (1.0,), _chain, deep)
     passed("Value", len(cases) + 1, quiet)
