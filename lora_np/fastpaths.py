@@ -65,7 +65,7 @@ def set_plain(flag: bool) -> None:
     """
     global _plain
     if not isinstance(flag, bool):
-        raise TypeError(f"set_plain expects True or False, got {flag!r}")
+        raise TypeError(f"plain mode is switched with True or False, got {flag!r}")
     _plain = flag
 
 
