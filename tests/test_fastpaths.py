@@ -269,3 +269,25 @@ def test_the_op_level_fast_paths_step_aside_in_plain_mode(monkeypatch):
     # fast: int_power forward and backward, 2-D products; plain: none of them
     assert seen["int_power"] > 0 and seen["lora_linear"] == 1
     assert seen["mm_ndim"] == [2, 2, 2, 3, 3, 3]  # forward, then the two gradients
+
+
+def test_every_fast_function_names_its_plain_twin():
+    """A new speed trick must say which formula it equals (and that formula must exist)."""
+    import inspect
+
+    not_ops = {"is_plain", "set_plain", "plain", "tune_allocator"}
+    functions = {
+        name: f
+        for name, f in vars(fastpaths).items()
+        if inspect.isfunction(f) and f.__module__ == fastpaths.__name__ and name[0] != "_"
+    }
+    twins = {name for name in functions if name.startswith("plain_")}
+    named = set()
+    for name, f in functions.items():
+        if name in twins or name in not_ops:
+            continue
+        doc = inspect.getdoc(f) or ""
+        mentioned = {t for t in twins if f":func:`{t}`" in doc}
+        assert mentioned or "Plain twin" in doc, f"fastpaths.{name} does not name its plain twin"
+        named |= mentioned
+    assert named == twins, f"plain formulas no fast path names: {sorted(twins - named)}"
