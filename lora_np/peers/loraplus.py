@@ -1,0 +1,128 @@
+"""LoRA+ (Hayou, Ghosh & Yu 2024, arXiv:2402.12354): B learns ``loraplus_lr_ratio`` times
+faster than A.
+
+With one learning rate for A and B, wide models fine-tune suboptimally; LoRA+ puts B (and, as
+PEFT's ``create_loraplus_optimizer`` does, every other trainable 1-D parameter: biases, DoRA's
+magnitude) in a parameter group whose learning rate is ``lr * loraplus_lr_ratio``.
+
+The groups are PEFT's, in its order:
+
+    groupA          A matrices and other trainable >= 2-D weights     lr
+    embedding       trainable Embedding weights                       loraplus_lr_embedding
+    groupB          B matrices (and 1-D parameters that decay)        lr * ratio
+    groupB_no_decay 1-D parameters: biases, LayerNorm weights, m      lr * ratio, weight_decay 0
+
+``transformers``' rule for "decays" (``get_parameter_names`` minus LayerNorm parameters and
+names containing "bias") decides groupB against groupB_no_decay. Each group is one lora_np
+optimiser with its own learning rate; an optimiser keeps its state per parameter (Adam's step
+count included), so this equals one torch optimiser with four parameter groups.
+"""
+
+from __future__ import annotations
+
+from .. import nn, optim
+from ..lora.layer import LoRAAdapter
+
+GROUPS = ("groupA", "embedding", "groupB", "groupB_no_decay")
+
+
+def _owners(model: nn.Module) -> dict:
+    """id(parameter) -> (the module that holds it, its attribute name)."""
+    owners = {}
+    for _, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, nn.Parameter):
+                owners.setdefault(id(value), (module, attr))
+    return owners
+
+
+def loraplus_groups(model: nn.Module) -> dict:
+    """PEFT's LoRA+ grouping of ``model``'s trainable parameters: group name -> [(name, p)]."""
+    owners = _owners(model)
+    groups = {g: [] for g in GROUPS}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        module, attr = owners[id(p)]
+        if isinstance(module, nn.Embedding):
+            groups["embedding"].append((name, p))
+        elif (isinstance(module, LoRAAdapter) and attr == "B") or p.ndim == 1:
+            # transformers' decay rule: LayerNorm parameters and "bias" names do not decay; a
+            # 1-D parameter elsewhere (DoRA's m) does (PEFT puts it in groupB)
+            no_decay = isinstance(module, nn.LayerNorm) or "bias" in name
+            groups["groupB_no_decay" if no_decay else "groupB"].append((name, p))
+        else:
+            groups["groupA"].append((name, p))
+    return groups
+
+
+class LoRAPlusOptimizer:
+    """One optimiser per LoRA+ parameter group, stepped together.
+
+    Attributes:
+        param_groups: [{"name", "params", "lr", "weight_decay"}] for the non-empty groups, in
+            PEFT's order (torch's ``optimizer.param_groups`` shape).
+        optimizers: the lora_np optimiser of each of those groups.
+    """
+
+    def __init__(self, groups: list, optimizer_cls, **kwargs):
+        self.param_groups = groups
+        self.optimizers = [
+            optimizer_cls(g["params"], lr=g["lr"], weight_decay=g["weight_decay"], **kwargs)
+            for g in groups
+        ]
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad()
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_bytes(self) -> int:
+        return sum(opt.state_bytes() for opt in self.optimizers)
+
+
+def create_loraplus_optimizer(
+    model: nn.Module,
+    optimizer_cls,
+    *,
+    lr: float,
+    loraplus_lr_ratio: float,
+    loraplus_lr_embedding: float = 1e-6,
+    weight_decay: float = 0.0,
+    **kwargs,
+) -> LoRAPlusOptimizer:
+    """PEFT's ``create_loraplus_optimizer``, same arguments and groups (see the module doc).
+
+    Args:
+        model: a model with trainable LoRA adapters (``lora.inject``).
+        optimizer_cls: ``optim.Adam``, ``optim.AdamW`` or ``optim.SGD``.
+        lr: A's learning rate; loraplus_lr_ratio: B's rate divided by A's (the paper suggests
+            a large ratio, e.g. 16); loraplus_lr_embedding: trainable embeddings' rate.
+        weight_decay, kwargs: passed to every group's optimiser (groupB_no_decay gets 0).
+    """
+    optim.check_learning_rate(lr)
+    optim.check_learning_rate(loraplus_lr_embedding)
+    if not (isinstance(loraplus_lr_ratio, int | float) and loraplus_lr_ratio > 0):
+        raise ValueError(f"loraplus_lr_ratio must be a number > 0, got {loraplus_lr_ratio!r}")
+    settings = {
+        "groupA": (lr, weight_decay),
+        "embedding": (loraplus_lr_embedding, weight_decay),
+        "groupB": (lr * loraplus_lr_ratio, weight_decay),
+        "groupB_no_decay": (lr * loraplus_lr_ratio, 0.0),
+    }
+    groups = [
+        {
+            "name": g,
+            "params": [p for _, p in found],
+            "lr": settings[g][0],
+            "weight_decay": settings[g][1],
+        }
+        for g, found in loraplus_groups(model).items()
+        if found
+    ]
+    if not groups:
+        raise ValueError("the model has no trainable parameters; inject LoRA (lora.inject) first")
+    return LoRAPlusOptimizer(groups, optimizer_cls, **kwargs)
