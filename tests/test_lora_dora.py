@@ -218,7 +218,10 @@ def test_a_dora_adapter_does_not_load_into_a_lora_layer_nor_the_reverse(tmp_path
     lora.inject(lora_model, ["q"], r=2, alpha=4)
     dora_folder = lora.save_adapter(dora_model, tmp_path / "dora")
     lora_folder = lora.save_adapter(lora_model, tmp_path / "lora")
-    for model, folder, kind in ((lora_model, dora_folder, "DoRA"), (dora_model, lora_folder, "LoRA")):
+    for model, folder, kind in (
+        (lora_model, dora_folder, "DoRA"),
+        (dora_model, lora_folder, "LoRA"),
+    ):
         before = snapshot(model)
         with pytest.raises(ValueError, match=f"a {kind} adapter cannot be added"):
             lora.load_adapter(model, folder, adapter_name="second")

@@ -33,14 +33,21 @@ ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 class BottleneckAdapter(nn.Module):
     """h -> h + up(act(down(norm(h)))): (..., C) -> (..., C), the identity at start."""
 
-    def __init__(self, d_model: int, r: int, activation: str = "relu", layer_norm: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        r: int,
+        activation: str = "relu",
+        layer_norm: bool = False,
+        dtype="float32",
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
-        self.norm = nn.LayerNorm(d_model) if layer_norm else None
-        self.down = nn.Linear(d_model, r)  # (r, C) and (r,): Linear's own random start
-        self.up = nn.Linear(r, d_model)  # (C, r) and (C,): zero, so the adapter starts as h
+        self.norm = nn.LayerNorm(d_model, dtype=dtype) if layer_norm else None
+        self.down = nn.Linear(d_model, r, dtype=dtype)  # (r, C), (r,): Linear's random start
+        self.up = nn.Linear(r, d_model, dtype=dtype)  # (C, r), (C,): zero, so it starts as h
         self.up.weight.data = backend.xp.zeros_like(self.up.weight.data)
         self.up.bias.data = backend.xp.zeros_like(self.up.bias.data)
 
@@ -64,9 +71,11 @@ class AdaptedSublayer(nn.Module):
         return self.adapter(self.base(x))
 
 
-def _check(model, kind, r) -> None:
+def _check(model, kind, r, activation) -> None:
     if kind not in KINDS:
         raise ValueError(f"adapter kind must be one of {KINDS}, got {kind!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     blocks = getattr(model, "blocks", None)
     if blocks is None or not len(blocks):
         raise ValueError(f"{type(model).__name__} has no transformer blocks to put adapters in")
@@ -86,15 +95,18 @@ def add_adapter_layers(model, kind: str, r: int, activation: str = "relu") -> li
     The sublayers move to ``blocks.<i>.attn.base`` / ``blocks.<i>.mlp.base``; the adapters are
     ``blocks.<i>.attn.adapter`` (H only) and ``blocks.<i>.mlp.adapter``.
     """
-    _check(model, kind, r)
-    C = model.config.n_embd
+    _check(model, kind, r, activation)
+    C, dtype = model.config.n_embd, model.tok_emb.weight.dtype  # adapters in the model's dtype
     model.requires_grad_(False)
     for block in model.blocks:
         if kind == "houlsby":
-            block.attn = AdaptedSublayer(block.attn, BottleneckAdapter(C, r, activation))
+            block.attn = AdaptedSublayer(
+                block.attn, BottleneckAdapter(C, r, activation, False, dtype)
+            )
             block.ln_1.requires_grad_(True)
             block.ln_2.requires_grad_(True)
-        block.mlp = AdaptedSublayer(block.mlp, BottleneckAdapter(C, r, activation, kind == "lin"))
+        adapter = BottleneckAdapter(C, r, activation, kind == "lin", dtype)
+        block.mlp = AdaptedSublayer(block.mlp, adapter)
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
