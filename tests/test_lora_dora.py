@@ -12,8 +12,8 @@ import pytest
 from test_lora import assert_same_snapshot, snapshot
 
 import lora_np as ln
-from lora_np import lora, nn
 from lora_np import functional as F
+from lora_np import lora, nn
 from lora_np import transformer as T
 from lora_np.autograd import Tensor
 from lora_np.gradcheck import gradcheck

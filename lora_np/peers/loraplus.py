@@ -7,15 +7,18 @@ magnitude) in a parameter group whose learning rate is ``lr * loraplus_lr_ratio`
 
 The groups are PEFT's, in its order:
 
-    groupA          A matrices and other trainable >= 2-D weights     lr
-    embedding       trainable Embedding weights                       loraplus_lr_embedding
-    groupB          B matrices (and 1-D parameters that decay)        lr * ratio
-    groupB_no_decay 1-D parameters: biases, LayerNorm weights, m      lr * ratio, weight_decay 0
+    groupA          A matrices and every other trainable >= 2-D weight   lr
+    embedding       LoRA on an Embedding (PEFT's; lora_np has none)      loraplus_lr_embedding
+    groupB          B matrices, and 1-D parameters that decay (DoRA's m) lr * ratio
+    groupB_no_decay biases and LayerNorm parameters                      lr * ratio, no decay
 
-``transformers``' rule for "decays" (``get_parameter_names`` minus LayerNorm parameters and
-names containing "bias") decides groupB against groupB_no_decay. Each group is one lora_np
-optimiser with its own learning rate; an optimiser keeps its state per parameter (Adam's step
-count included), so this equals one torch optimiser with four parameter groups.
+``transformers``' rule for "decays" (every parameter outside a LayerNorm whose name has no
+"bias") decides groupB against groupB_no_decay; ``loraplus_weight_decay`` is the decay of the
+other groups (PEFT's name; default 0). Each non-empty group is one lora_np optimiser with its
+own learning rate; an optimiser keeps its state per parameter (Adam's step count included), so
+this equals one torch optimiser with these parameter groups (tests/crosscheck).
+Unlike PEFT, which lets group settings override a ``weight_decay`` keyword silently, a
+``weight_decay`` keyword is refused, naming ``loraplus_weight_decay``.
 """
 
 from __future__ import annotations
@@ -44,9 +47,7 @@ def loraplus_groups(model: nn.Module) -> dict:
         if not p.requires_grad:
             continue
         module, attr = owners[id(p)]
-        if isinstance(module, nn.Embedding):
-            groups["embedding"].append((name, p))
-        elif (isinstance(module, LoRAAdapter) and attr == "B") or p.ndim == 1:
+        if (isinstance(module, LoRAAdapter) and attr == "B") or p.ndim == 1:
             # transformers' decay rule: LayerNorm parameters and "bias" names do not decay; a
             # 1-D parameter elsewhere (DoRA's m) does (PEFT puts it in groupB)
             no_decay = isinstance(module, nn.LayerNorm) or "bias" in name
@@ -91,7 +92,7 @@ def create_loraplus_optimizer(
     lr: float,
     loraplus_lr_ratio: float,
     loraplus_lr_embedding: float = 1e-6,
-    weight_decay: float = 0.0,
+    loraplus_weight_decay: float = 0.0,
     **kwargs,
 ) -> LoRAPlusOptimizer:
     """PEFT's ``create_loraplus_optimizer``, same arguments and groups (see the module doc).
@@ -101,8 +102,15 @@ def create_loraplus_optimizer(
         optimizer_cls: ``optim.Adam``, ``optim.AdamW`` or ``optim.SGD``.
         lr: A's learning rate; loraplus_lr_ratio: B's rate divided by A's (the paper suggests
             a large ratio, e.g. 16); loraplus_lr_embedding: trainable embeddings' rate.
-        weight_decay, kwargs: passed to every group's optimiser (groupB_no_decay gets 0).
+        loraplus_weight_decay: every group's decay but groupB_no_decay's (0).
+        kwargs: passed to every group's optimiser (betas, eps, momentum).
     """
+    if "weight_decay" in kwargs:
+        raise TypeError(
+            "create_loraplus_optimizer sets each group's decay: pass loraplus_weight_decay="
+            f"{kwargs['weight_decay']!r} instead of weight_decay"
+        )
+    weight_decay = loraplus_weight_decay
     optim.check_learning_rate(lr)
     optim.check_learning_rate(loraplus_lr_embedding)
     if not (isinstance(loraplus_lr_ratio, int | float) and loraplus_lr_ratio > 0):
