@@ -78,3 +78,27 @@ def test_refusals():
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         peers.create_loraplus_optimizer(model, optim.Adam, lr=1e-3, loraplus_lr_ratio=2)
+
+
+def test_train_drives_it_and_a_schedule_keeps_b_at_ratio_times_a():
+    model = lora_gpt()
+    opt = peers.create_loraplus_optimizer(model, optim.AdamW, lr=1e-3, loraplus_lr_ratio=16)
+    rng = np.random.default_rng(0)
+
+    def batch(step):
+        ids = rng.integers(0, 11, (2, 6))
+        return ids, ids
+
+    before = {n: p.data.copy() for n, p in model.named_parameters() if p.requires_grad}
+    history = ln.train.train(
+        model, batch, steps=4, lr=2e-3, optimizer=opt, schedule="cosine", progress=False
+    )
+    assert history["steps_done"] == 4
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert opt.lr == history["lr"][-1]
+    assert groups["groupB"]["lr"] == pytest.approx(16 * opt.lr) and groups["groupA"]["lr"] == opt.lr
+    assert all(opt.optimizers[i].state is opt.state for i in range(len(opt.optimizers)))
+    assert len(opt.state) == len(before)  # one state per trained parameter, in the shared dict
+    assert all(
+        not np.array_equal(p.data, before[n]) for n, p in model.named_parameters() if n in before
+    )

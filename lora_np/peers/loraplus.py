@@ -58,20 +58,49 @@ def loraplus_groups(model: nn.Module) -> dict:
 
 
 class LoRAPlusOptimizer:
-    """One optimiser per LoRA+ parameter group, stepped together.
+    """One optimiser per LoRA+ parameter group, stepped together; usable as ``train``'s
+    ``optimizer`` (it has ``lr``, ``state``, ``step_count``, ``zero_grad``, ``step``).
 
     Attributes:
-        param_groups: [{"name", "params", "lr", "weight_decay"}] for the non-empty groups, in
-            PEFT's order (torch's ``optimizer.param_groups`` shape).
+        param_groups: [{"name", "params", "lr", "weight_decay", "lr_ratio"}] for the non-empty
+            groups, in PEFT's order (torch's ``optimizer.param_groups`` shape); ``lr_ratio`` is
+            the group's rate over ``lr`` (None: a fixed rate).
         optimizers: the lora_np optimiser of each of those groups.
+        state: one dict (id(param) -> state) that every group's optimiser shares.
     """
 
-    def __init__(self, groups: list, optimizer_cls, **kwargs):
+    def __init__(self, groups: list, optimizer_cls, lr: float, **kwargs):
         self.param_groups = groups
         self.optimizers = [
             optimizer_cls(g["params"], lr=g["lr"], weight_decay=g["weight_decay"], **kwargs)
             for g in groups
         ]
+        self.state: dict = {}
+        for opt in self.optimizers:  # the keys (parameter ids) never collide across groups
+            opt.state = self.state
+        self._lr = optim.check_learning_rate(lr)
+
+    @property
+    def lr(self) -> float:
+        """A's learning rate; setting it (a schedule does) moves every group's rate with it,
+        keeping B's ``loraplus_lr_ratio`` times A's."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value) -> None:
+        self._lr = optim.check_learning_rate(value)
+        for group, opt in zip(self.param_groups, self.optimizers, strict=True):
+            if group["lr_ratio"] is not None:
+                group["lr"] = opt.lr = value * group["lr_ratio"]
+
+    @property
+    def step_count(self) -> int:
+        return self.optimizers[0].step_count
+
+    @step_count.setter
+    def step_count(self, value: int) -> None:
+        for opt in self.optimizers:
+            opt.step_count = value
 
     def zero_grad(self) -> None:
         for opt in self.optimizers:
@@ -115,11 +144,11 @@ def create_loraplus_optimizer(
     optim.check_learning_rate(loraplus_lr_embedding)
     if not (isinstance(loraplus_lr_ratio, int | float) and loraplus_lr_ratio > 0):
         raise ValueError(f"loraplus_lr_ratio must be a number > 0, got {loraplus_lr_ratio!r}")
-    settings = {
-        "groupA": (lr, weight_decay),
-        "embedding": (loraplus_lr_embedding, weight_decay),
-        "groupB": (lr * loraplus_lr_ratio, weight_decay),
-        "groupB_no_decay": (lr * loraplus_lr_ratio, 0.0),
+    settings = {  # (lr, weight decay, rate over lr)
+        "groupA": (lr, weight_decay, 1),
+        "embedding": (loraplus_lr_embedding, weight_decay, None),
+        "groupB": (lr * loraplus_lr_ratio, weight_decay, loraplus_lr_ratio),
+        "groupB_no_decay": (lr * loraplus_lr_ratio, 0.0, loraplus_lr_ratio),
     }
     groups = [
         {
@@ -127,10 +156,11 @@ def create_loraplus_optimizer(
             "params": [p for _, p in found],
             "lr": settings[g][0],
             "weight_decay": settings[g][1],
+            "lr_ratio": settings[g][2],
         }
         for g, found in loraplus_groups(model).items()
         if found
     ]
     if not groups:
         raise ValueError("the model has no trainable parameters; inject LoRA (lora.inject) first")
-    return LoRAPlusOptimizer(groups, optimizer_cls, **kwargs)
+    return LoRAPlusOptimizer(groups, optimizer_cls, lr, **kwargs)
