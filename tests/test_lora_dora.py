@@ -257,3 +257,15 @@ def test_dropout_is_only_on_the_dora_path_and_off_in_eval():
     ln.manual_seed(1)
     trained = layer(x).data
     assert not np.allclose(trained, by_hand(layer, x.data))
+
+
+def test_combining_dora_adapters_is_refused_and_changes_nothing():
+    """combine_adapters builds a new s·B·A; a DoRA adapter also needs a magnitude that no
+    combination of the others' defines, so a DoRA layer is refused (before any change)."""
+    layer = dora_layer()
+    layer.add_adapter("other", r=2, alpha=3)
+    before = (layer.adapter_names, layer.base.weight.data.copy())
+    with pytest.raises(ValueError, match="DoRA"):
+        lora.combine_adapters(layer, ["default", "other"], [0.5, 0.5], how="linear", new_name="mix")
+    assert layer.adapter_names == before[0]
+    assert np.array_equal(layer.base.weight.data, before[1])
