@@ -65,6 +65,7 @@ def test_generation_crops_to_the_positions_left():
     tuned = peers.PrefixTuning(gpt(), n_prefix=3)
     tokens, _ = T.generate_tokens(tuned, [[1, 2, 3, 4, 5, 6, 7]], max_new_tokens=3)
     assert tokens.shape == (1, 10)
+    np.testing.assert_array_equal(tuned.generate(np.array([[1, 2, 3, 4, 5, 6, 7]]), 3), tokens)
 
 
 @pytest.mark.parametrize("mode", peers.prefix.MODES)

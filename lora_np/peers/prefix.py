@@ -27,6 +27,7 @@ import dataclasses
 from .. import backend, nn
 from .. import functional as F
 from ..autograd import Tensor, no_grad
+from ..transformer import generate_tokens
 
 MODES = ("embedding", "layer")
 
@@ -124,3 +125,10 @@ class PrefixTuning(nn.Module):
         logits = gpt.head(gpt.ln_f(x[:, P:]))  # (B, T, V): the input's positions only
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
+
+    def generate(self, idx, max_new_tokens: int, **sampling):
+        """``GPT.generate`` behind the prefix: rows are cropped to ``block_size - l_p`` tokens
+        (``self.config``) before each step. idx: (B, T) -> (B, T + max_new_tokens)."""
+        ids = backend.to_numpy(backend.xp.asarray(idx)).astype(backend.np.int64)
+        tokens, _ = generate_tokens(self, ids, max_new_tokens, **sampling)
+        return tokens
