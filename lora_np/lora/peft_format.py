@@ -112,7 +112,8 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     """Write one adapter as a PEFT folder: adapter_config.json and adapter_model.safetensors.
 
     Only A and B of each layer are stored, in their own dtype, under PEFT's key names
-    (``base_model.model.<layer>.lora_A.weight``). Layers with a different rank or alpha from
+    (``base_model.model.<layer>.lora_A.weight``), and for a DoRA adapter its magnitude
+    (``base_model.model.<layer>.lora_magnitude_vector``, with ``use_dora: true``). Layers with a different rank or alpha from
     the most common one go into ``rank_pattern`` / ``alpha_pattern`` under their full name, as
     PEFT would read them.
 
