@@ -269,3 +269,16 @@ def test_combining_dora_adapters_is_refused_and_changes_nothing():
         lora.combine_adapters(layer, ["default", "other"], [0.5, 0.5], how="linear", new_name="mix")
     assert layer.adapter_names == before[0]
     assert np.array_equal(layer.base.weight.data, before[1])
+
+
+def test_hf_export_refuses_a_dora_adapter_rather_than_drop_its_magnitude(tmp_path):
+    """hf.export writes A and B for the exported OPT model; a DoRA adapter exported that way
+    would load in PEFT with a magnitude recomputed from W0, silently not the trained one."""
+    from lora_np import hf
+
+    ln.manual_seed(0)
+    model = T.GPT(T.GPTConfig(vocab_size=16, block_size=8, n_embd=16, n_head=2, n_layer=1)).eval()
+    lora.inject(model, ["q"], r=2, alpha=2, use_dora=True)
+    with pytest.raises(ValueError, match="adapter 'default'.*DoRA"):
+        hf.export(model, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
