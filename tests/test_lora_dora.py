@@ -282,3 +282,13 @@ def test_hf_export_refuses_a_dora_adapter_rather_than_drop_its_magnitude(tmp_pat
     with pytest.raises(ValueError, match="adapter 'default'.*DoRA"):
         hf.export(model, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_adding_an_adapter_while_merged_is_refused():
+    """A new DoRA adapter's magnitude starts at ‖W0‖; while merged the base weight is W', so
+    the start would be wrong. Refused, naming unmerge."""
+    layer = dora_layer()
+    layer.merge()
+    with pytest.raises(RuntimeError, match="unmerge"):
+        layer.add_adapter("other", r=1, alpha=1)
+    assert layer.adapter_names == ["default"]

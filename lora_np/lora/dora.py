@@ -83,6 +83,7 @@ class DoRALinear(LoRALinear):
         ‖W0 + s·B A‖ row by row)."""
         if init == "pissa":
             raise ValueError("DoRA takes init 'kaiming' or 'gaussian'; 'pissa' is not supported")
+        self._require_unmerged("add a DoRA adapter (its magnitude starts from W0)")
         magnitude = None
         if weights is not None:
             if not (isinstance(weights, tuple | list) and len(weights) == 3):
