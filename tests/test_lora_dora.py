@@ -126,6 +126,15 @@ def test_merged_outputs_equal_unmerged_and_unmerge_restores_w0(dtype, tol):
     np.testing.assert_allclose(layer(x).data, before, rtol=tol, atol=tol)
 
 
+def test_delta_weight_is_the_change_of_the_effective_weight():
+    layer = dora_layer()
+    x = x_of((4, 7))
+    W0, b = layer.base.weight.data, layer.base.bias.data
+    np.testing.assert_allclose(
+        x.data @ (W0 + layer.delta_weight()).T + b, by_hand(layer, x.data), rtol=1e-12, atol=1e-12
+    )
+
+
 def test_merge_twice_and_unmerge_unmerged_are_errors():
     layer = dora_layer()
     with pytest.raises(RuntimeError, match="not merged"):
@@ -291,4 +300,6 @@ def test_adding_an_adapter_while_merged_is_refused():
     layer.merge()
     with pytest.raises(RuntimeError, match="unmerge"):
         layer.add_adapter("other", r=1, alpha=1)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        layer.delta_weight()
     assert layer.adapter_names == ["default"]

@@ -121,7 +121,9 @@ class DoRALinear(LoRALinear):
         return base(x) + side - F.linear(dropped, base.weight)
 
     def delta_weight(self, adapter_name: str | None = None):
-        """W' - W0 for an adapter (default: the active one), an array (d, k)."""
+        """W' - W0 for an adapter (default: the active one), an array (d, k); it depends on
+        W0 (unlike LoRA's s·B A), so it needs the unmerged base."""
+        self._require_unmerged("compute a DoRA update from the base weight")
         a = self.adapters[self.active_adapter if adapter_name is None else adapter_name]
         W0 = self.base.weight.data
         norm = weight_norm(W0, a.A.data, a.B.data, a.scaling)  # (d,)
