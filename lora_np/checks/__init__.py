@@ -23,6 +23,7 @@ from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
+from .optimizer import check_adamw_step
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
 
@@ -35,6 +36,7 @@ __all__ = [
     "check_optimizer_state_bytes",
     "check_split_heads",
     "check_adam_first_update",
+    "check_adamw_step",
     "check_init_lora",
     "check_lora_scaling",
     "check_pissa_init",
