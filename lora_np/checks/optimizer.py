@@ -48,13 +48,15 @@ def adamw_step_reference(param, grad, m, v, t, lr, beta1, beta2, eps, weight_dec
         (new_param, new_m, new_v): new NumPy arrays of param's shape and dtype.
     """
     xp = backend.xp
-    p = Parameter(xp.array(np.asarray(param)))  # a private copy: the caller's param stays
-    p.grad = xp.array(np.asarray(grad, dtype=p.data.dtype))
+    host = [np.asarray(backend.to_numpy(a)) for a in (param, grad, m, v)]  # NumPy or CuPy in
+    dtype = host[0].dtype
+    p = Parameter(xp.array(host[0]))  # a private copy: the caller's param stays
+    p.grad = xp.array(host[1].astype(dtype))
     opt = optim.AdamW([p], lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
     opt.state[id(p)] = {  # the state AdamW keeps between steps, as if t - 1 steps were taken
         "step": int(t) - 1,
-        "exp_avg": xp.array(np.asarray(m, dtype=p.data.dtype)),
-        "exp_avg_sq": xp.array(np.asarray(v, dtype=p.data.dtype)),
+        "exp_avg": xp.array(host[2].astype(dtype)),
+        "exp_avg_sq": xp.array(host[3].astype(dtype)),
     }
     opt.step()
     state = opt.state[id(p)]
