@@ -311,3 +311,14 @@ def test_numerical_rank_does_not_depend_on_the_scale():
 
     scales = [float(np.abs(M).max()) for M, _, _ in _rank_inputs() if np.any(M)]
     assert min(scales) < 1e-9 and max(scales) > 1e9
+
+
+def test_the_first_rank_case_gives_every_mistake_its_own_count():
+    # the checker stops at the first failing case: there, each wrong version must give a count
+    # of its own (and not the right one), or a message could name someone else's mistake
+    from lora_np.checks.low_rank import _rank_inputs, _wrong_ranks, numerical_rank_reference
+
+    M, rtol, _ = next(iter(_rank_inputs()))
+    counts = [count for _, count in _wrong_ranks(M, rtol)]
+    assert numerical_rank_reference(M, rtol) not in counts
+    assert len(set(counts)) == len(counts), counts
