@@ -215,3 +215,18 @@ def test_passing_or_reference_gives_back_the_right_function(capsys):
     assert ln.checks.passing_or_reference(adamw_textbook, "adamw_step") is adamw_textbook
     assert ln.checks.passing_or_reference(v_of_g, "adamw_step") is adamw_step_reference
     assert "using the library's adamw_step" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # t - 1 divides by 0
+def test_the_first_case_gives_every_mistake_its_own_answer():
+    # the checker stops at the first failing case: there, no wrong version may equal the right
+    # answer or another wrong version, or a message could name someone else's mistake
+    from lora_np.checks.optimizer import _all_same, _inputs, _wrong_steps
+
+    args, _ = next(iter(_inputs()))
+    want = adamw_step_reference(*args)
+    wrong = [answer for _, answer in _wrong_steps(list(args))]
+    at = [np.dtype(np.float64)] * 3
+    assert not any(_all_same(answer, want, at) for answer in wrong)
+    for i, first in enumerate(wrong):
+        assert not any(_all_same(first, other, at) for other in wrong[i + 1 :]), i
