@@ -188,9 +188,7 @@ def test_no_notebook_asserts_on_a_clock():
 BLAS_VARIABLES = ("OPENBLAS_" + "CORETYPE", "OPENBLAS_" + "L2_SIZE")
 
 
-def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path):
-    """Some processors set them because older OpenBLAS builds compute wrong results or crash
-    without them; the matrix's environments keep them exactly as the machine sets them."""
+def _test_matrix():
     import sys
 
     sys.path.insert(0, str(ROOT / "tools"))
@@ -198,6 +196,13 @@ def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path
         import test_matrix
     finally:
         sys.path.remove(str(ROOT / "tools"))
+    return test_matrix
+
+
+def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path):
+    """Some processors set them because older OpenBLAS builds compute wrong results or crash
+    without them; the matrix's environments keep them exactly as the machine sets them."""
+    test_matrix = _test_matrix()
     monkeypatch.setenv(BLAS_VARIABLES[0], "Haswell")
     monkeypatch.setenv(BLAS_VARIABLES[1], "1048576")
     env = test_matrix.run_environment(tmp_path)
@@ -205,6 +210,18 @@ def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path
     assert env["LORA_NP_FIGURE_DIR"] == str(tmp_path)
     monkeypatch.delenv(BLAS_VARIABLES[0])
     assert BLAS_VARIABLES[0] not in test_matrix.run_environment(tmp_path)  # nor sets one
+
+
+def test_the_matrix_runs_the_unit_suite_once_and_strict_nbval_everywhere():
+    """The unit suite proves the library against old releases: once, on the lowest releases
+    of the oldest Python (make test runs it on the newest); every configuration runs strict
+    nbval, which is what differs between Pythons and releases for a learner."""
+    test_matrix = _test_matrix()
+    configs = [(p, r) for p in test_matrix.PYTHONS for r in test_matrix.RESOLUTIONS]
+    suites = {c: test_matrix.suites(*c) for c in configs}
+    assert all("nbval" in s for s in suites.values()), suites
+    unit = [c for c, s in suites.items() if "unit" in s]
+    assert unit == [(test_matrix.PYTHONS[0], "lowest")], unit
 
 
 def test_no_test_or_ci_step_names_a_blas_variable():
