@@ -224,6 +224,41 @@ def test_the_matrix_runs_the_unit_suite_once_and_strict_nbval_everywhere():
     assert unit == [(test_matrix.PYTHONS[0], "lowest")], unit
 
 
+def test_the_matrix_builds_every_environment_before_testing_and_reports_a_failed_build(
+    monkeypatch, tmp_path, capsys
+):
+    """Environments are built at once (downloads), configurations tested one at a time (CPU);
+    a build that fails is a failed configuration, and the others are still tested."""
+    test_matrix = _test_matrix()
+    events = []
+
+    def prepare(uv, wheel, python, version, resolution):
+        events.append(("built", version, resolution))
+        return "install failed (see log)" if version == "3.12" else None
+
+    def test_configuration(version, resolution):
+        events.append(("tested", version, resolution))
+        return "ok", ""
+
+    monkeypatch.setattr(test_matrix, "BUILD", tmp_path)
+    monkeypatch.setattr(test_matrix.shutil, "which", lambda name: "/bin/true")
+    monkeypatch.setattr(test_matrix, "build_wheel", lambda uv: tmp_path / "x.whl")
+    monkeypatch.setattr(test_matrix, "find_python", lambda version: f"/py{version}")
+    monkeypatch.setattr(test_matrix, "prepare", prepare)
+    monkeypatch.setattr(test_matrix, "test_configuration", test_configuration)
+    monkeypatch.setattr(test_matrix, "failure_excerpt", lambda path: "")
+    configs = ["3.11-lowest", "3.12-newest", "3.13-newest"]
+    assert test_matrix.main(configs) == 1
+    assert [e[0] for e in events] == ["built"] * 3 + ["tested"] * 2, events
+    assert ("tested", "3.12", "newest") not in events
+    table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
+    assert [line.split()[:2] for line in table] == [
+        ["3.11-lowest", "ok"],
+        ["3.12-newest", "FAILED"],
+        ["3.13-newest", "ok"],
+    ], table
+
+
 def test_no_test_or_ci_step_names_a_blas_variable():
     """Tests and CI leave the BLAS variables alone: no test, CI script or test target names one
     in code (a comment or docstring may explain why; the Makefile's bench target may: it times,

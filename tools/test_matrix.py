@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,17 +165,17 @@ def failure_excerpt(log_path: Path, limit: int = 80) -> str:
     return "\n".join(["    " + line for line in body + ["..."] + summary])
 
 
-def test_configuration(
-    uv: str, wheel: Path, python: str, version: str, resolution: str
-) -> tuple[str, str]:
-    """Build one environment and test the course in it: (status, detail)."""
+def prepare(uv: str, wheel: Path, python: str, version: str, resolution: str) -> str | None:
+    """Build one configuration's environment: None, or why it could not be built. Downloads
+    and file copies, little CPU: main() builds every environment at once, in threads, while
+    the first configurations are tested."""
     name = f"py{version}-{resolution}"
     venv = BUILD / name
     shutil.rmtree(venv, ignore_errors=True)
     log_path = BUILD / f"{name}.log"
     with open(log_path, "w") as log:
         if run([uv, "venv", "--quiet", "--python", python, str(venv)], log):
-            return "FAILED", f"could not create the environment (see {log_path})"
+            return f"could not create the environment (see {log_path})"
         venv_python = str(venv / "bin" / "python")
         install = [uv, "pip", "install", "--python", venv_python, f"{wheel}[dev]"]
         if resolution == "lowest":
@@ -183,7 +184,17 @@ def test_configuration(
             install += declared_requirements()
             install += ["--resolution", "lowest-direct", "--only-binary", ":all:"]
         if run(install, log):
-            return "FAILED", f"install failed (see {log_path})"
+            return f"install failed (see {log_path})"
+    return None
+
+
+def test_configuration(version: str, resolution: str) -> tuple[str, str]:
+    """Test the course in one environment that prepare() built: (status, detail)."""
+    name = f"py{version}-{resolution}"
+    venv = BUILD / name
+    log_path = BUILD / f"{name}.log"
+    with open(log_path, "a") as log:
+        venv_python = str(venv / "bin" / "python")
         versions = subprocess.run(
             [
                 venv_python,
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     BUILD.mkdir(parents=True, exist_ok=True)
     wheel = build_wheel(uv)
-    rows, failed = [], False
+    rows, failed, chosen = [], False, {}
     for config in wanted:
         version, _, resolution = config.partition("-")
         python = find_python(version)
@@ -252,17 +263,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {config}: repeats make test ({repeated})")
             rows.append((config, "skipped", "repeats make test"))
             continue
+        chosen[config] = (python, version, resolution)
+    pool = ThreadPoolExecutor(max_workers=max(1, len(chosen)))
+    built = {c: pool.submit(prepare, uv, wheel, *job) for c, job in chosen.items()}
+    for config, (python, version, resolution) in chosen.items():
         print(f"{config}: {python} ...", flush=True)
         start = time.perf_counter()
-        status, detail = test_configuration(uv, wheel, python, version, resolution)
+        problem = built[config].result()
+        if problem:
+            status, detail = "FAILED", problem
+        else:
+            status, detail = test_configuration(version, resolution)
         seconds = time.perf_counter() - start
         print(f"  {status} in {seconds:.0f} s  {detail}", flush=True)
         if status == "FAILED":
             print(failure_excerpt(BUILD / f"py{version}-{resolution}.log"), flush=True)
         rows.append((config, status, f"{seconds:.0f} s  {detail}"))
         failed |= status == "FAILED"
+    pool.shutdown()
     print()
-    for config, status, detail in rows:
+    order = {config: i for i, config in enumerate(wanted)}
+    for config, status, detail in sorted(rows, key=lambda row: order[row[0]]):
         print(f"{config:<14} {status:<8} {detail}")
     return 1 if failed else 0
 
