@@ -219,9 +219,52 @@ def test_the_matrix_runs_the_unit_suite_once_and_strict_nbval_everywhere():
     test_matrix = _test_matrix()
     configs = [(p, r) for p in test_matrix.PYTHONS for r in test_matrix.RESOLUTIONS]
     suites = {c: test_matrix.suites(*c) for c in configs}
-    assert all("nbval" in s for s in suites.values()), suites
+    assert all(s[-1] in ("nbval", "nbval-strict") for s in suites.values()), suites
     unit = [c for c, s in suites.items() if "unit" in s]
     assert unit == [(test_matrix.PYTHONS[0], "lowest")], unit
+    strict = [c for c, s in suites.items() if "nbval-strict" in s]
+    assert strict == [(test_matrix.PYTHONS[-1], "newest")], strict
+
+
+def test_the_strict_check_moves_to_the_newest_python_found():
+    test_matrix = _test_matrix()
+    everything = [(p, r) for p in test_matrix.PYTHONS for r in test_matrix.RESOLUTIONS]
+    assert test_matrix.strict_configuration(everything) == test_matrix.STRICT_ON
+    assert test_matrix.strict_configuration([("3.11", "lowest"), ("3.12", "newest")]) == (
+        "3.12",
+        "newest",
+    )
+    assert test_matrix.strict_configuration([("3.11", "lowest"), ("3.12", "lowest")]) == (
+        "3.12",
+        "lowest",
+    )
+    assert test_matrix.strict_configuration([]) is None
+
+
+def test_the_strict_configuration_masks_only_the_line_that_names_the_backend(tmp_path, monkeypatch):
+    """On numpy-strict the outputs must be the stored ones but for `backend: numpy-strict`."""
+    import configparser
+    import re
+
+    test_matrix = _test_matrix()
+    monkeypatch.setattr(test_matrix, "BUILD", tmp_path)
+    assert test_matrix.sanitize_file(False) == ROOT / "tools" / "nbval_sanitize.cfg"
+    rules = configparser.RawConfigParser()
+    rules.read(test_matrix.sanitize_file(True))
+    base = configparser.RawConfigParser()
+    base.read(ROOT / "tools" / "nbval_sanitize.cfg")
+    assert set(rules.sections()) - set(base.sections()) == {"strict_backend_name"}
+
+    def masked(text):
+        for section in rules.sections():
+            text = re.sub(rules[section]["regex"], rules[section]["replace"], text)
+        return text
+
+    assert masked("backend: numpy-strict\n") == masked("backend: numpy\n")
+    assert masked("backend: cupy\n") != masked("backend: numpy\n")
+    assert masked("loss 0.125 on numpy-strict arrays") == "loss 0.125 on numpy-strict arrays"
+    env = test_matrix.run_environment(tmp_path, backend="numpy-strict")
+    assert env["LORA_NP_BACKEND"] == "numpy-strict"
 
 
 def test_the_matrix_builds_every_environment_before_testing_and_reports_a_failed_build(
@@ -236,7 +279,7 @@ def test_the_matrix_builds_every_environment_before_testing_and_reports_a_failed
         events.append(("built", version, resolution))
         return "install failed (see log)" if version == "3.12" else None
 
-    def test_configuration(version, resolution):
+    def test_configuration(version, resolution, strict_on):
         events.append(("tested", version, resolution))
         return "ok", ""
 

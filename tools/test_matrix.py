@@ -6,7 +6,8 @@ with the LOWEST release that pyproject.toml allows (uv's lowest-direct resolutio
 so on a newer Python it takes the lowest release that ships a wheel for it). The project is
 installed non-editable, as a learner's `pip install .` would, and each environment runs strict
 nbval on the stored notebooks (and 3.11-lowest, the oldest releases we allow, the unit tests
-too: see UNIT_SUITE_ON). The BLAS
+too: see UNIT_SUITE_ON; 3.13-newest on the numpy-strict backend, which proves the course safe
+on CuPy: see STRICT_ON). The BLAS
 variables (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE) are passed on exactly as the machine sets them:
 some processors need them because older OpenBLAS builds compute wrong results or crash without,
 so no test changes them. Portability across BLAS kernels is built into the tests and the stored
@@ -93,10 +94,13 @@ def build_wheel(uv: str) -> Path:
     return next(out.glob("lora_np-*.whl"))
 
 
-def run_environment(figure_dir: Path) -> dict[str, str]:
-    """This process's environment, BLAS variables untouched, with figures sent to ``figure_dir``."""
+def run_environment(figure_dir: Path, backend: str | None = None) -> dict[str, str]:
+    """This process's environment, BLAS variables untouched, with figures sent to ``figure_dir``
+    (and lora_np's array backend set to ``backend``, when given)."""
     env = dict(os.environ)
     env["LORA_NP_FIGURE_DIR"] = str(figure_dir)
+    if backend:
+        env["LORA_NP_BACKEND"] = backend
     return env
 
 
@@ -149,11 +153,36 @@ def _pin(line: str) -> tuple[str, str]:
 # configuration through the notebooks. Under load on the course machine the unit suite added
 # 6 to 14 minutes to each lowest configuration.
 UNIT_SUITE_ON = (PYTHONS[0], "lowest")
+# Strict nbval on the numpy-strict backend (LORA_NP_BACKEND=numpy-strict), whose arrays refuse
+# silent conversion to host NumPy as CuPy's do: every notebook safe on a GPU, proven on a CPU,
+# and its outputs still the stored ones (the backend is NumPy underneath; only the line that
+# names the backend differs, masked by STRICT_SANITIZE). One execution of the course instead of
+# two (this configuration's and tools/run_strict_course.py's); the plain backend on the newest
+# releases is proven by make test (3.11) and 3.12-newest, on 3.13 by 3.13-lowest.
+STRICT_ON = (PYTHONS[-1], "newest")
+STRICT_SANITIZE = """
+[strict_backend_name]
+regex: backend: numpy-strict
+replace: backend: numpy
+"""
 
 
-def suites(version: str, resolution: str) -> tuple[str, ...]:
-    """What one configuration runs: "nbval" always, and "unit" on UNIT_SUITE_ON."""
-    return ("unit", "nbval") if (version, resolution) == UNIT_SUITE_ON else ("nbval",)
+def suites(version: str, resolution: str, strict_on=STRICT_ON) -> tuple[str, ...]:
+    """What one configuration runs: strict nbval ("nbval", or "nbval-strict" on ``strict_on``,
+    on the numpy-strict backend), and "unit" on UNIT_SUITE_ON."""
+    nbval = "nbval-strict" if (version, resolution) == strict_on else "nbval"
+    return ("unit", nbval) if (version, resolution) == UNIT_SUITE_ON else (nbval,)
+
+
+def sanitize_file(strict: bool) -> Path:
+    """tools/nbval_sanitize.cfg, plus STRICT_SANITIZE on the numpy-strict backend (written
+    under build/matrix/)."""
+    base = ROOT / "tools" / "nbval_sanitize.cfg"
+    if not strict:
+        return base
+    combined = BUILD / "nbval_sanitize_strict.cfg"
+    combined.write_text(base.read_text() + STRICT_SANITIZE)
+    return combined
 
 
 def failure_excerpt(log_path: Path, limit: int = 80) -> str:
@@ -188,7 +217,16 @@ def prepare(uv: str, wheel: Path, python: str, version: str, resolution: str) ->
     return None
 
 
-def test_configuration(version: str, resolution: str) -> tuple[str, str]:
+def strict_configuration(chosen: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """Which of the ``chosen`` (version, resolution) runs on numpy-strict: STRICT_ON, or where
+    its Python is missing, the newest Python's newest configuration that runs (else its
+    lowest), so that the check never silently goes."""
+    if not chosen or STRICT_ON in chosen:
+        return STRICT_ON if chosen else None
+    return max(chosen, key=lambda c: (PYTHONS.index(c[0]), c[1] == "newest"))
+
+
+def test_configuration(version: str, resolution: str, strict_on=STRICT_ON) -> tuple[str, str]:
     """Test the course in one environment that prepare() built: (status, detail)."""
     name = f"py{version}-{resolution}"
     venv = BUILD / name
@@ -216,21 +254,25 @@ def test_configuration(version: str, resolution: str) -> tuple[str, str]:
         # tolerances are measured across BLAS kernels, not releases).
         marks = "not crosscheck and not gpu and not sensitivity and not solved_edition"
         unit = ["tests", "-m", marks, "-k", "not student_edition_runs"]
-        if "unit" in suites(version, resolution) and run(pytest + unit, log, env):
+        if "unit" in suites(version, resolution, strict_on) and run(pytest + unit, log, env):
             return "FAILED", f"unit tests failed (see {log_path})"
+        strict = "nbval-strict" in suites(version, resolution, strict_on)
         nbval = pytest + [
             "--nbval",
             "--nbval-current-env",
             "--nbval-sanitize-with",
-            "tools/nbval_sanitize.cfg",
+            str(sanitize_file(strict)),
             "--nbval-cell-timeout",
             str(CELL_TIMEOUT_S),
             "notebooks",
         ]
+        if strict:
+            env = run_environment(BUILD / "figures" / name, backend="numpy-strict")
         if run(nbval, log, env):
-            return "FAILED", f"strict nbval failed (see {log_path})"
+            backend = " on the numpy-strict backend" if strict else ""
+            return "FAILED", f"strict nbval{backend} failed (see {log_path})"
     detail = f"numpy {versions[0]}, matplotlib {versions[1]}" if len(versions) == 2 else ""
-    return "ok", detail
+    return "ok", detail + (", numpy-strict backend" if strict else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((config, "skipped", "repeats make test"))
             continue
         chosen[config] = (python, version, resolution)
+    strict_on = strict_configuration([(v, r) for _, v, r in chosen.values()])
     pool = ThreadPoolExecutor(max_workers=max(1, len(chosen)))
     built = {c: pool.submit(prepare, uv, wheel, *job) for c, job in chosen.items()}
     for config, (python, version, resolution) in chosen.items():
@@ -273,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             status, detail = "FAILED", problem
         else:
-            status, detail = test_configuration(version, resolution)
+            status, detail = test_configuration(version, resolution, strict_on)
         seconds = time.perf_counter() - start
         print(f"  {status} in {seconds:.0f} s  {detail}", flush=True)
         if status == "FAILED":
