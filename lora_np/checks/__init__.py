@@ -24,6 +24,7 @@ from .initialisation import check_init_lora, check_pissa_init
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
 from .normalisation import check_layer_norm_backward
+from .projection import check_projection_norm
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
 
@@ -42,6 +43,7 @@ __all__ = [
     "check_best_rank_approximation",
     "check_eckart_young_error",
     "check_energy_rank",
+    "check_projection_norm",
     "check_subspace_similarity",
     "check_layer_norm_backward",
     "check_lora_forward",
