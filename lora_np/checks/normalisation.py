@@ -209,7 +209,8 @@ def _shape_hint(got, name: str, case: str, x_shape, what: str) -> None:
     else:
         hint = f"{what} has the shape of {'x' if what == 'dx' else 'the weight: (C,)'}"
     raise ExerciseError(
-        f"{name} returned {what} of shape {got.shape} on {case}; expected {tuple(want)}: {hint}"
+        f"{name}: the {what} it returned has shape {got.shape} on {case}; expected "
+        f"{tuple(want)}: {hint}"
     )
 
 
