@@ -33,7 +33,11 @@ import types
 LIBRARY_MODULES = ("lora_np",)
 WATCHED_MODULES = ("builtins", "math", "numpy", "numpy.linalg", "numpy.random")
 # Per exercise, library objects besides its registered reference that would solve it.
-EXTRA_TRAPS = {"lora_forward": [("lora_np.functional", "lora_linear")]}
+EXTRA_TRAPS = {
+    "lora_forward": [("lora_np.functional", "lora_linear")],
+    "layer_norm_backward": [("lora_np.functional", "layer_norm")],
+    "projection_norm": [("lora_np.analysis", "amplification_factor")],
+}
 
 
 class TrapState:

@@ -29,8 +29,10 @@ from .low_rank import (
     check_eckart_young_error,
     check_numerical_rank,
 )
+from .normalisation import check_layer_norm_backward
 from .numerical import check_numerical_gradient
 from .optimizer import check_adamw_step
+from .projection import check_projection_norm
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
 from .value import check_value
@@ -52,7 +54,9 @@ __all__ = [
     "check_eckart_young_error",
     "check_numerical_rank",
     "check_energy_rank",
+    "check_projection_norm",
     "check_subspace_similarity",
+    "check_layer_norm_backward",
     "check_lora_forward",
     "check_lora_grads",
     "check_merge",
