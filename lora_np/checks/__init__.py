@@ -25,6 +25,7 @@ from .layer import check_lora_forward, check_lora_grads, check_merge
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
+from .training import check_train_lora
 
 __all__ = [
     "ExerciseError",
@@ -46,6 +47,7 @@ __all__ = [
     "check_lora_grads",
     "check_merge",
     "check_topological_order",
+    "check_train_lora",
     "check_unbroadcast",
     "passing_or_reference",
 ]
