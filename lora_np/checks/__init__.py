@@ -16,6 +16,7 @@ library for its reference answers, and nothing in the library imports it).
 
 from . import _harness
 from ._harness import ExerciseError, passing_or_reference
+from .adapter_files import check_save_adapter
 from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
@@ -34,6 +35,7 @@ __all__ = [
     "check_causal_attention",
     "check_count_trainable",
     "check_optimizer_state_bytes",
+    "check_save_adapter",
     "check_split_heads",
     "check_adam_first_update",
     "check_init_lora",
