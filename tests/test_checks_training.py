@@ -53,7 +53,7 @@ def loop_with_enumerate(model, batches, steps, lr, r, alpha, targets):
 
 def test_reference_and_independent_loops_pass(capsys):
     check_train_lora(train_lora_reference)
-    assert "train_lora: all 3 checks passed" in capsys.readouterr().out
+    assert "train_lora: all 2 checks passed" in capsys.readouterr().out
     check_train_lora(loop_by_hand, quiet=True)
     check_train_lora(loop_with_enumerate, quiet=True)
 
