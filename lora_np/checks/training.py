@@ -6,17 +6,19 @@
 ``(idx, targets)`` each: zero the gradients, forward, backward, step. It returns the optimiser and
 the list of the ``steps`` training losses.
 
-What the checker proves, on the shipped base and two course tasks (40 steps, batches of 16,
-about 2 s per case on one core; the grader runs the checker twice within its time limit):
+What the checker proves, on the shipped base and two course tasks (25 steps at lr 2e-2, batches
+of 16, a second or two per case on one core; the grader runs the checker twice within its time
+limit):
 
 * every base weight is bit-identical afterwards, and none still requires a gradient;
 * the optimiser was given exactly the LoRA parameters and holds state for each of them and for
   nothing else;
-* the gradient left after the last step is that step's own gradient, not a pile of them;
-* the loss on 64 held-out prompts fell to at most :data:`MARGIN` of its start. Measured with the
-  library's loop (:func:`train_lora_reference`) over 3 to 6 seeds per case (and on swp with q, k,
-  v, o): a correct loop ends at 0.17 to 0.27 of the start, one without ``zero_grad`` at 0.41 to
-  1.07.
+* the gradient left after the last step is that step's own, not a pile of them (on the first
+  case: it is a property of the loop, and the check costs a forward and backward pass);
+* the loss on 32 held-out prompts fell to at most :data:`MARGIN` of its start. Measured with the
+  library's loop (:func:`train_lora_reference`) on both cases, 3 seeds each (64 held-out
+  prompts): a correct loop ends at 0.24 to 0.29 of the start, one without ``zero_grad`` at 0.48
+  to 0.61.
 
 Building the model draws LoRA's random A from the library's generator; each case seeds it and the
 caller's random stream is put back afterwards, so a checker cell never changes what the notebook
@@ -50,12 +52,12 @@ MARGIN = 0.35
 """The held-out loss after training must be at most this share of the loss before."""
 
 BATCH_SIZE = 16
-HELD_OUT = 64  # held-out prompts the loss is measured on
+HELD_OUT = 32  # held-out prompts the loss is measured on
 
 # (task, r, alpha, targets, steps, lr, description)
 _CASES = [
-    ("prv", 4, 8.0, ["q", "v"], 40, 1e-2, "task prv, LoRA r = 4, alpha 8 on q and v"),
-    ("rot", 2, 2.0, ["fc", "proj"], 40, 1e-2, "task rot, r = 2, alpha 2 on the MLP (fc, proj)"),
+    ("prv", 4, 8.0, ["q", "v"], 25, 2e-2, "task prv, LoRA r = 4, alpha 8 on q and v"),
+    ("rot", 2, 2.0, ["fc", "proj"], 25, 2e-2, "task rot, r = 2, alpha 2 on the MLP (fc, proj)"),
 ]
 
 
@@ -306,7 +308,8 @@ def check_train_lora(fn, *, quiet: bool = False) -> None:
                 f"loss before any update is {first_loss:.5g}: append loss.item() of every step, "
                 "in order"
             )
-        _check_pile_up(name, case, model, batches, steps, lora_params)
+        if n_cases == 0:
+            _check_pile_up(name, case, model, batches, steps, lora_params)
         end = _loss(model, held_idx, held_targets)
         if not end <= MARGIN * start:
             raise ExerciseError(
