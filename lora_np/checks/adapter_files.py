@@ -23,6 +23,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 from .. import backend, data, serialization, transformer
 from .. import lora as lora_lib
 from ..autograd import no_grad
@@ -96,7 +98,8 @@ def _logits(folder: Path, idx):
     with _own_random_stream():
         model = transformer.load_pretrained()
     lora_lib.load_adapter(model, folder)
-    with no_grad():
+    # one BLAS thread: small products, where a second thread only waits on a busy machine
+    with no_grad(), threadpool_limits(limits=1, user_api="blas"):
         return backend.to_numpy(model(idx)[0].data)
 
 
