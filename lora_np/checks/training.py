@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 from .. import backend, data, optim, transformer
 from .. import lora as lora_lib
 from ..autograd import Tensor, no_grad
+from ._guard import safe_str
 from ._harness import (
     ExerciseError,
     as_array,
@@ -194,12 +195,16 @@ def _check_base(name, case, model, originals: dict) -> list:
     return added
 
 
-def _check_optimizer(name, case, optimizer, lora_params, originals: dict) -> None:
+def _check_is_adamw(name, case, optimizer) -> None:
     if not isinstance(optimizer, optim.AdamW):
         raise ExerciseError(
-            f"{name} returned {type(optimizer).__name__} as the optimiser on {case}; expected "
-            "the ln.optim.AdamW you trained with, first in the pair (optimizer, losses)"
+            f"{name} returned {describe(optimizer)} as the optimiser on {case} (yours "
+            f"{safe_str(optimizer)}); expected the ln.optim.AdamW you trained with, first in "
+            "the pair (optimizer, losses)"
         )
+
+
+def _check_optimizer(name, case, optimizer, lora_params, originals: dict) -> None:
     lora_ids = {id(p): label for label, p in lora_params}
     given = {id(p) for p in optimizer.params}
     base_given = [originals[k][0] for k in given if k in originals]
@@ -294,6 +299,7 @@ def check_train_lora(fn, *, quiet: bool = False) -> None:
         if given_targets != targets:
             raise ExerciseError(f"{name} changed its input targets on {case}: leave it as given")
         optimizer, losses = as_items(got, 2, name, case, "a pair (optimizer, losses)")
+        _check_is_adamw(name, case, optimizer)
         if batches.taken not in (steps, steps + 1):
             raise ExerciseError(
                 f"{name} took {batches.taken} batches for {steps} steps on {case}: one batch "
