@@ -25,10 +25,17 @@ from .autodiff import check_topological_order, check_unbroadcast
 from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .layer import check_lora_forward, check_lora_grads, check_merge
-from .low_rank import check_best_rank_approximation, check_eckart_young_error
+from .low_rank import (
+    check_best_rank_approximation,
+    check_eckart_young_error,
+    check_numerical_rank,
+)
+from .numerical import check_numerical_gradient
+from .optimizer import check_adamw_step
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
 from .training import check_train_lora
+from .value import check_value
 
 __all__ = [
     "ExerciseError",
@@ -40,11 +47,13 @@ __all__ = [
     "check_save_adapter",
     "check_split_heads",
     "check_adam_first_update",
+    "check_adamw_step",
     "check_init_lora",
     "check_lora_scaling",
     "check_pissa_init",
     "check_best_rank_approximation",
     "check_eckart_young_error",
+    "check_numerical_rank",
     "check_energy_rank",
     "check_subspace_similarity",
     "check_lora_forward",
@@ -53,6 +62,8 @@ __all__ = [
     "check_topological_order",
     "check_train_lora",
     "check_unbroadcast",
+    "check_numerical_gradient",
+    "check_value",
     "passing_or_reference",
     "yours_or_reference",
 ]
