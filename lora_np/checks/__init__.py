@@ -18,6 +18,7 @@ library for its reference answers, and nothing in the library imports it).
 
 from . import _harness
 from ._harness import ExerciseError, passing_or_reference, yours_or_reference
+from .adapter_files import check_save_adapter
 from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
@@ -35,6 +36,7 @@ from .optimizer import check_adamw_step
 from .projection import check_projection_norm
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
+from .training import check_train_lora
 from .value import check_value
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "check_causal_attention",
     "check_count_trainable",
     "check_optimizer_state_bytes",
+    "check_save_adapter",
     "check_split_heads",
     "check_adam_first_update",
     "check_adamw_step",
@@ -61,6 +64,7 @@ __all__ = [
     "check_lora_grads",
     "check_merge",
     "check_topological_order",
+    "check_train_lora",
     "check_unbroadcast",
     "check_numerical_gradient",
     "check_value",
