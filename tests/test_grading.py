@@ -300,3 +300,33 @@ def test_a_class_exercise_is_graded_through_the_class_itself(tmp_path, library):
     assert verdict.score == 1, verdict.message
     (verdict,) = grading.grade_submission(untouched, teacher, exercises, library, SEED)
     assert verdict.score == 0 and "not written yet" in verdict.message
+
+
+def test_a_carried_answer_is_the_librarys_in_the_prelude():
+    """`X = ln.checks.yours_or_reference("name")` above an exercise binds the library's answer
+    (a submission holds one notebook); below it, or with any other call, nothing is bound."""
+    teacher = nbformat.v4.new_notebook()
+    teacher.cells = [
+        nbformat.v4.new_code_cell('inject = ln.checks.yours_or_reference("inject")\nx = f(1)'),
+        nbformat.v4.new_code_cell("def solved():\n    pass"),
+        nbformat.v4.new_code_cell('later = ln.checks.yours_or_reference("merge")'),
+    ]
+    assert grading.teacher_prelude(teacher, 1, {1}) == ["inject = __carried__['inject']"]
+
+
+def _graded(library, prelude, body):
+    definitions = f"def merge(W0, A, B, scaling):\n{body}\n    return W0 + scaling * (B @ A)\n"
+    return grading.run_exercise(
+        library, "merge", ["import numpy as np", *prelude], definitions, SEED
+    )
+
+
+def test_a_carried_answer_reaches_the_learners_code_but_never_the_graded_exercise(library):
+    uses = "    assert forward.__name__ == 'lora_forward_reference', forward"
+    passed = _graded(library, ["forward = __carried__['lora_forward']"], uses)
+    assert passed.score == 1, passed
+    # the exercise's own reference is not carried, and the prelude's dict is gone afterwards
+    own = _graded(library, ["forward = __carried__['merge']"], uses)
+    assert own.score == 0 and "forward" in own.message, own
+    peek = _graded(library, [], "    assert __carried__")
+    assert peek.score == 0 and "__carried__" in peek.message, peek

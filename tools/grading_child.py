@@ -37,6 +37,8 @@ EXTRA_TRAPS = {
     "lora_forward": [("lora_np.functional", "lora_linear")],
     "layer_norm_backward": [("lora_np.functional", "layer_norm")],
     "projection_norm": [("lora_np.analysis", "amplification_factor")],
+    "train_lora": [("lora_np.train", "train")],
+    "save_adapter": [("lora_np.lora.peft_format", "save_adapter")],
 }
 
 
@@ -222,13 +224,17 @@ def grade(job: dict) -> dict:
         if isinstance(value, type)
     }
     kept_types |= {int, float, complex, bool, str, numpy.ndarray, *numpy.sctypeDict.values()}
+    # Answers carried from earlier notebooks are the library's, taken before the traps replace
+    # them (a learner's loop may call the library's inject); never the exercise graded here.
+    carried = {key: reference for key, (_, reference) in _harness._REGISTRY.items() if key != name}
     install_traps(_harness, name)
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    namespace = {"__name__": "__main__", "__builtins__": builtins, "__carried__": carried}
     for statement in job["prelude"]:  # the teacher's imports and helpers, each on its own
         try:
             exec(compile(statement, "<teacher's notebook>", "exec"), namespace)
         except Exception:  # noqa: BLE001 (a helper needing data the notebook computed)
             pass
+    del namespace["__carried__"]  # the learner's code sees only what the prelude bound
     before = snapshot()
 
     def armed(call):
