@@ -509,3 +509,54 @@ def test_solution_text_elsewhere_never_reaches_the_student_edition():
     nb.cells.insert(2, nbformat.v4.new_code_cell("%%timeit -n1\ndef slow(M):" + body))
     with pytest.raises(editions.EditionError, match="solution of `row_norms`"):
         editions.student_notebook(nb, FIXTURE)
+
+
+# ---------------------------------------------------------------- a class as an exercise
+
+CLASS_SOLUTION = '''class Doubler:
+    """Doubles."""
+
+    def __init__(self, k):
+        self.check = True
+        ### BEGIN SOLUTION
+        self.k = k
+        ### END SOLUTION
+
+    def __call__(self, x):
+        """x -> 2 k x"""
+        ### BEGIN SOLUTION
+        return 2 * self.k * x
+        ### END SOLUTION'''
+
+
+def test_a_class_with_marked_methods_is_an_exercise_named_after_the_class():
+    assert editions.solution_function(CLASS_SOLUTION, "cell") == "Doubler"
+    stub = editions.stub_source(CLASS_SOLUTION)
+    assert stub.count("raise NotImplementedError()") == 2 and "2 * self.k" not in stub
+    assert "        self.check = True\n        # YOUR CODE HERE" in stub
+
+
+@pytest.mark.parametrize(
+    "source, phrase",
+    [
+        (  # a marker at the level of the class body, between the methods
+            "class Doubler:\n    ### BEGIN SOLUTION\n    def f(self):\n        return 1\n"
+            "    ### END SOLUTION",
+            "outside the body of `f`",
+        ),
+        (  # BEGIN in one method, END in the next
+            "class Doubler:\n    def f(self):\n        ### BEGIN SOLUTION\n        return 1\n\n"
+            "    def g(self):\n        return 2\n        ### END SOLUTION",
+            "the same function",
+        ),
+        (
+            "class A:\n    pass\n\n\nclass B:\n    def f(self):\n        ### BEGIN SOLUTION\n"
+            "        return 1\n        ### END SOLUTION",
+            "holds only the function",
+        ),
+    ],
+)
+def test_malformed_class_solutions_are_refused(source, phrase):
+    with pytest.raises(editions.EditionError) as info:
+        editions.solution_function(source, "cell")
+    assert phrase in str(info.value), str(info.value)

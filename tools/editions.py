@@ -103,11 +103,14 @@ def _parse(source: str, place: str) -> ast.Module:
 
 
 def solution_function(source: str, place: str) -> str | None:
-    """The name of the function a solution cell defines, or None when the cell has no markers.
+    """The name of the function (or class) a solution cell defines, or None when the cell has no
+    markers.
 
-    Raises EditionError when the markers are malformed or unbalanced, when the cell holds more
-    than the one function, or when a marker is not at the level of the function's body (after
-    its docstring).
+    A solution cell holds one function, or one class whose methods hold the markers (the
+    learner writes a class, say ``LoRALinear``: each method's body is marked). Raises
+    EditionError when the markers are malformed or unbalanced, when the cell holds more than the
+    one function or class, or when a marker is not at the level of a function's body (after its
+    docstring), or a BEGIN and its END sit in different functions.
     """
     markers = marker_lines(source)
     if not markers:
@@ -119,38 +122,50 @@ def solution_function(source: str, place: str) -> str | None:
                 f"exactly {BEGIN!r} or {END!r}"
             )
     tree = _parse(source, place)
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef | ast.ClassDef):
         kinds = ", ".join(type(node).__name__ for node in tree.body) or "nothing"
         raise EditionError(
-            f"{place}: a cell with solution markers holds only the function (one `def`); "
-            f"found {kinds}"
+            f"{place}: a cell with solution markers holds only the function (one `def`) or the "
+            f"class (one `class`); found {kinds}"
         )
-    function = tree.body[0]
-    body = function.body
-    has_docstring = (
-        isinstance(body[0], ast.Expr)
-        and isinstance(body[0].value, ast.Constant)
-        and isinstance(body[0].value.value, str)
+    defined = tree.body[0]
+    functions = (
+        [defined]
+        if isinstance(defined, ast.FunctionDef)
+        else [node for node in defined.body if isinstance(node, ast.FunctionDef)]
     )
-    header_end = body[0].end_lineno if has_docstring else function.lineno  # 1-based
-    body_indent = " " * body[0].col_offset
-    expected = BEGIN
+    expected, opened_in = BEGIN, None
     for number, text, indent in markers:
         if text != expected:
             problem = "nested or repeated" if text == BEGIN else "without a BEGIN above it"
             raise EditionError(
                 f"{place}: unbalanced markers: {text!r} on line {number + 1} is {problem}"
             )
-        if indent != body_indent or number + 1 <= header_end:
-            raise EditionError(
-                f"{place}: {text!r} on line {number + 1} is outside the body of "
-                f"`{function.name}`: put the markers inside the function, after its docstring, "
-                f"indented like its body ({len(body_indent)} spaces)"
+        # a marker belongs to the last function that starts above it (a trailing comment
+        # line lies past the function's last statement, so end_lineno cannot tell)
+        above = [f for f in functions if f.lineno < number + 1]
+        function = above[-1] if above else None
+        body = function.body if function is not None else None
+        inside = function is not None and indent == " " * body[0].col_offset
+        if inside:
+            has_docstring = (
+                isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
             )
+            inside = number + 1 > (body[0].end_lineno if has_docstring else function.lineno)
+        if not inside or (text == END and function is not opened_in):
+            owner = f"`{(function or functions[0]).name}`" if functions else "a function"
+            raise EditionError(
+                f"{place}: {text!r} on line {number + 1} is outside the body of {owner}: put "
+                "the markers inside the function, after its docstring, indented like its body"
+                + (" (a BEGIN and its END in the same function)" if inside else "")
+            )
+        opened_in = function
         expected = END if text == BEGIN else BEGIN
     if expected == END:
         raise EditionError(f"{place}: unbalanced markers: {BEGIN!r} has no {END!r} below it")
-    return function.name
+    return defined.name
 
 
 def stub_source(source: str) -> str:
