@@ -22,6 +22,7 @@ from .autodiff import check_topological_order, check_unbroadcast
 from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .injection import check_inject, check_mark_only_lora_as_trainable
+from .kaiming import check_kaiming_bound
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .lora_linear import check_LoRALinear
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
@@ -32,6 +33,7 @@ __all__ = [
     "ExerciseError",
     "check_LoRALinear",
     "check_inject",
+    "check_kaiming_bound",
     "check_mark_only_lora_as_trainable",
     "check_mixed_lora_forward",
     "check_quantize_blockwise",
