@@ -13,6 +13,10 @@ quantised Linear and model), lora (the LoRA package: layer, targeting, adapters,
 combining, PEFT's file format), analysis (SVD tools), plotting (one figure style),
 transformer (the tiny GPT), data (its synthetic tasks), parallel (a batch's shards on CPU
 threads) and train (a training loop).
+
+Plain mode, one switch for the whole engine: ``ln.set_plain(True)``, ``with ln.plain(): ...``
+or ``LORA_NP_PLAIN=1`` before the import sends every op through its plain formula instead of
+its speed tricks (same numbers to rounding; :mod:`lora_np.fastpaths` lists them).
 """
 
 from . import (
@@ -38,6 +42,7 @@ from . import (
 )
 from .autograd import Tensor, is_grad_enabled, no_grad
 from .backend import manual_seed, set_backend, to_numpy
+from .fastpaths import is_plain, plain, set_plain
 from .gradcheck import GradcheckError, gradcheck
 
 F = functional
@@ -55,18 +60,21 @@ __all__ = [
     "gradcheck",
     "graph",
     "is_grad_enabled",
+    "is_plain",
     "lora",
     "manual_seed",
     "nn",
     "no_grad",
     "optim",
     "parallel",
+    "plain",
     "plotting",
     "quantization",
     "quantized",
     "results",
     "serialization",
     "set_backend",
+    "set_plain",
     "svd_rank",
     "to_numpy",
     "train",

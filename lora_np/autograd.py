@@ -15,9 +15,17 @@ Two rules carry LoRA's savings:
 * leaves (tensors made by the user, such as parameters) accumulate into ``.grad`` across
   ``backward()`` calls until an optimiser's ``zero_grad()`` resets them, as in PyTorch.
 
-The primitive ops (``+ - * / ** @``, indexing, ``sum``/``mean``/``max``, ``exp``,
-``reshape``, ...) live here beside the Tensor, as micrograd keeps them; the layer ops (linear,
-softmax, attention, ...) are in :mod:`lora_np.functional`, which builds on this module.
+Where to read what: the primitive ops (``+ - * / ** @``, indexing, ``sum``/``mean``/``max``,
+``exp``, ``reshape``, ...) live here beside the Tensor, as micrograd keeps them; the layer ops
+(linear, softmax, attention, ...) are in :mod:`lora_np.functional`, which builds on this
+module. ``Tensor.backward()`` itself, :func:`topological_order` and the bookkeeping a node
+carries (``.grad``, ``.parents``, ``from_op``) are in :mod:`lora_np.graph`, in the class
+``Node`` that ``Tensor`` extends: the walk needs only parents and closures, no arithmetic, so
+it is written once below the ops (and runs as well on a learner's own nodes in the checkers).
+
+Two ops here have a fast path, each marked in its source beside its plain formula: ``power``
+with a small whole exponent and ``matmul`` of a batch by a matrix. ``lora_np.plain()`` turns
+them off with every other fast path (:mod:`lora_np.fastpaths`).
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ __all__ = [
 class Tensor(Node):
     """An array that can remember how it was computed: a graph :class:`~lora_np.graph.Node`
     (construction, ``.grad``, ``backward()``) with arithmetic.
+
+    ``backward()`` is inherited from ``Node``: read it in ``lora_np/graph.py``.
 
     Args:
         data: anything ``numpy.asarray`` turns into a numeric array. It is copied (a NumPy
@@ -268,8 +278,14 @@ def div(a, b) -> Tensor:
 def power(a, b) -> Tensor:
     """a ** b: tensor ** number, number ** tensor, or tensor ** tensor."""
     av, at, bv, bt = _binary_inputs(a, b)
-    # Small whole exponents as products: float32 ``x ** 3`` is ~50x slower than x * x * x.
-    small_int = isinstance(bv, numbers.Real) and not isinstance(bv, bool) and bv in (1, 2, 3, 4)
+    # Fast path: small whole exponents as products (fastpaths.int_power; float32 ``x ** 3`` is
+    # ~50x slower than x * x * x). Plain twin, and plain mode: ``av ** bv`` and its slope below.
+    small_int = (
+        not fastpaths.is_plain()
+        and isinstance(bv, numbers.Real)
+        and not isinstance(bv, bool)
+        and bv in (1, 2, 3, 4)
+    )
     try:
         out = fastpaths.int_power(av, int(bv)) if small_int else av**bv
     except ValueError as err:
@@ -412,8 +428,8 @@ def getitem(x: Tensor, index) -> Tensor:
 def matmul(a, b) -> Tensor:
     """a @ b with NumPy's rules: 1-D operands, and batch axes that broadcast.
 
-    A (..., n, k) input times a 2-D (k, m) weight runs as one 2-D product on (... * n, k) rows:
-    a batched product of small matrices is much slower.
+    A (..., n, k) input times a 2-D (k, m) weight runs as one 2-D product on (... * n, k) rows
+    (a fast path: a batched product of small matrices is much slower), except in plain mode.
     """
     av, at, bv, bt = _binary_inputs(a, b)
     a_shape, b_shape = shape_of(av), shape_of(bv)
@@ -430,7 +446,10 @@ def matmul(a, b) -> Tensor:
         return reshape(matmul(reshape(at, (1, a_shape[0])), bt), out_shape)
     if len(b_shape) == 1:  # (..., n, k) @ (k,): treat as (k, 1)
         return reshape(matmul(at, reshape(bt, (b_shape[0], 1))), a_shape[:-1])
-    if len(b_shape) == 2 and len(a_shape) > 2:
+    if len(b_shape) == 2 and len(a_shape) > 2 and not fastpaths.is_plain():
+        # Fast path: a batch of matrices times one matrix as a single 2-D product on the rows.
+        # Plain twin, and plain mode: the broadcast product below, whose backward sums the
+        # weight's gradient over the batch axes (unbroadcast).
         rows = av.reshape(-1, a_shape[-1])  # (N, k) with N = prod(leading axes)
         out = _matrix_product(rows, bv).reshape(a_shape[:-1] + b_shape[-1:])  # (..., n, m)
 

@@ -12,8 +12,11 @@ so a learner meets the same calls again there. Shapes in docstrings: ``B`` batch
 sequence length, ``C`` channels, ``N`` rows, ``V`` vocabulary.
 
 All matrix products go through :func:`_mm` (``Tensor @`` too) so a test can count them.
-The speed tricks (BLAS-shaped reductions, the one-hot embedding gradient, the in-place GELU)
-are in :mod:`lora_np.fastpaths`, each beside its plain formula.
+The speed tricks (BLAS-shaped reductions, row-major copies of W^T and k^T, the one-hot
+embedding gradient, the in-place GELU) are in :mod:`lora_np.fastpaths`, each beside its plain
+formula; the fused ``lora_linear`` and the one-hot branch of ``embedding`` are marked "fast
+path" here, their plain twin beside them. In plain mode (``lora_np.plain()``) every op runs
+its plain formula.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def _mm(a, b):
 # _mm is seen).
 autograd.set_matrix_product(lambda a, b: _mm(a, b))
 
+# Fast paths: sums as BLAS products. Their plain twins (NumPy's sums) are beside them in
+# fastpaths, and plain mode runs those.
 _sum_last, _sum_rows, _weighted_sum_last = (
     fastpaths.sum_last,
     fastpaths.sum_rows,
@@ -106,9 +111,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 def lora_linear(x: Tensor, weight: Tensor, bias, A: Tensor, B: Tensor, scaling: float) -> Tensor:
     """h = x W0^T + b + s (x A^T) B^T: a Linear with a LoRA side path, as one op.
 
-    The same three matrix products as ``linear(x, W0, b) + linear(s * linear(x, A), B)``,
-    with the Python and temporaries of one op instead of five; the backward never forms the
-    (d, k) gradient of a frozen W0.
+    A fast path: the same three matrix products as its plain twin
+    ``linear(x, W0, b) + s * linear(linear(x, A), B)`` (what plain mode computes), with the
+    Python and temporaries of one op instead of five, s applied to the r-wide ``x A^T``; the
+    backward never forms the (d, k) gradient of a frozen W0.
 
     Args:
         x: (..., k); weight: (d, k) = W0; bias: (d,) or None; A: (r, k); B: (d, r)
@@ -123,6 +129,9 @@ def lora_linear(x: Tensor, weight: Tensor, bias, A: Tensor, B: Tensor, scaling: 
             "expected x (..., k), W0 (d, k), A (r, k), B (d, r)"
         )
     check_same_backend(x.data, weight.data, A.data, B.data)
+    if fastpaths.is_plain():  # the plain twin: three linear ops, s applied to the d-wide output
+        return add(linear(x, weight, bias), mul(linear(linear(x, A), B), scaling))
+    # Fast path: the same sum as one op (below).
     rows = x.data.reshape(-1, k)  # (N, k)
     out = _mm(rows, fastpaths.weight_t(weight.data, rows.shape[0]))  # (N, d): W0 x
     if bias is not None:
@@ -180,8 +189,9 @@ def embedding(idx, weight: Tensor) -> Tensor:
     def backward(g):
         flat_ids = ids.reshape(-1)  # (N,)
         g_rows = g.reshape(-1, channels)  # (N, C)
-        if flat_ids.size * vocab <= fastpaths.ONE_HOT_LIMIT:
-            # (V, N) @ (N, C): a one-hot matrix product, ~9x faster than np.add.at here.
+        if flat_ids.size * vocab <= fastpaths.ONE_HOT_LIMIT and not fastpaths.is_plain():
+            # Fast path: (V, N) @ (N, C), a one-hot matrix product, ~9x faster than np.add.at
+            # here. Plain twin (and plain mode): each row added at its id, the line below.
             return (_mm(fastpaths.one_hot(flat_ids, vocab, g.dtype), g_rows),)  # (V, C)
         return (fastpaths.plain_embedding_grad(flat_ids, g_rows, vocab),)
 

@@ -6,6 +6,11 @@
 - ``backend_name`` runs a test once per array backend: ``"numpy"`` and ``"numpy-strict"``
   always, ``"cupy"`` only when CuPy sees a GPU.
 - Tests marked ``gpu`` are skipped with a reason when no GPU is usable.
+- ``engine_mode`` runs a test once with the engine's fast paths and once in plain mode (every
+  op its plain formula, ``lora_np.plain``), as minitorch runs one op suite over two backends.
+  The op-level test modules (autograd, functional, gradcheck, nn, lora) request it for every
+  test with ``pytestmark = pytest.mark.usefixtures("engine_mode")``; tests/test_fastpaths.py
+  compares the two modes directly instead.
 - ``rerun_miss`` judges a rerun experiment point against its stored result within a tolerance
   measured across BLAS kernels (tests/test_experiments_*.py).
 """
@@ -119,6 +124,17 @@ def backend_name(request):
         yield request.param
     finally:
         backend.set_backend("numpy")
+
+
+@pytest.fixture(params=["fast", "plain"])
+def engine_mode(request):
+    """The engine mode, "fast" (the speed tricks) or "plain" (every op its plain formula), set
+    for the test and restored afterwards; either is set explicitly, whatever LORA_NP_PLAIN
+    says."""
+    from lora_np import fastpaths
+
+    with fastpaths.plain(request.param == "plain"):
+        yield request.param
 
 
 @pytest.fixture(scope="session")

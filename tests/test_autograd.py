@@ -16,6 +16,9 @@ import lora_np as ln
 from lora_np import autograd, backend, graph
 from lora_np import functional as F
 
+# Every test runs twice: with the fast paths and in plain mode (conftest.engine_mode).
+pytestmark = pytest.mark.usefixtures("engine_mode")
+
 
 def leaf(values, dtype=np.float64) -> ln.Tensor:
     return ln.Tensor(np.asarray(values, dtype=dtype), requires_grad=True)

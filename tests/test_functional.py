@@ -21,6 +21,9 @@ import lora_np as ln
 from lora_np import backend
 from lora_np import functional as F
 
+# Every test runs twice: with the fast paths and in plain mode (conftest.engine_mode).
+pytestmark = pytest.mark.usefixtures("engine_mode")
+
 SEEDS = st.integers(0, 2**32 - 1)
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3)
 NONEMPTY_SHAPES = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=3)
@@ -406,7 +409,8 @@ def test_linear_error_names_the_shapes():
     seed=SEEDS,
 )
 def test_embedding_one_hot_path_with_repeated_ids(ids_shape, vocab, channels, seed):
-    """Small inputs take the one-hot matrix product, never the scatter."""
+    """Small inputs take the one-hot matrix product, never the scatter (in plain mode: the
+    scatter, the formula it equals)."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, ids_shape)  # few ids, small vocabulary: repeats are common
     w = uniform(seed, (vocab, channels))
@@ -415,12 +419,18 @@ def test_embedding_one_hot_path_with_repeated_ids(ids_shape, vocab, channels, se
     close(out, w[ids])
     close(F.embedding(ln.Tensor(ids), leaf(w)), w[ids])
     close(F.embedding(ids.tolist(), leaf(w)), w[ids])
-    real_scatter_add = backend.scatter_add
-    backend.scatter_add = None  # the one-hot path must not need it
+    real_scatter_add, calls = backend.scatter_add, []
+
+    def scatter_add(*args):
+        calls.append(1)
+        return real_scatter_add(*args)
+
+    backend.scatter_add = scatter_add
     try:
         assert ln.gradcheck(lambda t: F.embedding(ids, t), leaf(w))
     finally:
         backend.scatter_add = real_scatter_add
+    assert bool(calls) == ln.is_plain()  # the one-hot path needs no scatter; plain mode is one
 
 
 def test_embedding_repeated_ids_accumulate():

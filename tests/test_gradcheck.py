@@ -12,6 +12,9 @@ import pytest
 import lora_np as ln
 from lora_np import backend
 
+# Every test runs twice: with the fast paths and in plain mode (conftest.engine_mode).
+pytestmark = pytest.mark.usefixtures("engine_mode")
+
 
 def leaf(values) -> ln.Tensor:
     return ln.Tensor(np.asarray(values, dtype=np.float64), requires_grad=True)

@@ -12,6 +12,9 @@ import lora_np as ln
 from lora_np import analysis, lora, nn, optim
 from lora_np import functional as F
 
+# Every test runs twice: with the fast paths and in plain mode (conftest.engine_mode).
+pytestmark = pytest.mark.usefixtures("engine_mode")
+
 # ----------------------------------------------------------------------------- a small model
 
 

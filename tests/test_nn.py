@@ -11,6 +11,9 @@ import lora_np as ln
 from lora_np import backend, nn
 from lora_np import functional as F
 
+# Every test runs twice: with the fast paths and in plain mode (conftest.engine_mode).
+pytestmark = pytest.mark.usefixtures("engine_mode")
+
 
 class Block(nn.Module):
     def __init__(self):

@@ -8,14 +8,16 @@ functions as they were when this package was imported; your function must leave 
 unchanged, return exactly the kind of value asked for, and return within a time limit
 (``_guard.TIME_LIMIT_S`` seconds per call). When your function raises, the error shows your own
 line, not the checker's. ``passing_or_reference(fn, name)`` gives your
-function back when it passes, otherwise the library's, so later cells still run.
+function back when it passes, otherwise the library's, so later cells still run; with
+``carry=True`` it also saves your passing answer to ``mine/<name>.py``, and a later notebook's
+``yours_or_reference(name)`` gives it back (checked again) or the library's.
 
 One module per notebook topic; this package sits above the rest of ``lora_np`` (it imports the
 library for its reference answers, and nothing in the library imports it).
 """
 
 from . import _harness
-from ._harness import ExerciseError, passing_or_reference
+from ._harness import ExerciseError, passing_or_reference, yours_or_reference
 from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
@@ -55,6 +57,7 @@ __all__ = [
     "check_topological_order",
     "check_unbroadcast",
     "passing_or_reference",
+    "yours_or_reference",
 ]
 
 _harness._guard.freeze_library()  # the library as imported: what every reference runs on

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import backend
-from . import _guard
+from . import _guard, _mine
 from ._guard import as_originally_imported, describe, safe_str
 
 np = backend.np  # checkers work on host NumPy arrays whatever the backend
@@ -38,6 +38,7 @@ __all__ = [
     "is_shape_error",
     "passed",
     "passing_or_reference",
+    "yours_or_reference",
     "precision_of",
     "snapshot",
     "unchanged",
@@ -291,14 +292,15 @@ def passed(name: str, n_cases: int, quiet: bool = False) -> None:
         print(f"✓ {name}: all {n_cases} checks passed")
 
 
-def passing_or_reference(fn: Any, name: str) -> Callable[..., Any]:
+def passing_or_reference(fn: Any, name: str, *, carry: bool = False) -> Any:
     """Your ``fn`` when it passes its checker, otherwise the library's version (with a note).
 
     Cells after an exercise call this, so a notebook still runs while an exercise is unsolved.
+    ``fn`` may be a tuple when an exercise has several answers (its checker takes the tuple).
+    With ``carry=True`` a passing answer is also saved to ``mine/<name>.py`` for the notebooks
+    that follow (:mod:`._mine`; they call :func:`yours_or_reference`).
     """
-    if name not in _REGISTRY:
-        raise KeyError(f"no exercise named {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    checker, reference = _REGISTRY[name]
+    checker, reference = _registered(name)
     try:
         checker(fn, quiet=True)
     except AssertionError as err:
@@ -307,4 +309,48 @@ def passing_or_reference(fn: Any, name: str) -> Callable[..., Any]:
             f"note: using the library's {name} below, since yours does not pass yet ({first_line})"
         )
         return reference
+    if carry:
+        objects = fn if isinstance(fn, tuple) else (fn,)
+        try:
+            path = _mine.save(name, objects)
+        except (OSError, ValueError) as err:
+            print(f"note: your {name} passes but could not be saved for later notebooks: {err}")
+        else:
+            print(f"your {name} passes: saved to {path} for the notebooks that follow")
     return fn
+
+
+def yours_or_reference(name: str) -> Any:
+    """Your ``name`` saved by an earlier notebook (``mine/<name>.py``) when it still passes its
+    checker, otherwise the library's; prints one line saying which and why."""
+    checker, reference = _registered(name)
+    path = _mine.path_of(name)
+    try:
+        objects = _mine.load(name)
+    except FileNotFoundError:
+        print(
+            f"mine: the library's {name} below: {path} does not exist yet "
+            f"(it is written when your {name} passes its checker)"
+        )
+        return reference
+    except (Exception, SystemExit) as err:  # the learner's file: anything may go wrong in it
+        print(
+            f"mine: the library's {name} below: running {path} raised "
+            f"{type(err).__name__}: {safe_str(err)}"
+        )
+        return reference
+    yours = objects if len(objects) > 1 else objects[0]
+    try:
+        checker(yours, quiet=True)
+    except AssertionError as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"mine: the library's {name} below: yours in {path} does not pass ({first_line})")
+        return reference
+    print(f"mine: your own {name} below, from {path}")
+    return yours
+
+
+def _registered(name: str) -> tuple[Callable[..., None], Any]:
+    if name not in _REGISTRY:
+        raise KeyError(f"no exercise named {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

@@ -8,7 +8,7 @@ import contextlib
 import math
 import numbers
 
-from .. import backend, nn
+from .. import backend, fastpaths, nn
 from .. import functional as F
 from ..autograd import Tensor, no_grad
 from ..quantized import QuantizedLinear
@@ -206,14 +206,28 @@ class LoRALinear(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
-        """x: (..., k) -> (..., d)"""
+        """h = base(x) + s · (x' Aᵀ) Bᵀ: x (..., k) -> h (..., d), x' = dropout(x) while
+        training (x itself otherwise).
+
+        In plain mode (``lora_np.plain()``) this is computed as written; otherwise by
+        :meth:`_fast_forward`, its fast path, which gives the same numbers to rounding.
+        """
         if self.merged or self._disabled:
             return self.base(x)  # W0 x + b (with s·B A inside W0 when merged)
+        if not fastpaths.is_plain():
+            return self._fast_forward(x)
+        adapter = self.active
+        x_side = F.dropout(x, adapter.dropout, self.training)  # (..., k)
+        return self.base(x) + adapter.scaling * F.linear(F.linear(x_side, adapter.A), adapter.B)
+
+    def _fast_forward(self, x: Tensor) -> Tensor:
+        """Fast path of :meth:`forward` (its plain twin): the same sum with s applied to the
+        r-wide ``x' Aᵀ`` instead of the d-wide output, and without dropout as one fused op,
+        ``F.lora_linear`` (one op instead of five; no W0 gradient formed)."""
         adapter, base = self.active, self.base
         if adapter.dropout and self.training:  # the side path sees a dropped-out input
             low = F.linear(F.dropout(x, adapter.dropout), adapter.A) * adapter.scaling  # (..., r)
             return base(x) + F.linear(low, adapter.B)  # (..., d): W0 x + b + s · B A x'
-        # The same sum as one op: W0 x + b + s · B (A x), s applied to the r-wide activation
         return F.lora_linear(x, base.weight, base.bias, adapter.A, adapter.B, adapter.scaling)
 
     def delta_weight(self, adapter_name: str | None = None):
