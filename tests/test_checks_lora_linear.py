@@ -256,3 +256,18 @@ def test_a_second_merge_that_changes_the_weight_before_refusing_is_named():
     with pytest.raises(ExerciseError) as info:
         check_LoRALinear(AddsThenRefuses)
     assert "a second merge() changed base.weight" in str(info.value)
+
+
+def test_a_passing_class_is_carried_to_later_notebooks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LORA_NP_MINE", str(tmp_path))
+    assert ln.checks.passing_or_reference(GaussianLayer, "LoRALinear", carry=True) is GaussianLayer
+    assert (tmp_path / "LoRALinear.py").exists()
+    carried = ln.checks.yours_or_reference("LoRALinear")
+    assert carried is not GaussianLayer and carried.__name__ == "GaussianLayer"
+    assert "mine: your own LoRALinear below" in capsys.readouterr().out
+    check_LoRALinear(carried, quiet=True)
+
+
+def test_without_a_carried_class_later_notebooks_get_the_librarys(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_NP_MINE", str(tmp_path))
+    assert ln.checks.yours_or_reference("LoRALinear") is lora.LoRALinear
