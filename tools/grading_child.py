@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import inspect
 import io
 import json
 import math
@@ -188,6 +189,33 @@ def _materialised(value, kept_types, numpy):
     return numpy.asarray(value)
 
 
+def _allowed_bases() -> tuple:
+    from lora_np import nn
+
+    return (nn.Module,)
+
+
+_ALLOWED_BASES: tuple = ()
+
+
+def _armed_class(cls: type, armed) -> type:
+    """A subclass of the learner's class ``cls`` whose own methods (those the learner wrote,
+    defined in the graded code) run with the traps armed; instances are still ``cls``'s."""
+    wrapped = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__module__ != "__main__":  # the graded code runs as __main__
+            continue
+        for attr, value in vars(klass).items():
+            if inspect.isfunction(value):
+
+                def method(self, *args, _f=value, **kwargs):
+                    return armed(lambda: _f(self, *args, **kwargs))
+
+                method.__name__ = attr
+                wrapped[attr] = method
+    return type(cls.__name__, (cls,), wrapped)
+
+
 def grade(job: dict) -> dict:
     import numpy
 
@@ -204,6 +232,8 @@ def grade(job: dict) -> dict:
         if isinstance(value, type)
     }
     kept_types |= {int, float, complex, bool, str, numpy.ndarray, *numpy.sctypeDict.values()}
+    global _ALLOWED_BASES
+    _ALLOWED_BASES = _allowed_bases()
     install_traps(_harness, name)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     for statement in job["prelude"]:  # the teacher's imports and helpers, each on its own
@@ -214,11 +244,11 @@ def grade(job: dict) -> dict:
     before = snapshot()
 
     def armed(call):
-        TrapState.armed = True
+        previous, TrapState.armed = TrapState.armed, True  # re-entrant: a method calls another
         try:
             return call()
         finally:
-            TrapState.armed = False
+            TrapState.armed = previous
 
     try:
         armed(lambda: exec(compile(job["definitions"], "<your notebook>", "exec"), namespace))
@@ -228,10 +258,25 @@ def grade(job: dict) -> dict:
     if not callable(function):
         return {"score": 0, "status": "failed", "message": f"{name} is not defined"}
 
-    def learners(*args, **kwargs):
-        return armed(lambda: _materialised(function(*args, **kwargs), kept_types, numpy))
+    if isinstance(function, type):  # a class (LoRALinear): its own methods run armed
+        if any(
+            klass.__module__.split(".")[0] in LIBRARY_MODULES
+            for klass in function.__mro__
+            if klass not in (object, *_ALLOWED_BASES)
+        ):
+            return {
+                "score": 0,
+                "status": "used the library's answer",
+                "message": f"graded mode: {name} builds on a library class other than "
+                "ln.nn.Module; write it yourself",
+            }
+        learners = _armed_class(function, armed)
+    else:
 
-    learners.__name__ = name
+        def learners(*args, **kwargs):
+            return armed(lambda: _materialised(function(*args, **kwargs), kept_types, numpy))
+
+        learners.__name__ = name
     verdict = {"score": 1, "status": "passed", "message": ""}
     for label, context in (("", contextlib.nullcontext()), (" (hidden cases)", None)):
         context = context or hidden_cases(job["hidden_seed"])
