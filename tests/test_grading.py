@@ -209,7 +209,14 @@ def test_a_hanging_function_is_stopped_at_the_time_limit(tmp_path, library):
 def test_a_function_that_ends_python_scores_zero_with_a_reason(tmp_path, library, how):
     crash = f"def merge(W0, A, B, scaling):\n    {how}"
     verdicts = grade(submission(tmp_path, {**ALL_SOLVED, "merge": crash}), library)
-    assert scores(verdicts) == {"lora_forward": 1, "lora_grads": 1, "merge": 0}
+    assert scores(verdicts) == {
+        "lora_forward": 1,
+        "lora_grads": 1,
+        "inject": 1,
+        "mark_only_lora_as_trainable": 1,
+        "merge": 0,
+        "LoRALinear": 1,
+    }
     assert "merge" in verdicts["merge"].message
 
 
