@@ -168,13 +168,21 @@ def _wrong_missing(model, targets) -> list:
 
 
 def _names_given(got, name: str, case: str) -> list:
-    if not isinstance(got, list | tuple) or not all(isinstance(n, str) for n in got):
+    # read through list's and tuple's own methods: a subclass may break len() or iteration
+    items = (
+        list(tuple.__iter__(got))
+        if isinstance(got, tuple)
+        else list(list.__iter__(got))
+        if isinstance(got, list)
+        else None
+    )
+    if items is None or not all(type(n) is str for n in items):
         raise ExerciseError(
             f"{name} returned {describe(got)} on {case}; expected the list of replaced names"
         )
-    if len(set(got)) != len(got):
-        raise ExerciseError(f"{name} returned a name twice on {case}: {list(got)}")
-    return list(got)
+    if len(set(items)) != len(items):
+        raise ExerciseError(f"{name} returned a name twice on {case}: {items}")
+    return items
 
 
 def _check_in_place(model, modules: dict, want: list, r, alpha, name: str, case: str) -> None:
@@ -278,7 +286,12 @@ def check_mark_only_lora_as_trainable(fn, *, quiet: bool = False) -> None:
         params = list(model.named_parameters())
         want = [n for n, _ in params if is_lora_parameter(n)]
         values = [(n, id(p), p.numpy().copy()) for n, p in params]
-        call(fn, name, case, model)
+        returned = call(fn, name, case, model)
+        if returned is not None and returned is not model:
+            raise ExerciseError(
+                f"{name} returned {describe(returned)} on {case}; expected nothing (None): it "
+                "changes the model in place"
+            )
         now = list(model.named_parameters())
         if [(n, id(p)) for n, p in now] != [(n, i) for n, i, _ in values]:
             raise ExerciseError(f"{name} added, removed or replaced parameters on {case}")
