@@ -256,6 +256,18 @@ def test_learner_definitions_keeps_only_definitions():
     assert code.rstrip().endswith("return 2 * a") and "import math" in code
 
 
+def test_learner_definitions_finds_a_class_exercise():
+    """An exercise may be a class (notebook 00's Value): the cell that defines it is found."""
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import math\nclass Value:\n    pass"),
+            nbformat.v4.new_code_cell("v = Value()\nclass Value:\n    data = 1.0"),
+        ]
+    )
+    code = grading.learner_definitions(nb, "Value", known=set())
+    assert code.rstrip().endswith("data = 1.0") and "v = Value()" not in code
+
+
 def test_python_s_own_copy_caches_are_not_tampering():
     """copy.deepcopy writes ``__slotnames__`` on a class the first time it copies an instance;
     the checkers deep-copy the learner's model, so an honest 07 solution did this in CI."""
@@ -309,7 +321,7 @@ PRELUDE = ["import math", "import numpy as np", "import lora_np as ln", "from lo
     "definitions, score, phrase",
     [
         (LAYER, 1, "LoRALinear: all"),
-        ("class LoRALinear(lora.LoRALinear):\n    pass", 0, "builds on a library class"),
+        ("class LoRALinear(lora.LoRALinear):\n    pass", 0, "builds on the library's LoRALinear"),
         (
             "def LoRALinear(*a, **k):\n"
             "    return ln.checks._harness._REGISTRY['LoRALinear'][1](*a, **k)",
@@ -322,3 +334,24 @@ PRELUDE = ["import math", "import numpy as np", "import lora_np as ln", "from lo
 def test_a_class_answer_is_graded_as_a_class(library, definitions, score, phrase):
     verdict = grading.run_exercise(library, "LoRALinear", PRELUDE, definitions, hidden_seed=7)
     assert verdict.score == score and phrase in verdict.message, verdict
+
+
+def test_a_class_exercise_is_graded_through_the_class_itself(tmp_path, library):
+    """Notebook 00's Value is a class: the checker gets the learner's class (not a wrapper
+    function), so honest work scores full marks and the untouched stub 0."""
+    path = editions.select(["00"])[0]
+    teacher = nbformat.read(path, as_version=4)
+    exercises = [e for e in editions.find_exercises(teacher, path) if e.name == "Value"]
+    nb = editions.student_notebook(teacher, path)
+    for exercise in editions.find_exercises(teacher, path):  # every solution typed in
+        lines = teacher.cells[exercise.solution_cell].source.split("\n")
+        nb.cells[exercise.solution_cell].source = "\n".join(
+            line for line in lines if line.strip() not in (editions.BEGIN, editions.END)
+        )
+    solved, untouched = tmp_path / "solved.ipynb", tmp_path / "untouched.ipynb"
+    nbformat.write(nb, solved)
+    nbformat.write(editions.student_notebook(teacher, path), untouched)
+    (verdict,) = grading.grade_submission(solved, teacher, exercises, library, SEED)
+    assert verdict.score == 1, verdict.message
+    (verdict,) = grading.grade_submission(untouched, teacher, exercises, library, SEED)
+    assert verdict.score == 0 and "not written yet" in verdict.message

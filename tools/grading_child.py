@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import inspect
 import io
 import json
 import math
@@ -189,31 +188,18 @@ def _materialised(value, kept_types, numpy):
     return numpy.asarray(value)
 
 
-def _allowed_bases() -> tuple:
-    from lora_np import nn
+def _arm_methods(cls: type, armed) -> None:
+    """Make every method the learner's class defines run armed, as a learner's function does:
+    the checker calls the class and its methods (and instances of it must stay of that class,
+    so the methods are wrapped in place rather than in a subclass)."""
+    for attr, value in list(vars(cls).items()):
+        if isinstance(value, types.FunctionType):
 
-    return (nn.Module,)
+            def method(*args, _original=value, **kwargs):
+                return armed(lambda: _original(*args, **kwargs))
 
-
-_ALLOWED_BASES: tuple = ()
-
-
-def _armed_class(cls: type, armed) -> type:
-    """A subclass of the learner's class ``cls`` whose own methods (those the learner wrote,
-    defined in the graded code) run with the traps armed; instances are still ``cls``'s."""
-    wrapped = {}
-    for klass in reversed(cls.__mro__):
-        if klass.__module__ != "__main__":  # the graded code runs as __main__
-            continue
-        for attr, value in vars(klass).items():
-            if inspect.isfunction(value):
-
-                def method(self, *args, _f=value, **kwargs):
-                    return armed(lambda: _f(self, *args, **kwargs))
-
-                method.__name__ = attr
-                wrapped[attr] = method
-    return type(cls.__name__, (cls,), wrapped)
+            method.__name__, method.__qualname__ = value.__name__, value.__qualname__
+            setattr(cls, attr, method)
 
 
 def grade(job: dict) -> dict:
@@ -232,8 +218,6 @@ def grade(job: dict) -> dict:
         if isinstance(value, type)
     }
     kept_types |= {int, float, complex, bool, str, numpy.ndarray, *numpy.sctypeDict.values()}
-    global _ALLOWED_BASES
-    _ALLOWED_BASES = _allowed_bases()
     install_traps(_harness, name)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     for statement in job["prelude"]:  # the teacher's imports and helpers, each on its own
@@ -244,11 +228,11 @@ def grade(job: dict) -> dict:
     before = snapshot()
 
     def armed(call):
-        previous, TrapState.armed = TrapState.armed, True  # re-entrant: a method calls another
+        previous, TrapState.armed = TrapState.armed, True
         try:
             return call()
         finally:
-            TrapState.armed = previous
+            TrapState.armed = previous  # a method may call another method: nested
 
     try:
         armed(lambda: exec(compile(job["definitions"], "<your notebook>", "exec"), namespace))
@@ -258,25 +242,27 @@ def grade(job: dict) -> dict:
     if not callable(function):
         return {"score": 0, "status": "failed", "message": f"{name} is not defined"}
 
-    if isinstance(function, type):  # a class (LoRALinear): its own methods run armed
-        if any(
-            klass.__module__.split(".")[0] in LIBRARY_MODULES
+    def learners(*args, **kwargs):
+        return armed(lambda: _materialised(function(*args, **kwargs), kept_types, numpy))
+
+    learners.__name__ = name
+    if isinstance(function, type):  # a class exercise (00's Value): the checker needs the class
+        from lora_np import nn
+
+        borrowed = [
+            klass
             for klass in function.__mro__
-            if klass not in (object, *_ALLOWED_BASES)
-        ):
+            if klass.__module__.split(".")[0] in LIBRARY_MODULES and klass is not nn.Module
+        ]
+        if borrowed:  # its methods are the library's, which no trap covers: not their work
             return {
                 "score": 0,
                 "status": "used the library's answer",
-                "message": f"graded mode: {name} builds on a library class other than "
-                "ln.nn.Module; write it yourself",
+                "message": f"graded mode: {name} builds on the library's {borrowed[0].__name__}; "
+                "write it yourself (subclass ln.nn.Module only)",
             }
-        learners = _armed_class(function, armed)
-    else:
-
-        def learners(*args, **kwargs):
-            return armed(lambda: _materialised(function(*args, **kwargs), kept_types, numpy))
-
-        learners.__name__ = name
+        _arm_methods(function, armed)
+        learners = function
     verdict = {"score": 1, "status": "passed", "message": ""}
     for label, context in (("", contextlib.nullcontext()), (" (hidden cases)", None)):
         context = context or hidden_cases(job["hidden_seed"])

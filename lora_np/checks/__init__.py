@@ -27,9 +27,16 @@ from .injection import check_inject, check_mark_only_lora_as_trainable
 from .kaiming import check_kaiming_bound
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .lora_linear import check_LoRALinear
-from .low_rank import check_best_rank_approximation, check_eckart_young_error
+from .low_rank import (
+    check_best_rank_approximation,
+    check_eckart_young_error,
+    check_numerical_rank,
+)
+from .numerical import check_numerical_gradient
+from .optimizer import check_adamw_step
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
+from .value import check_value
 
 __all__ = [
     "ExerciseError",
@@ -44,11 +51,13 @@ __all__ = [
     "check_optimizer_state_bytes",
     "check_split_heads",
     "check_adam_first_update",
+    "check_adamw_step",
     "check_init_lora",
     "check_lora_scaling",
     "check_pissa_init",
     "check_best_rank_approximation",
     "check_eckart_young_error",
+    "check_numerical_rank",
     "check_energy_rank",
     "check_subspace_similarity",
     "check_lora_forward",
@@ -56,6 +65,8 @@ __all__ = [
     "check_merge",
     "check_topological_order",
     "check_unbroadcast",
+    "check_numerical_gradient",
+    "check_value",
     "passing_or_reference",
     "yours_or_reference",
 ]

@@ -50,6 +50,8 @@ def adapter_files(model: nn.Module, adapter_name: str) -> dict:
     """{"adapter_config.json": bytes, "adapter_model.safetensors": bytes} of one adapter of a
     lora_np GPT, for PEFT on the exported OPT model."""
     config = lora.adapter_config(model, adapter_name)  # refuses mixed rsLoRA / dropout
+    if config["use_dora"]:  # the import side refuses use_dora too; no half-exported DoRA
+        raise ValueError("DoRA adapters (use_dora) are not exported to transformers")
     layers = [
         (names.to_opt(n), layer.adapters[adapter_name])
         for n, layer in lora.lora_layers(model)

@@ -19,6 +19,8 @@ The package, one idea per module, in reading order (every public name is importa
 4. ``management``: model-wide ``add_adapter`` / ``set_adapter`` / ``delete_adapter`` /
    ``disable_adapters``, ``merge_adapter`` / ``unmerge_adapter`` / ``merge_and_unload`` /
    ``unload``.
+2b. ``dora``: ``DoRALinear`` (DoRA: a trainable magnitude over LoRA's direction) and
+   ``dora_linear``.
 5. ``combine``: ``combine_adapters``.
 6. ``peft_format``: ``save_adapter`` / ``load_adapter`` / ``adapter_config`` in PEFT's layout.
 
@@ -38,6 +40,7 @@ The rules, in one place:
 """
 
 from .combine import combine_adapters
+from .dora import DoRALinear, dora_linear
 from .layer import LoRAAdapter, LoRALinear
 from .management import (
     add_adapter,
@@ -74,6 +77,7 @@ __all__ = [
     "INITS",
     "PREFIX",
     "WEIGHTS_NAME",
+    "DoRALinear",
     "LoRAAdapter",
     "LoRALinear",
     "adapter_config",
@@ -81,6 +85,7 @@ __all__ = [
     "combine_adapters",
     "count_parameters",
     "delete_adapter",
+    "dora_linear",
     "disable_adapters",
     "find_targets",
     "inject",

@@ -10,6 +10,7 @@ import math
 import numbers
 
 from .. import backend
+from .dora import DoRALinear
 from .layer import LoRAAdapter, LoRALinear
 from .targeting import lora_layers_or_error
 from .validation import check_adapter_name, check_each, check_rank
@@ -154,6 +155,11 @@ def combine_adapters(
     plans = []
 
     def plan(layer) -> None:
+        if isinstance(layer, DoRALinear):  # m and the norm of W0 + s·B A do not combine
+            raise ValueError(
+                "combine_adapters combines LoRA updates s·B·A; a DoRA layer's adapters also "
+                "carry a magnitude that no combination of theirs defines"
+            )
         layer._require_unmerged("combine adapters")
         ranks = [layer.adapters[n].r for n in names]  # KeyError if missing
         if new_name in layer.adapters:

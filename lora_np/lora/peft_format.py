@@ -8,7 +8,9 @@ An adapter is a folder, as PEFT's ``save_pretrained`` writes it::
                                      base_model.model.<layer>.lora_B.weight  (d, r)
 
 The keys carry no adapter name (PEFT drops it when saving), so a folder holds one adapter and
-can be loaded under any name. Only A and B are stored: kilobytes where the model is megabytes.
+can be loaded under any name. Only A and B are stored (and a DoRA adapter's magnitude,
+``base_model.model.<layer>.lora_magnitude_vector`` (d,), with ``use_dora: true``): kilobytes
+where the model is megabytes.
 A folder saved here loads into PEFT for a PyTorch model with the same module names, and one
 PEFT saved loads here (``tests/crosscheck/test_lora_peft.py`` checks both ways).
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from .. import nn
 from ..quantized import QuantizedLinear
 from ..serialization import read_pair, write_pair
+from .dora import DoRALinear, is_dora
 from .layer import LoRALinear
 from .targeting import freeze_base, lora_layers, matches
 from .validation import DEFAULT_ADAPTER, check_adapter_name, check_alpha, check_rank
@@ -36,7 +39,10 @@ PREFIX = "base_model.model."
 
 _ADAPTABLE = (nn.Linear, QuantizedLinear, LoRALinear)  # layers an adapter file may name
 
-_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<which>[AB])\.weight$")
+_KEY = re.compile(
+    r"^base_model\.model\.(?P<layer>.+)\.(?:lora_(?P<which>[AB])\.weight|lora_(?P<m>magnitude)_vector)$"
+)
+_MAGNITUDE = "lora_magnitude_vector"  # DoRA's m (d,), PEFT's key (no ".weight", no adapter name)
 
 
 def _short_targets(model: nn.Module, layer_names: list) -> list:
@@ -97,7 +103,7 @@ def adapter_config(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> dic
         "revision": None,
         "target_modules": _short_targets(model, [n for n, _ in layers]),
         "task_type": None,
-        "use_dora": False,
+        "use_dora": _single([is_dora(a) for _, a in layers], "use_dora", adapter_name),
         "use_rslora": _single([a.rslora for _, a in layers], "rslora", adapter_name),
     }
 
@@ -106,7 +112,8 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
     """Write one adapter as a PEFT folder: adapter_config.json and adapter_model.safetensors.
 
     Only A and B of each layer are stored, in their own dtype, under PEFT's key names
-    (``base_model.model.<layer>.lora_A.weight``). Layers with a different rank or alpha from
+    (``base_model.model.<layer>.lora_A.weight``), and for a DoRA adapter its magnitude
+    (``base_model.model.<layer>.lora_magnitude_vector``, with ``use_dora: true``). Layers with a different rank or alpha from
     the most common one go into ``rank_pattern`` / ``alpha_pattern`` under their full name, as
     PEFT would read them.
 
@@ -129,6 +136,8 @@ def save_adapter(model: nn.Module, path, adapter_name: str = DEFAULT_ADAPTER) ->
             adapter = layer.adapters[adapter_name]
             tensors[f"{PREFIX}{name}.lora_A.weight"] = adapter.A.data  # (r, k)
             tensors[f"{PREFIX}{name}.lora_B.weight"] = adapter.B.data  # (d, r)
+            if is_dora(adapter):
+                tensors[f"{PREFIX}{name}.{_MAGNITUDE}"] = adapter.magnitude.data  # (d,)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
@@ -164,14 +173,17 @@ def _read_config(path: Path, raw: bytes) -> dict:
         _check_config_types(config)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    unsupported = {
-        k: config.get(k) for k in ("use_dora", "fan_in_fan_out", "lora_bias") if config.get(k)
-    }
+    unsupported = {k: config.get(k) for k in ("fan_in_fan_out", "lora_bias") if config.get(k)}
     if config.get("bias", "none") != "none":
         unsupported["bias"] = config["bias"]
     if unsupported:
         raise ValueError(f"{path} uses LoRA options lora_np does not support: {unsupported}")
     return config
+
+
+def _key(layer: str, part: str) -> str:
+    """The file key of a layer's A, B or DoRA magnitude ("m"), as PEFT names it."""
+    return f"{PREFIX}{layer}.{_MAGNITUDE}" if part == "m" else f"{PREFIX}{layer}.lora_{part}.weight"
 
 
 def _is_int(x) -> bool:
@@ -339,27 +351,23 @@ def load_adapter(
         if module is None or inside_lora or not isinstance(module, _ADAPTABLE):
             unexpected.append(key)
             continue
-        weights.setdefault(match["layer"], {})[match["which"]] = array
+        weights.setdefault(match["layer"], {})[match["which"] or "m"] = array
     targeted = _targeted(model, config)
     if not targeted:  # as PEFT: "Target modules ... not found", whatever the weights' keys say
         raise ValueError(
             f"{folder}: this adapter is for other modules; target_modules "
             f"{config['target_modules']} match no Linear layer of the model"
         )
-    missing = [
-        f"{PREFIX}{n}.lora_{w}.weight"
-        for n in targeted
-        for w in "AB"
-        if w not in weights.get(n, {})
-    ]
+    dora = config.get("use_dora", False)
+    parts = "ABm" if dora else "AB"  # DoRA adds the magnitude m beside A and B
+    missing = [_key(n, w) for n in targeted for w in parts if w not in weights.get(n, {})]
     missing += [
-        f"{PREFIX}{n}.lora_{w}.weight"
-        for n in weights
-        for w in "AB"
-        if w not in weights[n] and n not in targeted
+        _key(n, w) for n in weights for w in parts if w not in weights[n] and n not in targeted
     ]
     problems = []
-    not_selected = [n for n in weights if n not in targeted and len(weights[n]) == 2]
+    if not dora:
+        unexpected += [_key(n, "m") for n in weights if weights[n].pop("m", None) is not None]
+    not_selected = [n for n in weights if n not in targeted and len(weights[n]) == len(parts)]
     if not_selected and targeted:
         problems.append(
             f"the weights file holds layers not selected by the config's target_modules / "
@@ -372,33 +380,40 @@ def load_adapter(
             f"unexpected keys (no such Linear in the model): {', '.join(sorted(unexpected))}"
         )
 
-    plan = []  # (layer name, module, r, alpha, A, B)
-    for name in (n for n in modules if n in weights and len(weights[n]) == 2):
+    plan = []  # (layer name, module, r, alpha, A, B, m or None)
+    for name in (n for n in modules if n in weights and len(weights[n]) == len(parts)):
         module = modules[name]
         base = module.base if isinstance(module, LoRALinear) else module
         A, B = weights[name]["A"], weights[name]["B"]
         r = _pattern_value(config.get("rank_pattern") or {}, name, config["r"])
         alpha = _pattern_value(config.get("alpha_pattern") or {}, name, config["lora_alpha"])
         expected = {"A": (r, base.in_features), "B": (base.out_features, r)}
-        for which, array in (("A", A), ("B", B)):
+        expected["m"] = (base.out_features,)
+        for which in parts:
+            array = weights[name][which]
             if tuple(array.shape) != expected[which]:
                 problems.append(
-                    f"{PREFIX}{name}.lora_{which}.weight has shape {tuple(array.shape)} in the file "
+                    f"{_key(name, which)} has shape {tuple(array.shape)} in the file "
                     f"but the model expects {expected[which]}"
                 )
             elif array.dtype.kind != "f":
-                problems.append(
-                    f"{PREFIX}{name}.lora_{which}.weight has dtype {array.dtype}, not a float"
-                )
+                problems.append(f"{_key(name, which)} has dtype {array.dtype}, not a float")
+        if isinstance(module, LoRALinear) and isinstance(module, DoRALinear) != dora:
+            problems.append(
+                f"{name!r} is a {type(module).__name__}; a {'DoRA' if dora else 'LoRA'} "
+                "adapter cannot be added to it"
+            )
+        elif dora and type(base) is not nn.Linear:
+            problems.append(f"{name!r}: DoRA needs a float nn.Linear, not {type(base).__name__}")
         if isinstance(module, LoRALinear):
             if adapter_name in module.adapters:
                 problems.append(f"{name!r} already has an adapter named {adapter_name!r}")
             if module.merged:
                 problems.append(f"{name!r} is merged; unmerge it before loading another adapter")
-        plan.append((name, module, r, alpha, A, B))
+        plan.append((name, module, r, alpha, A, B, weights[name].get("m")))
     if problems:
         raise ValueError(f"cannot load {folder} into this model: " + " | ".join(problems))
-    for name, module, r, alpha, _, _ in plan:
+    for name, module, r, alpha, *_ in plan:
         base = module.base if isinstance(module, LoRALinear) else module
         try:
             check_rank(r, base.out_features, base.in_features)
@@ -410,14 +425,14 @@ def load_adapter(
         "rslora": config.get("use_rslora", False),
         "dropout": float(config.get("lora_dropout", 0.0) or 0.0),
     }
-    for name, module, r, alpha, A, B in plan:
+    for name, module, r, alpha, A, B, m in plan:
+        given = (A, B) if m is None else (A, B, m)
         if isinstance(module, LoRALinear):
             layer = module
-            layer.add_adapter(adapter_name, r, alpha, **options, weights=(A, B))
+            layer.add_adapter(adapter_name, r, alpha, **options, weights=given)
         else:
-            layer = LoRALinear(
-                module, r, alpha, adapter_name=adapter_name, **options, weights=(A, B)
-            )
+            kind = DoRALinear if dora else LoRALinear
+            layer = kind(module, r, alpha, adapter_name=adapter_name, **options, weights=given)
             model.set_submodule(name, layer)
         layer.set_adapter(adapter_name)
         layer.adapters[adapter_name].requires_grad_(is_trainable)

@@ -14,6 +14,7 @@ import re
 
 from .. import nn
 from ..quantized import QuantizedLinear
+from .dora import DoRALinear
 from .layer import LoRALinear
 from .validation import (
     DEFAULT_ADAPTER,
@@ -160,7 +161,8 @@ def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> li
         model: any Module.
         targets: a list of names, a regex string, or "all-linear" (every Linear but the
             output layer).
-        r, alpha, lora_kwargs: passed to every ``LoRALinear`` (rslora, init, dropout, adapter_name).
+        r, alpha, lora_kwargs: passed to every ``LoRALinear`` (rslora, init, dropout, adapter_name);
+            ``use_dora=True`` makes them ``DoRALinear`` layers instead (PEFT's flag).
     Returns:
         The dotted names of the replaced layers, in model order.
     """
@@ -171,6 +173,9 @@ def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> li
         base = modules[name]
         check_rank(r, base.out_features, base.in_features)
     check_alpha(alpha)
+    use_dora = lora_kwargs.pop("use_dora", False)
+    if not isinstance(use_dora, bool):
+        raise TypeError(f"use_dora must be True or False, got {use_dora!r}")
     known = {"rslora", "init", "dropout", "adapter_name"}
     unknown = sorted(set(lora_kwargs) - known)
     if unknown:
@@ -181,8 +186,15 @@ def inject(model: nn.Module, targets, r: int, alpha: float, **lora_kwargs) -> li
         lora_kwargs.get("rslora", False),
     )
     check_adapter_name(lora_kwargs.get("adapter_name", DEFAULT_ADAPTER))
+    if use_dora and lora_kwargs.get("init") == "pissa":
+        raise ValueError("use_dora=True takes init 'kaiming' or 'gaussian', not 'pissa'")
+    kind = DoRALinear if use_dora else LoRALinear
+    if use_dora:  # DoRA needs the float weight to take its norm
+        quantised = [n for n in names if type(modules[n]) is not nn.Linear]
+        if quantised:
+            raise ValueError(f"use_dora=True needs float nn.Linear layers; {quantised} are not")
     for name in names:
-        model.set_submodule(name, LoRALinear(modules[name], r, alpha, **lora_kwargs))
+        model.set_submodule(name, kind(modules[name], r, alpha, **lora_kwargs))
     mark_only_lora_as_trainable(model)
     return names
 
