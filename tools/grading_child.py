@@ -257,6 +257,20 @@ def grade(job: dict) -> dict:
 
     learners.__name__ = name
     if isinstance(function, type):  # a class exercise (00's Value): the checker needs the class
+        from lora_np import nn
+
+        borrowed = [
+            klass
+            for klass in function.__mro__
+            if klass.__module__.split(".")[0] in LIBRARY_MODULES and klass is not nn.Module
+        ]
+        if borrowed:  # its methods are the library's, which no trap covers: not their work
+            return {
+                "score": 0,
+                "status": "used the library's answer",
+                "message": f"graded mode: {name} builds on the library's {borrowed[0].__name__}; "
+                "write it yourself (subclass ln.nn.Module only)",
+            }
         _arm_methods(function, armed)
         learners = function
     verdict = {"score": 1, "status": "passed", "message": ""}

@@ -24,7 +24,10 @@ from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
 from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
+from .injection import check_inject, check_mark_only_lora_as_trainable
+from .kaiming import check_kaiming_bound
 from .layer import check_lora_forward, check_lora_grads, check_merge
+from .lora_linear import check_LoRALinear
 from .low_rank import (
     check_best_rank_approximation,
     check_eckart_young_error,
@@ -41,6 +44,10 @@ from .value import check_value
 
 __all__ = [
     "ExerciseError",
+    "check_LoRALinear",
+    "check_inject",
+    "check_kaiming_bound",
+    "check_mark_only_lora_as_trainable",
     "check_mixed_lora_forward",
     "check_quantize_blockwise",
     "check_causal_attention",
