@@ -251,8 +251,12 @@ def test_corrupt_or_foreign_config(tmp_path):
     config_path.write_text(json.dumps(config | {"peft_type": "IA3"}))
     with pytest.raises(ValueError, match="expected 'LORA'"):
         lora.load_adapter(make_net(), folder)
-    config_path.write_text(json.dumps(config | {"use_dora": True}))
+    config_path.write_text(json.dumps(config | {"bias": "all"}))
     with pytest.raises(ValueError, match="does not support"):
+        lora.load_adapter(make_net(), folder)
+    # DoRA is supported, so a DoRA config without the magnitude vectors names what is missing
+    config_path.write_text(json.dumps(config | {"use_dora": True}))
+    with pytest.raises(ValueError, match="missing keys: .*lora_magnitude_vector"):
         lora.load_adapter(make_net(), folder)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         lora.load_adapter(make_net(), tmp_path / "nowhere")
