@@ -213,3 +213,15 @@ def test_reference_config_is_what_hf_export_writes():
         {"blocks.0.attn.q": (4, 8), "head": (2, 8)}, True
     )
     assert config["rank_pattern"] == {"lm_head": 2} and config["use_rslora"] is True
+
+
+def test_reference_config_takes_layers_of_a_deeper_model():
+    """Notebook 09 hands the reference the shipped GPT's layers (4 blocks), not the checker's 2."""
+    layers = {"blocks.3.attn.q": (4, 8), "blocks.3.attn.v": (4, 8), "blocks.2.mlp.proj": (2, 8)}
+    config = checks.peft_names.reference_peft_lora_config(layers, False)
+    assert config["r"] == 4 and config["rank_pattern"] == {"model.decoder.layers.2.fc2": 2}
+    assert config["target_modules"] == [
+        "model.decoder.layers.2.fc2",
+        "model.decoder.layers.3.self_attn.q_proj",
+        "model.decoder.layers.3.self_attn.v_proj",
+    ]

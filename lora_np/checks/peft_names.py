@@ -249,7 +249,8 @@ def check_opt_positions(fn: Any, *, quiet: bool = False) -> None:
 def reference_peft_lora_config(layers: dict, rslora: bool = False) -> dict:
     """The adapter_config.json dict ``hf.export`` writes for a 2-layer GPT whose layers
     ``{lora_np layer name: (r, alpha)}`` carry one adapter (rsLoRA when ``rslora``)."""
-    model = _tiny()
+    blocks = [int(m[1]) for m in (re.match(r"blocks\.(\d+)\.", n) for n in layers) if m]
+    model = _tiny(n_layer=max(blocks, default=0) + 1)  # as deep as the layers named need
     for layer, (r, alpha) in layers.items():
         lora_lib.inject(model, [layer], r=r, alpha=alpha, rslora=rslora)
     return _exported(model)[lora_lib.DEFAULT_ADAPTER]["config"]
