@@ -148,7 +148,9 @@ def check_peft_key(fn: Any, *, quiet: bool = False) -> None:
                 continue
             for message, wrong in _key_mistakes(param):
                 if got == wrong:
-                    raise ExerciseError(f"{name}: {message} (on {case}: you gave {got!r})")
+                    raise ExerciseError(
+                        f"{name}: {message} (on {case}: you gave the string {got!r})"
+                    )
             mapped = re.sub(r"\.lora_[AB].*$", "", got.removeprefix(lora_lib.PREFIX))
             hint = ""
             if mapped != hf_names.to_opt(_PARAM.fullmatch(param)["layer"]):
@@ -156,7 +158,9 @@ def check_peft_key(fn: Any, *, quiet: bool = False) -> None:
                     f"; the layer's OPT name is {hf_names.to_opt(_PARAM.fullmatch(param)['layer'])!r}"
                     " (q, k, v, o -> q_proj, k_proj, v_proj, out_proj; fc, proj -> fc1, fc2)"
                 )
-            raise ExerciseError(f"{name}: on {case} you gave {got!r}, expected {want!r}{hint}")
+            raise ExerciseError(
+                f"{name}: on {case} you gave the string {got!r}, expected {want!r}{hint}"
+            )
     passed(name, n_checks, quiet)
 
 
