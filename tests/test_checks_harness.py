@@ -100,8 +100,30 @@ def lora_linear_class(fn):
     return type("Answer", (ln.nn.Module,), methods)
 
 
+def adamw_class(fn):
+    """A class for check_adamw built as asked, whose step writes ``fn``'s result into p.data."""
+
+    def init(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        self.params = list(params)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        for p in self.params:
+            if p.grad is not None:
+                p.data = fn(p.data, p.grad)
+
+    return type("Answer", (), {"__init__": init, "zero_grad": zero_grad, "step": step})
+
+
 # A class exercise's checker takes a class: the same bad behaviour, put in every method.
-CLASS_ANSWERS = {"check_value": value_class, "check_lora_linear": lora_linear_class}
+CLASS_ANSWERS = {
+    "check_value": value_class,
+    "check_lora_linear": lora_linear_class,
+    "check_adamw": adamw_class,
+}
 
 
 def answer(checker: str, fn):

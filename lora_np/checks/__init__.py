@@ -36,6 +36,7 @@ from .low_rank import (
 from .normalisation import check_layer_norm_backward
 from .numerical import check_numerical_gradient
 from .optimizer import check_adamw_step
+from .optimizer_class import check_adamw
 from .peft_names import check_opt_positions, check_peft_key, check_peft_lora_config
 from .projection import check_projection_norm
 from .scaling import check_adam_first_update, check_lora_scaling
@@ -57,6 +58,7 @@ __all__ = [
     "check_save_adapter",
     "check_split_heads",
     "check_adam_first_update",
+    "check_adamw",
     "check_adamw_step",
     "check_init_lora",
     "check_lora_scaling",

@@ -16,6 +16,7 @@ message; a checker never crashes on what a learner's function returns.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -288,8 +289,8 @@ def is_shape_error(message: str) -> bool:
 
 def passed(name: str, n_cases: int, quiet: bool = False) -> None:
     """The one line a checker prints when every case passes."""
-    if not quiet:
-        print(f"✓ {name}: all {n_cases} checks passed")
+    if not quiet:  # one write: print's separate newline can land in a second stream output
+        sys.stdout.write(f"✓ {name}: all {n_cases} checks passed\n")
 
 
 def passing_or_reference(fn: Any, name: str, *, carry: bool = False) -> Any:
