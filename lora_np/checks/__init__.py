@@ -37,6 +37,7 @@ from .normalisation import check_layer_norm_backward
 from .numerical import check_numerical_gradient
 from .optimizer import check_adamw_step
 from .optimizer_class import check_adamw
+from .peft_names import check_opt_positions, check_peft_key, check_peft_lora_config
 from .projection import check_projection_norm
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
@@ -66,6 +67,9 @@ __all__ = [
     "check_eckart_young_error",
     "check_numerical_rank",
     "check_energy_rank",
+    "check_opt_positions",
+    "check_peft_key",
+    "check_peft_lora_config",
     "check_projection_norm",
     "check_subspace_similarity",
     "check_layer_norm_backward",
