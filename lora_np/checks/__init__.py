@@ -21,8 +21,8 @@ from ._harness import ExerciseError, passing_or_reference, yours_or_reference
 from .adapter_files import check_save_adapter
 from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
-from .block import check_block
 from .autodiff import check_topological_order, check_unbroadcast
+from .block import check_block
 from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .injection import check_inject, check_mark_only_lora_as_trainable
