@@ -178,3 +178,12 @@ def test_the_callers_random_stream_is_given_back():
     ln.manual_seed(3)
     check_block(Written, quiet=True)
     assert np.array_equal(ln.backend.rng().standard_normal(4), expected)
+
+
+def test_a_subclass_of_the_library_block_is_not_an_answer():
+    class Borrowed(Block):
+        pass
+
+    with pytest.raises(ExerciseError) as info:
+        check_block(Borrowed, quiet=True)
+    assert "library's Block" in str(info.value)

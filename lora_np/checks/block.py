@@ -156,6 +156,16 @@ def _fail(text: str, case: str) -> ExerciseError:
 
 def _built(cls, dtype: str, weights: dict, case: str):
     """The learner's ``Block(CONFIG)`` in ``dtype`` holding ``weights``, in eval mode."""
+    if (
+        isinstance(cls, type)
+        and cls is not transformer.Block
+        and issubclass(cls, transformer.Block)
+    ):
+        raise _fail(
+            "your class inherits from the library's Block, so its forward is the library's: "
+            "write `class Block(ln.nn.Module):` with your own __init__ and forward",
+            case,
+        )
     block = call(cls, NAME, case, CONFIG)
     if not isinstance(block, nn.Module):
         raise _fail(
