@@ -118,11 +118,29 @@ def adamw_class(fn):
     return type("Answer", (), {"__init__": init, "zero_grad": zero_grad, "step": step})
 
 
+def block_class(fn):
+    """A class for check_block built as asked (the library's pieces), whose forward is ``fn``."""
+    from lora_np.transformer import MLP, CausalSelfAttention
+
+    def init(self, config):
+        ln.nn.Module.__init__(self)
+        self.ln_1 = ln.nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = ln.nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def op(self, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return type("Answer", (ln.nn.Module,), {"__init__": init, "forward": op})
+
+
 # A class exercise's checker takes a class: the same bad behaviour, put in every method.
 CLASS_ANSWERS = {
     "check_value": value_class,
     "check_lora_linear": lora_linear_class,
     "check_adamw": adamw_class,
+    "check_block": block_class,
 }
 
 

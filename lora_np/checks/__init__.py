@@ -22,6 +22,7 @@ from .adapter_files import check_save_adapter
 from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
+from .block import check_block
 from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .injection import check_inject, check_mark_only_lora_as_trainable
@@ -47,6 +48,7 @@ from .value import check_value
 __all__ = [
     "ExerciseError",
     "check_lora_linear",
+    "check_block",
     "check_inject",
     "check_kaiming_bound",
     "check_mark_only_lora_as_trainable",
