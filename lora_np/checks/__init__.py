@@ -25,6 +25,7 @@ from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .layer import check_lora_forward, check_lora_grads, check_merge
 from .low_rank import check_best_rank_approximation, check_eckart_young_error
+from .peers import check_adapter_forward, check_dora_forward, check_loraplus_rates
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
 
@@ -44,6 +45,9 @@ __all__ = [
     "check_eckart_young_error",
     "check_energy_rank",
     "check_subspace_similarity",
+    "check_adapter_forward",
+    "check_dora_forward",
+    "check_loraplus_rates",
     "check_lora_forward",
     "check_lora_grads",
     "check_merge",
