@@ -48,13 +48,16 @@ gradient clipping at 1, linear warm-up over 10% of the steps, cosine decay to a 
 DoRA alpha = 2 r (s = 2). A seed draws the batches and every random start (A, an adapter's
 down-projection, a prefix's tokens).
 
-**Size.** Measured on the 2-core machine of this project, one BLAS thread, while other jobs
-ran (so upper bounds): a 300-step run takes 6-30 s by method (``step_seconds`` in the rows:
-LoRA about 0.025 s a step, adapters and prefixes about 0.03-0.04, full fine-tuning about 0.06),
-scoring 200 test prompts about 2 s and the 5 x 100 pretraining prompts about 4 s. The sweep is
-``len(CONFIGS)`` = 39 configurations x (3 grid rates + about 1 extension + 3 seeds) = about
-270 runs; at about 15 s a run that is about 68 worker-minutes: about 35 minutes with 2 workers
-on 2 quiet cores (``script_seconds`` in the results says how long it took).
+**Size.** ``len(CONFIGS)`` = 41 configurations (23 budget, 18 low data) x (3 grid rates +
+about 1 extension + 3 seeds) = about 290 runs. The estimate: a LoRA q, v step at batch 32 takes
+about 0.033 s on one quiet core (lora_np/data.py: 300 steps in about 10 s); the other methods'
+steps were timed against it here, on the 2-core machine while it was shared (load about 15,
+so only the ratios count): DoRA, the adapters and BitFit 1.05-1.2 x, full fine-tuning 1.7 x,
+the prefixes 2 x (they add l_p positions). Scoring: 200 test prompts about 1 s, the 5 x 100
+pretraining prompts about 3 s (reported runs only). A run then takes 11-25 s, about 15 s on
+average: about 72 worker-minutes, about 36 minutes with 2 workers on 2 quiet cores. The
+rows' ``step_seconds`` and ``wall_seconds`` and the results' ``script_seconds`` say how long
+it really took.
 
 Run:  python experiments/10_peers.py [--resume] [--smoke] [--out PATH]
 Two worker processes (LORA_NP_WORKERS=1 for one; 0 runs in this process), one BLAS thread each.
