@@ -170,12 +170,12 @@ def test_dora_no_gradient_and_not_a_tensor():
 
 def rates_by_shape(named_parameters, lr, ratio):
     """Correct: B is the (d, r) factor named B; 1-D parameters go with it."""
-    out = {}
+    out = []
     for name, p in named_parameters:
         if not p.requires_grad:
             continue
         faster = p.ndim == 1 or name.rsplit(".", 1)[-1] == "B"
-        out[name] = lr * ratio if faster else lr
+        out.append((name, lr * ratio if faster else lr))
     return out
 
 
@@ -183,7 +183,7 @@ def rates_by_sets(named_parameters, lr, ratio):
     """Correct, written differently: collect the fast names first."""
     train = [(n, p) for n, p in named_parameters if p.requires_grad]
     fast = {n for n, p in train if n.endswith(".B")} | {n for n, p in train if len(p.shape) == 1}
-    return {n: (lr * ratio if n in fast else lr) for n, _ in train}
+    return tuple((n, lr * ratio if n in fast else lr) for n, _ in reversed(train))  # any order
 
 
 def test_loraplus_reference_and_independent_solutions_pass(capsys):
@@ -202,13 +202,13 @@ def test_the_reference_rule_is_the_librarys_grouping():
     opt = peers.create_loraplus_optimizer(model, ln.optim.AdamW, lr=1e-3, loraplus_lr_ratio=8)
     by_id = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     want = {n: by_id[id(p)] for n, p in model.named_parameters() if p.requires_grad}
-    assert loraplus_rates_reference(list(model.named_parameters()), 1e-3, 8) == want
+    assert dict(loraplus_rates_reference(list(model.named_parameters()), 1e-3, 8)) == want
 
 
 def _rule(rate_of):
-    return lambda named, lr, ratio: {
-        n: rate_of(n, p, lr, ratio) for n, p in named if p.requires_grad
-    }
+    return lambda named, lr, ratio: [
+        (n, rate_of(n, p, lr, ratio)) for n, p in named if p.requires_grad
+    ]
 
 
 @pytest.mark.parametrize(
@@ -229,13 +229,16 @@ def test_loraplus_mistakes_are_named(wrong, named):
 
 
 def test_loraplus_frozen_and_missing_parameters():
-    every = lambda named, lr, k: {n: lr for n, _ in named}  # noqa: E731
+    every = lambda named, lr, k: [(n, lr) for n, _ in named]  # noqa: E731
     with pytest.raises(ExerciseError, match="which is frozen"):
         check_loraplus_rates(every)
     with pytest.raises(ExerciseError, match="gave no rate"):
-        check_loraplus_rates(lambda named, lr, k: {})
-    with pytest.raises(ExerciseError, match="expected a dict"):
-        check_loraplus_rates(lambda named, lr, k: [lr])
+        check_loraplus_rates(lambda named, lr, k: [])
+    with pytest.raises(ExerciseError, match="expected a list of"):
+        check_loraplus_rates(lambda named, lr, k: {n: lr for n, _ in named})
+    twice = lambda named, lr, k: 2 * loraplus_rates_reference(named, lr, k)  # noqa: E731
+    with pytest.raises(ExerciseError, match="two rates"):
+        check_loraplus_rates(twice)
 
 
 def test_passing_or_reference_gives_the_library_until_yours_passes(capsys):

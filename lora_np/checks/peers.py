@@ -268,7 +268,8 @@ def check_dora_forward(fn, *, quiet: bool = False) -> None:
 
 
 def loraplus_rates_reference(named_parameters, lr, ratio):
-    """{name: learning rate} for every trainable parameter, as PEFT's LoRA+ groups them: B
+    """[(name, learning rate)] for every trainable parameter, in the order given (pairs, as
+    ``named_parameters`` lists them), as PEFT's LoRA+ groups them: B
     matrices (lora_np names them ``...adapters.<name>.B``) and 1-D parameters (biases,
     LayerNorm weights, DoRA's m) at ``lr * ratio``, everything else (A, other matrices) at
     ``lr``. The checker holds this rule to :func:`lora_np.peers.loraplus_groups` on its models.
@@ -276,11 +277,11 @@ def loraplus_rates_reference(named_parameters, lr, ratio):
     Args:
         named_parameters: [(name, Parameter)] as ``model.named_parameters()`` gives them.
     """
-    return {
-        n: lr * ratio if n.endswith(".B") or p.ndim == 1 else lr
+    return [
+        (n, lr * ratio if n.endswith(".B") or p.ndim == 1 else lr)
         for n, p in named_parameters
         if p.requires_grad
-    }
+    ]
 
 
 def _library_rates(model, lr, ratio) -> dict:
@@ -341,8 +342,9 @@ def _wrong_rates(named, lr, ratio) -> list:
 
 @exercise("loraplus_rates", loraplus_rates_reference)
 def check_loraplus_rates(fn, *, quiet: bool = False) -> None:
-    """Check ``fn(named_parameters, lr, ratio)`` -> {name: rate} for the trainable parameters
-    only: B and every 1-D parameter at lr * ratio, the rest at lr (PEFT's LoRA+ groups)."""
+    """Check ``fn(named_parameters, lr, ratio)`` -> [(name, rate)] for the trainable parameters
+    only, in the order given: B and every 1-D parameter at lr * ratio, the rest at lr (PEFT's
+    LoRA+ groups)."""
     name = "loraplus_rates"
     n_cases = 0
     for kind, lr, ratio, case in _RATE_CASES:
@@ -356,10 +358,15 @@ def check_loraplus_rates(fn, *, quiet: bool = False) -> None:
             raise ExerciseError(
                 f"{name} changed the list it was given on {case}: leave it as it is"
             )
-        if not isinstance(got, dict):
+        pairs = got if isinstance(got, list | tuple) else None
+        if pairs is None or not all(isinstance(x, tuple | list) and len(x) == 2 for x in pairs):
             raise ExerciseError(
-                f"{name} returned {type(got).__name__} on {case}; expected a dict {{name: rate}}"
+                f"{name} returned {type(got).__name__} on {case}; expected a list of "
+                "(name, rate) pairs, e.g. [(name, lr), ...]"
             )
+        got = {str(n): r for n, r in pairs}
+        if len(got) != len(pairs):
+            raise ExerciseError(f"{name} gave a parameter two rates on {case}: one pair each")
         frozen = sorted(set(got) - set(want_map))
         if frozen:
             raise ExerciseError(
