@@ -62,7 +62,8 @@ it really took.
 Run:  python experiments/10_peers.py [--resume] [--smoke] [--out PATH]
 Two worker processes (LORA_NP_WORKERS=1 for one; 0 runs in this process), one BLAS thread each.
 Writes lora_np/results/10_peers.json after every finished run; ``--resume`` keeps the runs
-already in the file. ``--smoke`` (or LORA_NP_SMOKE=1) runs a minute-sized version (few
+already in the file, and its latency (set ``latency`` to null in the file to measure it again,
+on a quiet machine: it is measured before any worker starts). ``--smoke`` (or LORA_NP_SMOKE=1) runs a minute-sized version (few
 configurations, 6 steps, one seed) for the tests; give it ``--out`` so it does not overwrite
 the real results.
 """
