@@ -139,3 +139,59 @@ def test_feedback_pages_get_math_inside_instead_of_a_cdn(tmp_path, monkeypatch):
     assert grading_course.offline_math(tmp_path, "02_lora_layer") == 1
     html = page.read_text()
     assert "cdnjs" not in html and "var MJ = '<\\/script>';" in html and "$W_0 + BA$" in html
+
+
+# ---- tools/grading_ci.py: the notebooks graded without nbgrader's steps ---------------------
+
+
+def test_the_pair_is_the_student_edition_untouched_and_with_the_solutions_typed_in():
+    import grading_ci
+
+    teacher = assignments.read_teacher(NOTEBOOK)
+    pair = grading_ci.solved_and_untouched(teacher, NOTEBOOK)
+    release = editions.student_notebook(teacher, NOTEBOOK)
+    assert [c.source for c in pair["untouched"].cells] == [c.source for c in release.cells]
+    exercises = editions.find_exercises(teacher, NOTEBOOK)
+    solutions = {e.solution_cell for e in exercises}
+    for index, (solved, given) in enumerate(zip(pair["solved"].cells, release.cells)):
+        if index not in solutions:
+            assert solved.source == given.source, index
+            continue
+        assert "NotImplementedError" in given.source and "SOLUTION" not in solved.source
+        kept = [
+            line
+            for line in teacher.cells[index].source.split("\n")
+            if line.strip() not in (editions.BEGIN, editions.END)
+        ]
+        assert solved.source.split("\n") == kept
+
+
+def _grades_stubs_zero(path, teacher, exercises, library, seed, time_limit):
+    """A stand-in for grading.grade_submission: 0 for a stubbed function, else 1."""
+    import grading
+
+    source = "".join(c.source for c in grading.read_notebook(path).cells)
+    score = int("NotImplementedError" not in source)
+    return [grading.Verdict(e.name, score, "graded", "" if score else "stub") for e in exercises]
+
+
+def test_grade_pair_wants_full_marks_solved_and_zero_untouched(tmp_path, monkeypatch):
+    import grading
+    import grading_ci
+
+    monkeypatch.setattr(grading, "grade_submission", _grades_stubs_zero)
+    row, failures = grading_ci.grade_pair(NOTEBOOK, tmp_path / "ok")
+    assert failures == [] and row.split()[:3] == [NOTEBOOK.stem, "3", "0"], (row, failures)
+
+    def everyone_zero(*args):
+        return [grading.Verdict(v.exercise, 0, "failed", "x") for v in _grades_stubs_zero(*args)]
+
+    monkeypatch.setattr(grading, "grade_submission", everyone_zero)
+    _, failures = grading_ci.grade_pair(NOTEBOOK, tmp_path / "broken")
+    assert len(failures) == 1 and "solved: scored" in failures[0], failures
+
+
+def test_the_classroom_ci_takes_the_case_notebooks_through_nbgrader():
+    import grading_ci
+
+    assert set(grading_ci.CASES_ON) <= set(grading_ci.NBGRADER_ON)

@@ -67,12 +67,35 @@ RETURNED = {
 }
 
 
+def value_class(fn):
+    """A class for check_value whose constructor keeps the number and every op is ``fn``."""
+
+    def op(self, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def init(self, data, parents=(), op=""):
+        self.data, self.grad, self.parents, self._backward = data, 0.0, parents, lambda: None
+
+    ops = ("add", "radd", "mul", "rmul", "pow", "neg", "sub", "rsub", "truediv", "rtruediv")
+    methods = {f"__{name}__": op for name in ops}
+    return type("Answer", (), {"__init__": init, "tanh": op, "exp": op, "backward": op, **methods})
+
+
+# A class exercise's checker takes a class: the same bad behaviour, put in every method.
+CLASS_ANSWERS = {"check_value": value_class}
+
+
+def answer(checker: str, fn):
+    """What ``checker`` is given: ``fn`` itself, or for a class exercise a class built on it."""
+    return CLASS_ANSWERS.get(checker, lambda f: f)(fn)
+
+
 @pytest.mark.parametrize("returned", sorted(RETURNED))
 @pytest.mark.parametrize("checker", CHECKERS)
 def test_no_return_value_crashes_a_checker(checker, returned):
     value, words = RETURNED[returned]
     with pytest.raises(ExerciseError) as info:
-        getattr(checks, checker)(lambda *args, **kwargs: value, quiet=True)
+        getattr(checks, checker)(answer(checker, lambda *args, **kwargs: value), quiet=True)
     # it names what came back (or, for a pair or list read item by item, the item's shape)
     words += ("has shape", "returned shape", "is not a node")
     assert any(word in str(info.value) for word in words), str(info.value)
@@ -89,7 +112,7 @@ def test_an_exception_that_cannot_be_printed_is_reported(checker):
         raise BadMessage
 
     with pytest.raises(ExerciseError) as info:
-        getattr(checks, checker)(raises, quiet=True)
+        getattr(checks, checker)(answer(checker, raises), quiet=True)
     assert "raised BadMessage" in str(info.value)
     assert "could not be shown" in str(info.value)
 
@@ -110,7 +133,7 @@ def test_a_function_that_never_returns_is_given_up_on_and_stopped(checker, short
             pass
 
     with pytest.raises(ExerciseError) as info:
-        getattr(checks, checker)(forever, quiet=True)
+        getattr(checks, checker)(answer(checker, forever), quiet=True)
     assert "did not return within 0.3 s" in str(info.value)
     for thread in _checker_threads():  # the endless loop was asked to stop
         thread.join(5.0)

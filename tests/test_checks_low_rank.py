@@ -205,3 +205,120 @@ def test_an_error_that_changes_M_is_refused():
 
     with pytest.raises(ExerciseError, match="changed its input M"):
         check_eckart_young_error(truncates_in_place)
+
+
+# ----------------------------------------------------------------------------- numerical rank
+
+
+def rank_from_svd(M, rtol):
+    """Correct: count the singular values above rtol times the largest."""
+    S = np.linalg.svd(M, compute_uv=False)
+    return int(np.sum(S > rtol * S.max())) if S.max() > 0 else 0
+
+
+def rank_by_loop(M, rtol):
+    """Correct, written differently: a loop in M's own dtype (float32 stays float32), stopping early."""
+    S = np.linalg.svd(M, compute_uv=False)
+    count = 0
+    for sigma in S:  # largest first
+        if sigma <= rtol * S[0]:
+            break
+        count += 1
+    return count
+
+
+def rank_of_transpose(M, rtol):
+    """Correct, written differently: the SVD of M^T (same singular values), as a NumPy int."""
+    S = np.linalg.svd(M.T, compute_uv=False)
+    threshold = rtol * (S[0] if S.size else 0.0)
+    return np.int64(np.count_nonzero(S > threshold))
+
+
+def test_numerical_rank_reference_and_independent_solutions_pass(capsys):
+    from lora_np.checks import check_numerical_rank
+    from lora_np.checks.low_rank import numerical_rank_reference
+
+    check_numerical_rank(numerical_rank_reference)
+    assert "✓ numerical_rank: all 9 checks passed" in capsys.readouterr().out
+    check_numerical_rank(rank_from_svd, quiet=True)
+    check_numerical_rank(rank_by_loop, quiet=True)
+    check_numerical_rank(rank_of_transpose, quiet=True)
+    check_numerical_rank(
+        lambda M, rtol: int(np.linalg.matrix_rank(M, tol=rtol * np.linalg.norm(M, 2))), quiet=True
+    )
+
+
+def _singular(M):
+    return np.linalg.svd(M, compute_uv=False)
+
+
+@pytest.mark.parametrize(
+    "wrong, phrase",
+    [
+        (lambda M, rtol: int(np.sum(_singular(M) > 0)), "every singular value"),
+        (lambda M, rtol: min(M.shape), "every singular value"),
+        (lambda M, rtol: int(np.sum(_singular(M) > rtol)), "rtol itself"),
+        (lambda M, rtol: int(np.sum(_singular(M) <= rtol * _singular(M)[0])), "SMALL"),
+        (
+            lambda M, rtol: int(np.sum(_singular(M) ** 2 > rtol * _singular(M)[0] ** 2)),
+            "squared singular values",
+        ),
+        (lambda M, rtol: int(np.sum(_singular(M) > 1e-10 * _singular(M)[0])), "ignored the rtol"),
+    ],
+    ids=["above-zero", "min-d-k", "absolute", "small", "squared", "fixed-rtol"],
+)
+def test_each_classic_rank_mistake_is_named(wrong, phrase):
+    from lora_np.checks import check_numerical_rank
+
+    with pytest.raises(ExerciseError) as info:
+        check_numerical_rank(wrong)
+    assert phrase in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "bad, phrase",
+    [
+        (lambda M, rtol: float(rank_from_svd(M, rtol)), "expected a whole number"),
+        (lambda M, rtol: True, "expected a whole number"),
+        (lambda M, rtol: None, "forget `return`"),
+        (lambda M, rtol: rank_from_svd(M, rtol) + (M.shape == (4, 6)), "yours 5, expected 4"),
+    ],
+    ids=["float", "bool", "none", "off-by-one-somewhere"],
+)
+def test_bad_rank_answers_give_clear_messages(bad, phrase):
+    from lora_np.checks import check_numerical_rank
+
+    with pytest.raises(ExerciseError) as info:
+        check_numerical_rank(bad)
+    assert phrase in str(info.value), str(info.value)
+
+
+def test_a_rank_that_changes_M_is_refused():
+    from lora_np.checks import check_numerical_rank
+
+    def rounds_in_place(M, rtol):
+        count = rank_from_svd(M, rtol)
+        M[np.abs(M) < 1e-3] = 0.0
+        return count
+
+    with pytest.raises(ExerciseError, match="changed its input M"):
+        check_numerical_rank(rounds_in_place)
+
+
+def test_numerical_rank_does_not_depend_on_the_scale():
+    # the cases include tiny and huge matrices, where an absolute threshold goes wrong
+    from lora_np.checks.low_rank import _rank_inputs
+
+    scales = [float(np.abs(M).max()) for M, _, _ in _rank_inputs() if np.any(M)]
+    assert min(scales) < 1e-9 and max(scales) > 1e9
+
+
+def test_the_first_rank_case_gives_every_mistake_its_own_count():
+    # the checker stops at the first failing case: there, each wrong version must give a count
+    # of its own (and not the right one), or a message could name someone else's mistake
+    from lora_np.checks.low_rank import _rank_inputs, _wrong_ranks, numerical_rank_reference
+
+    M, rtol, _ = next(iter(_rank_inputs()))
+    counts = [count for _, count in _wrong_ranks(M, rtol)]
+    assert numerical_rank_reference(M, rtol) not in counts
+    assert len(set(counts)) == len(counts), counts

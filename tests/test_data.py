@@ -85,7 +85,7 @@ def test_examples_are_deterministic_and_pinned():
         ("rev:crfvwh=", "hwvfrc."),
         ("rev:aktpbdyx=", "xydbptka."),
     ]
-    # hop's stored experiment results (experiments/results/07_finetune.json) depend on these
+    # hop's stored experiment results (lora_np/results/07_finetune.json) depend on these
     assert data.make_examples("hop", 3, seed=0) == [
         ("hop:j0u2u0v1=", "jwuw."),
         ("hop:v0z1w0=", "vaw."),

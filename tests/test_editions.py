@@ -190,6 +190,58 @@ MALFORMED = {
 }
 
 
+CLASS_SOLUTION = (
+    "class Counter:\n"
+    '    """Doc."""\n'
+    "\n"
+    "    def __init__(self, start):\n"
+    '        """Start counting at `start`."""\n'
+    "        ### BEGIN SOLUTION\n"
+    "        self.count = start\n"
+    "        ### END SOLUTION\n"
+    "\n"
+    "    def step(self):\n"
+    "        ### BEGIN SOLUTION\n"
+    "        self.count += 1\n"
+    "        return self\n"
+    "        ### END SOLUTION"
+)
+
+
+def test_a_class_exercise_stubs_each_method_and_keeps_the_class():
+    assert editions.solution_function(CLASS_SOLUTION, "here") == "Counter"
+    stub = editions.stub_source(CLASS_SOLUTION)
+    assert "self.count" not in stub
+    namespace = {}
+    exec(stub, namespace)  # the class still defines; each method raises when called
+    with pytest.raises(NotImplementedError):
+        namespace["Counter"](0)
+    assert stub.count("raise NotImplementedError()") == 2
+
+
+def test_a_class_exercise_is_checked_by_its_snake_case_checker():
+    assert editions.checks_name("value", "Value")
+    assert editions.checks_name("lora_linear", "LoRALinear")
+    assert editions.checks_name("merge", "merge")
+    assert not editions.checks_name("values", "Value")
+    assert not editions.checks_name("Merge", "merge")  # a function's checker is its exact name
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        CLASS_SOLUTION.replace('    """Doc."""\n', '    """Doc."""\n    ### BEGIN SOLUTION\n', 1),
+        CLASS_SOLUTION.replace(
+            "        self.count = start\n        ### END SOLUTION\n", "", 1
+        ).replace("    def step(self):\n        ### BEGIN SOLUTION\n", "    def step(self):\n"),
+    ],
+    ids=["a marker in the class body", "a region spanning two methods"],
+)
+def test_a_class_exercise_keeps_its_markers_inside_methods(source):
+    with pytest.raises(editions.EditionError, match="outside the body"):
+        editions.solution_function(source, "here")
+
+
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
 def test_malformed_notebook_is_refused_naming_notebook_and_cell(case):
     index, source, message = MALFORMED[case]

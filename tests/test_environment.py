@@ -188,9 +188,7 @@ def test_no_notebook_asserts_on_a_clock():
 BLAS_VARIABLES = ("OPENBLAS_" + "CORETYPE", "OPENBLAS_" + "L2_SIZE")
 
 
-def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path):
-    """Some processors set them because older OpenBLAS builds compute wrong results or crash
-    without them; the matrix's environments keep them exactly as the machine sets them."""
+def _test_matrix():
     import sys
 
     sys.path.insert(0, str(ROOT / "tools"))
@@ -198,6 +196,13 @@ def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path
         import test_matrix
     finally:
         sys.path.remove(str(ROOT / "tools"))
+    return test_matrix
+
+
+def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path):
+    """Some processors set them because older OpenBLAS builds compute wrong results or crash
+    without them; the matrix's environments keep them exactly as the machine sets them."""
+    test_matrix = _test_matrix()
     monkeypatch.setenv(BLAS_VARIABLES[0], "Haswell")
     monkeypatch.setenv(BLAS_VARIABLES[1], "1048576")
     env = test_matrix.run_environment(tmp_path)
@@ -205,6 +210,96 @@ def test_the_matrix_passes_the_blas_variables_on_unchanged(monkeypatch, tmp_path
     assert env["LORA_NP_FIGURE_DIR"] == str(tmp_path)
     monkeypatch.delenv(BLAS_VARIABLES[0])
     assert BLAS_VARIABLES[0] not in test_matrix.run_environment(tmp_path)  # nor sets one
+
+
+def test_the_matrix_runs_the_unit_suite_once_and_strict_nbval_everywhere():
+    """The unit suite proves the library against old releases: once, on the lowest releases
+    of the oldest Python (make test runs it on the newest); every configuration runs strict
+    nbval, which is what differs between Pythons and releases for a learner."""
+    test_matrix = _test_matrix()
+    configs = [(p, r) for p in test_matrix.PYTHONS for r in test_matrix.RESOLUTIONS]
+    suites = {c: test_matrix.suites(*c) for c in configs}
+    assert all(s[-1] in ("nbval", "nbval-strict") for s in suites.values()), suites
+    unit = [c for c, s in suites.items() if "unit" in s]
+    assert unit == [(test_matrix.PYTHONS[0], "lowest")], unit
+    strict = [c for c, s in suites.items() if "nbval-strict" in s]
+    assert strict == [(test_matrix.PYTHONS[-1], "newest")], strict
+
+
+def test_the_strict_check_moves_to_the_newest_python_found():
+    test_matrix = _test_matrix()
+    everything = [(p, r) for p in test_matrix.PYTHONS for r in test_matrix.RESOLUTIONS]
+    assert test_matrix.strict_configuration(everything) == test_matrix.STRICT_ON
+    assert test_matrix.strict_configuration([("3.11", "lowest"), ("3.12", "newest")]) == (
+        "3.12",
+        "newest",
+    )
+    assert test_matrix.strict_configuration([("3.11", "lowest"), ("3.12", "lowest")]) == (
+        "3.12",
+        "lowest",
+    )
+    assert test_matrix.strict_configuration([]) is None
+
+
+def test_the_strict_configuration_masks_only_the_line_that_names_the_backend(tmp_path, monkeypatch):
+    """On numpy-strict the outputs must be the stored ones but for `backend: numpy-strict`."""
+    import configparser
+    import re
+
+    test_matrix = _test_matrix()
+    monkeypatch.setattr(test_matrix, "BUILD", tmp_path)
+    assert test_matrix.sanitize_file(False) == ROOT / "tools" / "nbval_sanitize.cfg"
+    rules = configparser.RawConfigParser()
+    rules.read(test_matrix.sanitize_file(True))
+    base = configparser.RawConfigParser()
+    base.read(ROOT / "tools" / "nbval_sanitize.cfg")
+    assert set(rules.sections()) - set(base.sections()) == {"strict_backend_name"}
+
+    def masked(text):
+        for section in rules.sections():
+            text = re.sub(rules[section]["regex"], rules[section]["replace"], text)
+        return text
+
+    assert masked("backend: numpy-strict\n") == masked("backend: numpy\n")
+    assert masked("backend: cupy\n") != masked("backend: numpy\n")
+    assert masked("loss 0.125 on numpy-strict arrays") == "loss 0.125 on numpy-strict arrays"
+    env = test_matrix.run_environment(tmp_path, backend="numpy-strict")
+    assert env["LORA_NP_BACKEND"] == "numpy-strict"
+
+
+def test_the_matrix_builds_every_environment_before_testing_and_reports_a_failed_build(
+    monkeypatch, tmp_path, capsys
+):
+    """Environments are built at once (downloads), configurations tested one at a time (CPU);
+    a build that fails is a failed configuration, and the others are still tested."""
+    test_matrix = _test_matrix()
+    events = []
+
+    def prepare(uv, wheel, python, version, resolution):
+        events.append(("built", version, resolution))
+        return "install failed (see log)" if version == "3.12" else None
+
+    def test_configuration(version, resolution, strict_on):
+        events.append(("tested", version, resolution))
+        return "ok", ""
+
+    monkeypatch.setattr(test_matrix, "BUILD", tmp_path)
+    monkeypatch.setattr(test_matrix.shutil, "which", lambda name: "/bin/true")
+    monkeypatch.setattr(test_matrix, "build_wheel", lambda uv: tmp_path / "x.whl")
+    monkeypatch.setattr(test_matrix, "find_python", lambda version: f"/py{version}")
+    monkeypatch.setattr(test_matrix, "prepare", prepare)
+    monkeypatch.setattr(test_matrix, "test_configuration", test_configuration)
+    monkeypatch.setattr(test_matrix, "failure_excerpt", lambda path: "")
+    configs = ["3.11-lowest", "3.12-newest", "3.13-newest"]
+    assert test_matrix.main(configs) == 1
+    assert [e[0] for e in events] == ["built"] * 3 + ["tested"] * 2, events
+    assert ("tested", "3.12", "newest") not in events
+    table = capsys.readouterr().out.split("\n\n")[-1].splitlines()
+    assert [line.split()[:2] for line in table] == [
+        ["3.11-lowest", "ok"],
+        ["3.12-newest", "FAILED"],
+        ["3.13-newest", "ok"],
+    ], table
 
 
 def test_no_test_or_ci_step_names_a_blas_variable():

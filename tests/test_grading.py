@@ -59,8 +59,11 @@ def submission(tmp_path, solutions=(), extra=(), edit=None) -> Path:
     return path
 
 
-def grade(path, library, **kwargs) -> dict:
-    verdicts = grading.grade_submission(path, TEACHER, EXERCISES, library, SEED, **kwargs)
+def grade(path, library, only=None, **kwargs) -> dict:
+    """{exercise: Verdict} of the submission at ``path``: every exercise, or those named in
+    ``only`` (each exercise is a fresh process; a test about one needs only that one)."""
+    exercises = [e for e in EXERCISES if only is None or e.name in only]
+    verdicts = grading.grade_submission(path, TEACHER, exercises, library, SEED, **kwargs)
     return {v.exercise: v for v in verdicts}
 
 
@@ -98,7 +101,7 @@ def test_a_helper_in_a_cell_of_its_own_is_graded_with_the_function(tmp_path, lib
     merge = "def merge(W0, A, B, scaling):\n    return W0 + _scaled(B, A, scaling)"
     index = next(e for e in EXERCISES if e.name == "merge").solution_cell
     path = submission(tmp_path, {"merge": merge}, extra=[(index, helper)])
-    assert grade(path, library)["merge"].score == 1
+    assert grade(path, library, only={"merge"})["merge"].score == 1
 
 
 CHEATS = {
@@ -140,8 +143,8 @@ CHEATS = {
 
 @pytest.mark.parametrize("cheat", sorted(CHEATS))
 def test_a_cheating_function_scores_zero(tmp_path, library, cheat):
-    verdicts = grade(submission(tmp_path, CHEATS[cheat]), library)
     (name,) = CHEATS[cheat]
+    verdicts = grade(submission(tmp_path, CHEATS[cheat]), library, only={name})
     assert verdicts[name].score == 0, verdicts[name]
     caught_by = "tampered" if "patches" in cheat else "used the library's answer"
     assert verdicts[name].status == caught_by, verdicts[name]
@@ -161,7 +164,7 @@ NOTEBOOK_CHEATS = {
 def test_a_notebook_cell_cannot_change_the_grade(tmp_path, library, cheat):
     index = next(e for e in EXERCISES if e.name == "merge").checker_cell
     path = submission(tmp_path, extra=[(index, NOTEBOOK_CHEATS[cheat])])
-    assert grade(path, library)["merge"].score == 0
+    assert grade(path, library, only={"merge"})["merge"].score == 0
 
 
 def test_poisoning_the_library_on_disk_leaves_the_next_grade_unchanged(tmp_path, library):
@@ -176,7 +179,7 @@ def test_poisoning_the_library_on_disk_leaves_the_next_grade_unchanged(tmp_path,
         "                    '        globals()[_n] = lambda fn, quiet=False: None\\n')\n"
         "    return W0"
     )
-    grade(submission(tmp_path, {"merge": poison}), library)
+    grade(submission(tmp_path, {"merge": poison}), library, only={"merge"})
     assert scores(grade(submission(tmp_path), library)) == {e.name: 0 for e in EXERCISES}
 
 
@@ -195,13 +198,14 @@ def test_hidden_cases_catch_a_function_tuned_to_the_visible_ones(tmp_path, libra
         "        return W0 + scaling * (B @ A)\n"
         "    return W0 + (B @ A)"
     )
-    verdict = grade(submission(tmp_path, {"merge": tuned}), library)["merge"]
+    verdict = grade(submission(tmp_path, {"merge": tuned}), library, only={"merge"})["merge"]
     assert verdict.score == 0 and verdict.message.endswith("(hidden cases)"), verdict
 
 
 def test_a_hanging_function_is_stopped_at_the_time_limit(tmp_path, library):
     hang = "def merge(W0, A, B, scaling):\n    while True:\n        pass"
-    verdict = grade(submission(tmp_path, {"merge": hang}), library, time_limit=5)["merge"]
+    path = submission(tmp_path, {"merge": hang})
+    verdict = grade(path, library, only={"merge"}, time_limit=5)["merge"]
     assert (verdict.score, verdict.status) == (0, "time limit")
 
 
@@ -215,7 +219,9 @@ def test_a_function_that_ends_python_scores_zero_with_a_reason(tmp_path, library
 
 def test_top_level_code_of_the_learner_never_runs(tmp_path, library):
     crash = "import os\nos._exit(3)\n" + honest("merge")
-    assert grade(submission(tmp_path, {"merge": crash}), library)["merge"].score == 1
+    assert (
+        grade(submission(tmp_path, {"merge": crash}), library, only={"merge"})["merge"].score == 1
+    )
 
 
 def test_an_ungradable_notebook_is_a_problem_not_a_zero(tmp_path, library):
@@ -232,7 +238,7 @@ def test_an_ungradable_notebook_is_a_problem_not_a_zero(tmp_path, library):
 
 def test_a_solution_that_is_not_python_scores_zero_with_the_error(tmp_path, library):
     broken = "def merge(W0, A, B, scaling:\n    return W0"
-    verdict = grade(submission(tmp_path, {"merge": broken}), library)["merge"]
+    verdict = grade(submission(tmp_path, {"merge": broken}), library, only={"merge"})["merge"]
     assert (verdict.score, verdict.status) == (0, "invalid Python")
     assert "not valid Python" in verdict.message
 
@@ -249,6 +255,18 @@ def test_learner_definitions_keeps_only_definitions():
     assert code.rstrip().endswith("return 2 * a") and "import math" in code
 
 
+def test_learner_definitions_finds_a_class_exercise():
+    """An exercise may be a class (notebook 00's Value): the cell that defines it is found."""
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("import math\nclass Value:\n    pass"),
+            nbformat.v4.new_code_cell("v = Value()\nclass Value:\n    data = 1.0"),
+        ]
+    )
+    code = grading.learner_definitions(nb, "Value", known=set())
+    assert code.rstrip().endswith("data = 1.0") and "v = Value()" not in code
+
+
 def test_python_s_own_copy_caches_are_not_tampering():
     """copy.deepcopy writes ``__slotnames__`` on a class the first time it copies an instance;
     the checkers deep-copy the learner's model, so an honest 07 solution did this in CI."""
@@ -261,3 +279,24 @@ def test_python_s_own_copy_caches_are_not_tampering():
         cls.__dict__.get("__slotnames__") and delattr(cls, "__slotnames__")
     copy.deepcopy(ln.nn.Sequential(ln.nn.Embedding(4, 3), ln.nn.Dropout(0.1)))
     assert grading_child.tampered(before, grading_child.snapshot()) == []
+
+
+def test_a_class_exercise_is_graded_through_the_class_itself(tmp_path, library):
+    """Notebook 00's Value is a class: the checker gets the learner's class (not a wrapper
+    function), so honest work scores full marks and the untouched stub 0."""
+    path = editions.select(["00"])[0]
+    teacher = nbformat.read(path, as_version=4)
+    exercises = [e for e in editions.find_exercises(teacher, path) if e.name == "Value"]
+    nb = editions.student_notebook(teacher, path)
+    for exercise in editions.find_exercises(teacher, path):  # every solution typed in
+        lines = teacher.cells[exercise.solution_cell].source.split("\n")
+        nb.cells[exercise.solution_cell].source = "\n".join(
+            line for line in lines if line.strip() not in (editions.BEGIN, editions.END)
+        )
+    solved, untouched = tmp_path / "solved.ipynb", tmp_path / "untouched.ipynb"
+    nbformat.write(nb, solved)
+    nbformat.write(editions.student_notebook(teacher, path), untouched)
+    (verdict,) = grading.grade_submission(solved, teacher, exercises, library, SEED)
+    assert verdict.score == 1, verdict.message
+    (verdict,) = grading.grade_submission(untouched, teacher, exercises, library, SEED)
+    assert verdict.score == 0 and "not written yet" in verdict.message

@@ -103,11 +103,16 @@ def _parse(source: str, place: str) -> ast.Module:
 
 
 def solution_function(source: str, place: str) -> str | None:
-    """The name of the function a solution cell defines, or None when the cell has no markers.
+    """The name of the function (or class) a solution cell defines, or None when the cell has
+    no markers.
+
+    A class exercise (the learner writes a class, e.g. notebook 00's ``Value``) holds one
+    ``class`` whose methods carry the markers in their bodies, so the student edition keeps
+    the class and each method's signature and docstring, and every stubbed method raises.
 
     Raises EditionError when the markers are malformed or unbalanced, when the cell holds more
-    than the one function, or when a marker is not at the level of the function's body (after
-    its docstring).
+    than the one function or class, or when a marker is not at the level of a function's body
+    (after its docstring).
     """
     markers = marker_lines(source)
     if not markers:
@@ -119,38 +124,73 @@ def solution_function(source: str, place: str) -> str | None:
                 f"exactly {BEGIN!r} or {END!r}"
             )
     tree = _parse(source, place)
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef | ast.ClassDef):
         kinds = ", ".join(type(node).__name__ for node in tree.body) or "nothing"
         raise EditionError(
-            f"{place}: a cell with solution markers holds only the function (one `def`); "
-            f"found {kinds}"
+            f"{place}: a cell with solution markers holds only the function (one `def`) or "
+            f"the class (one `class`); found {kinds}"
         )
-    function = tree.body[0]
-    body = function.body
-    has_docstring = (
-        isinstance(body[0], ast.Expr)
-        and isinstance(body[0].value, ast.Constant)
-        and isinstance(body[0].value.value, str)
+    defined = tree.body[0]
+    functions = (
+        [defined]
+        if isinstance(defined, ast.FunctionDef)
+        else [node for node in defined.body if isinstance(node, ast.FunctionDef)]
     )
-    header_end = body[0].end_lineno if has_docstring else function.lineno  # 1-based
-    body_indent = " " * body[0].col_offset
-    expected = BEGIN
+    expected, opened_in = BEGIN, None
     for number, text, indent in markers:
         if text != expected:
             problem = "nested or repeated" if text == BEGIN else "without a BEGIN above it"
             raise EditionError(
                 f"{place}: unbalanced markers: {text!r} on line {number + 1} is {problem}"
             )
-        if indent != body_indent or number + 1 <= header_end:
+        function = next(
+            (f for f in functions if f.lineno <= number + 1 <= _last_line(f, source)), None
+        )
+        inside = function is not None and _in_body(function, number + 1, indent)
+        if not inside or (text == END and function is not opened_in):
+            owner = f"`{function.name}`" if function is not None else "a function"
             raise EditionError(
-                f"{place}: {text!r} on line {number + 1} is outside the body of "
-                f"`{function.name}`: put the markers inside the function, after its docstring, "
-                f"indented like its body ({len(body_indent)} spaces)"
+                f"{place}: {text!r} on line {number + 1} is outside the body of {owner}: put "
+                "the markers inside the function, after its docstring, indented like its body"
             )
+        opened_in = function
         expected = END if text == BEGIN else BEGIN
     if expected == END:
         raise EditionError(f"{place}: unbalanced markers: {BEGIN!r} has no {END!r} below it")
-    return function.name
+    return defined.name
+
+
+def _last_line(function: ast.FunctionDef, source: str) -> int:
+    """The last line of ``function``, including comment lines (a marker) that close its body:
+    up to the line before the next statement at the function's own indentation or less."""
+    lines = source.split("\n")
+    last = function.end_lineno
+    for number in range(function.end_lineno, len(lines)):  # 0-based index = 1-based line + 1
+        line = lines[number]
+        if line.strip() and len(line) - len(line.lstrip()) <= function.col_offset:
+            break
+        last = number + 1
+    return last
+
+
+def _in_body(function: ast.FunctionDef, line: int, indent: str) -> bool:
+    """Whether a marker on ``line`` with ``indent`` sits in ``function``'s body, after its
+    docstring, at the body's indentation."""
+    body = function.body
+    has_docstring = (
+        isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    )
+    header_end = body[0].end_lineno if has_docstring else function.lineno
+    return indent == " " * body[0].col_offset and line > header_end
+
+
+def checks_name(suffix: str, name: str) -> bool:
+    """Whether ``check_<suffix>`` is the checker of exercise ``name``: the same name, or for a
+    class its name in lower case with any underscores (``check_value`` for ``Value``,
+    ``check_lora_linear`` for ``LoRALinear``), as ``check_Value`` would read oddly."""
+    return suffix == name or (name[:1].isupper() and suffix.replace("_", "") == name.lower())
 
 
 def stub_source(source: str) -> str:
@@ -341,10 +381,11 @@ def find_exercises(nb, path: Path | str) -> list[Exercise]:
                 f"{place}: the solution of `{name}` must be followed by its checker cell, "
                 f"`ln.checks.check_{name}({name})`"
             )
-        if checked != (name, name):
+        if checked[1] != name or not checks_name(checked[0], name):
             raise EditionError(
                 f"{where(path, nb, following)}: checks `{checked[0]}` with `{checked[1]}`, but "
-                f"the cell above defines `{name}`: write `ln.checks.check_{name}({name})`"
+                f"the cell above defines `{name}`: write "
+                f"`ln.checks.check_{name if name[:1].islower() else name.lower()}({name})`"
             )
         if any(exercise.name == name for exercise in exercises):
             raise EditionError(f"{place}: `{name}` is an exercise twice in this notebook")

@@ -93,7 +93,8 @@ def _parse(source: str):
 
 def _defines(tree, name: str) -> bool:
     return any(
-        isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name
+        isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and node.name == name  # an exercise may be a class (notebook 00's Value)
         for node in tree.body
     )
 
@@ -117,7 +118,8 @@ def learner_definitions(submission, name: str, known: set[str]) -> str:
     defining = [i for i, tree in enumerate(trees) if tree is not None and _defines(tree, name)]
     if not defining:
         for cell in cells:
-            if f"def {name}(" in cell.source and _parse(cell.source) is None:
+            defines = f"def {name}(" in cell.source or f"class {name}" in cell.source
+            if defines and _parse(cell.source) is None:
                 try:
                     ast.parse(_python(cell.source))
                 except SyntaxError as err:

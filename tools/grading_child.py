@@ -188,6 +188,20 @@ def _materialised(value, kept_types, numpy):
     return numpy.asarray(value)
 
 
+def _arm_methods(cls: type, armed) -> None:
+    """Make every method the learner's class defines run armed, as a learner's function does:
+    the checker calls the class and its methods (and instances of it must stay of that class,
+    so the methods are wrapped in place rather than in a subclass)."""
+    for attr, value in list(vars(cls).items()):
+        if isinstance(value, types.FunctionType):
+
+            def method(*args, _original=value, **kwargs):
+                return armed(lambda: _original(*args, **kwargs))
+
+            method.__name__, method.__qualname__ = value.__name__, value.__qualname__
+            setattr(cls, attr, method)
+
+
 def grade(job: dict) -> dict:
     import numpy
 
@@ -214,11 +228,11 @@ def grade(job: dict) -> dict:
     before = snapshot()
 
     def armed(call):
-        TrapState.armed = True
+        previous, TrapState.armed = TrapState.armed, True
         try:
             return call()
         finally:
-            TrapState.armed = False
+            TrapState.armed = previous  # a method may call another method: nested
 
     try:
         armed(lambda: exec(compile(job["definitions"], "<your notebook>", "exec"), namespace))
@@ -232,6 +246,9 @@ def grade(job: dict) -> dict:
         return armed(lambda: _materialised(function(*args, **kwargs), kept_types, numpy))
 
     learners.__name__ = name
+    if isinstance(function, type):  # a class exercise (00's Value): the checker needs the class
+        _arm_methods(function, armed)
+        learners = function
     verdict = {"score": 1, "status": "passed", "message": ""}
     for label, context in (("", contextlib.nullcontext()), (" (hidden cases)", None)):
         context = context or hidden_cases(job["hidden_seed"])

@@ -1,10 +1,15 @@
 """``tools/assignments.py ci``: the classroom path end to end, as .ci/run proves it.
 
-Every notebook goes through its own throwaway course directory under ``build/nbgrader-ci/``:
-build, release through a local exchange folder, two students fetch and submit (``solved``: the
-teacher's solutions typed into the released notebook; ``untouched``), collect, grade
-(``assignments.autograde``: each exercise in a fresh process against a pristine lora_np),
-feedback, ``grades.csv``. The solved submission must score full marks, the untouched one 0.
+Every notebook's solved and untouched submissions are graded (each exercise in a fresh process
+against a pristine lora_np): the solved one must score full marks, the untouched one 0, each 0
+with a reason. What differs between notebooks is the grading of their exercises (the prelude
+taken from the teacher's notebook, what each checker is handed); nbgrader's own steps are the
+same for every notebook. So the notebooks in NBGRADER_ON go through their own throwaway course
+directory under ``build/nbgrader-ci/``: build, release through a local exchange folder, two
+students fetch and submit (``solved``: the teacher's solutions typed into the released notebook;
+``untouched``), collect, grade (``assignments.autograde``), feedback, ``grades.csv``; the others
+are graded straight from their student edition, which ``make assignments`` (run before this in
+.ci/run) has proven to be nbgrader's release of every notebook, cell for cell.
 
 On the notebooks in CASES_ON (00, whose cheat the issue reported, and 02, three exercises) more
 submissions are put into ``submitted/`` as a teacher's ``zip_collect`` would: each cheat of
@@ -18,6 +23,7 @@ changed nothing that grades the next).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -37,6 +43,10 @@ import grading_course  # noqa: E402
 
 CASES_ON = ("00_autodiff", "02_lora_layer")  # 00: the cheats; 02: the cheats and section 2
 ALL_CASES_ON = "02_lora_layer"
+# nbgrader's release, fetch, submit, collect, feedback and grades.csv, proven on the notebooks
+# that carry the cases (each nbgrader command costs about 3 s of CPU; nine of them per notebook
+# were most of this step's time).
+NBGRADER_ON = CASES_ON
 TIME_LIMIT_S = 20.0  # per exercise: the hanging submission costs this, not Execute.timeout
 FULL, ZERO, PROBLEM = "full", "zero", "problem"
 
@@ -246,6 +256,52 @@ def grade_one(path: Path, course: Path) -> tuple[str, list[str]]:
     return row, failures
 
 
+def solved_and_untouched(teacher, path: Path) -> dict:
+    """{"solved": the student edition with the teacher's solutions typed in (markers dropped),
+    "untouched": the student edition as released} for one teacher's notebook."""
+    untouched = editions.student_notebook(teacher, path, run_all=False)
+    solved = copy.deepcopy(untouched)
+    for exercise in editions.find_exercises(teacher, path):
+        lines = teacher.cells[exercise.solution_cell].source.split("\n")
+        solved.cells[exercise.solution_cell].source = "\n".join(
+            line for line in lines if line.strip() not in (editions.BEGIN, editions.END)
+        )
+    return {"solved": solved, "untouched": untouched}
+
+
+def grade_pair(path: Path, folder: Path) -> tuple[str, list[str]]:
+    """A notebook outside NBGRADER_ON: its solved and untouched submissions graded straight
+    from the student edition (no nbgrader command), full marks and 0 expected."""
+    start = time.perf_counter()
+    teacher = assignments.read_teacher(path)
+    exercises = editions.find_exercises(teacher, path)
+    folder.mkdir(parents=True)
+    library = grading.PristineLibrary("HEAD" if assignments._is_git_checkout() else None)
+    results = {}
+    for student, notebook in solved_and_untouched(teacher, path).items():
+        submission = folder / student / path.name
+        submission.parent.mkdir()
+        nbformat.write(notebook, submission)
+        try:
+            results[student] = grading.grade_submission(
+                submission,
+                teacher,
+                exercises,
+                library,
+                grading_course.hidden_seed(folder),
+                TIME_LIMIT_S,
+            )
+        except grading.GradingProblem as err:
+            results[student] = str(err)
+    expected = {"solved": (FULL, None), "untouched": (ZERO, None)}
+    failures = _check(path.stem, results, expected, len(exercises))
+    seconds = time.perf_counter() - start
+    solved, untouched = (_total(results.get(s)) for s in ("solved", "untouched"))
+    n = len(exercises)
+    row = f"{path.stem:<22} {solved:>7} {untouched:>10} {n:>4} {len(expected):>9} {seconds:>8.0f}"
+    return row, failures
+
+
 def _total(result) -> str:
     return (
         "-"
@@ -284,7 +340,12 @@ def ci(paths: list[Path], course: Path, workers: int | None = None) -> int:
     workers = workers or max(1, min(len(paths), os.cpu_count() or 1))
     order = sorted(paths, key=lambda path: path.stem not in CASES_ON)  # the long ones first
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {path: pool.submit(grade_one, path, course / path.stem) for path in order}
+        futures = {
+            path: pool.submit(
+                grade_one if path.stem in NBGRADER_ON else grade_pair, path, course / path.stem
+            )
+            for path in order
+        }
         results = [futures[path].result() for path in paths]
     header = f"{'assignment':<22} {'solved':>7} {'untouched':>10} {'max':>4} {'students':>9}"
     print(f"{header} {'seconds':>8}")
@@ -295,7 +356,9 @@ def ci(paths: list[Path], course: Path, workers: int | None = None) -> int:
     for line in failures:
         print(f"FAILED {line}", file=sys.stderr)
     print(
-        f"classroom path: {len(paths)} assignments (cheats and lost-work cases on "
-        f"{', '.join(CASES_ON)}), {workers} at a time, {time.perf_counter() - start:.0f} s"
+        f"classroom path: {len(paths)} assignments graded (through nbgrader: "
+        f"{', '.join(p.stem for p in paths if p.stem in NBGRADER_ON) or 'none'}; cheats and "
+        f"lost-work cases on {', '.join(CASES_ON)}), {workers} at a time, "
+        f"{time.perf_counter() - start:.0f} s"
     )
     return 1 if failures else 0

@@ -5,7 +5,9 @@ throwaway environments under build/matrix/: one with the NEWEST release of every
 with the LOWEST release that pyproject.toml allows (uv's lowest-direct resolution, wheels only,
 so on a newer Python it takes the lowest release that ships a wheel for it). The project is
 installed non-editable, as a learner's `pip install .` would, and each environment runs strict
-nbval on the stored notebooks (and, with the lowest releases, the unit tests too). The BLAS
+nbval on the stored notebooks (and 3.11-lowest, the oldest releases we allow, the unit tests
+too: see UNIT_SUITE_ON; 3.13-newest on the numpy-strict backend, which proves the course safe
+on CuPy: see STRICT_ON). The BLAS
 variables (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE) are passed on exactly as the machine sets them:
 some processors need them because older OpenBLAS builds compute wrong results or crash without,
 so no test changes them. Portability across BLAS kernels is built into the tests and the stored
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,10 +94,13 @@ def build_wheel(uv: str) -> Path:
     return next(out.glob("lora_np-*.whl"))
 
 
-def run_environment(figure_dir: Path) -> dict[str, str]:
-    """This process's environment, BLAS variables untouched, with figures sent to ``figure_dir``."""
+def run_environment(figure_dir: Path, backend: str | None = None) -> dict[str, str]:
+    """This process's environment, BLAS variables untouched, with figures sent to ``figure_dir``
+    (and lora_np's array backend set to ``backend``, when given)."""
     env = dict(os.environ)
     env["LORA_NP_FIGURE_DIR"] = str(figure_dir)
+    if backend:
+        env["LORA_NP_BACKEND"] = backend
     return env
 
 
@@ -139,6 +145,46 @@ def _pin(line: str) -> tuple[str, str]:
     return name.strip().lower().replace("_", "-"), version.strip()
 
 
+# The unit suite, with the lowest releases, on this Python only: the oldest we allow, where
+# lowest-direct resolves to the oldest releases of all (on a newer Python it takes the lowest
+# release with a wheel for it, which is newer). The library's code paths depend on the releases,
+# not on the Python minor version (make test runs the unit suite on .venv's Python with the
+# newest), and strict nbval, which runs everywhere, exercises the library on every
+# configuration through the notebooks. Under load on the course machine the unit suite added
+# 6 to 14 minutes to each lowest configuration.
+UNIT_SUITE_ON = (PYTHONS[0], "lowest")
+# Strict nbval on the numpy-strict backend (LORA_NP_BACKEND=numpy-strict), whose arrays refuse
+# silent conversion to host NumPy as CuPy's do: every notebook safe on a GPU, proven on a CPU,
+# and its outputs still the stored ones (the backend is NumPy underneath; only the line that
+# names the backend differs, masked by STRICT_SANITIZE). One execution of the course instead of
+# two (this configuration's and tools/run_strict_course.py's); the plain backend on the newest
+# releases is proven by make test (3.11) and 3.12-newest, on 3.13 by 3.13-lowest.
+STRICT_ON = (PYTHONS[-1], "newest")
+STRICT_SANITIZE = """
+[strict_backend_name]
+regex: backend: numpy-strict
+replace: backend: numpy
+"""
+
+
+def suites(version: str, resolution: str, strict_on=STRICT_ON) -> tuple[str, ...]:
+    """What one configuration runs: strict nbval ("nbval", or "nbval-strict" on ``strict_on``,
+    on the numpy-strict backend), and "unit" on UNIT_SUITE_ON."""
+    nbval = "nbval-strict" if (version, resolution) == strict_on else "nbval"
+    return ("unit", nbval) if (version, resolution) == UNIT_SUITE_ON else (nbval,)
+
+
+def sanitize_file(strict: bool) -> Path:
+    """tools/nbval_sanitize.cfg, plus STRICT_SANITIZE on the numpy-strict backend (written
+    under build/matrix/)."""
+    base = ROOT / "tools" / "nbval_sanitize.cfg"
+    if not strict:
+        return base
+    combined = BUILD / "nbval_sanitize_strict.cfg"
+    combined.write_text(base.read_text() + STRICT_SANITIZE)
+    return combined
+
+
 def failure_excerpt(log_path: Path, limit: int = 80) -> str:
     """What pytest said about the first failures (CI prints only stdout, not the log file)."""
     lines = log_path.read_text(errors="replace").splitlines()
@@ -148,17 +194,17 @@ def failure_excerpt(log_path: Path, limit: int = 80) -> str:
     return "\n".join(["    " + line for line in body + ["..."] + summary])
 
 
-def test_configuration(
-    uv: str, wheel: Path, python: str, version: str, resolution: str
-) -> tuple[str, str]:
-    """Build one environment and test the course in it: (status, detail)."""
+def prepare(uv: str, wheel: Path, python: str, version: str, resolution: str) -> str | None:
+    """Build one configuration's environment: None, or why it could not be built. Downloads
+    and file copies, little CPU: main() builds every environment at once, in threads, while
+    the first configurations are tested."""
     name = f"py{version}-{resolution}"
     venv = BUILD / name
     shutil.rmtree(venv, ignore_errors=True)
     log_path = BUILD / f"{name}.log"
     with open(log_path, "w") as log:
         if run([uv, "venv", "--quiet", "--python", python, str(venv)], log):
-            return "FAILED", f"could not create the environment (see {log_path})"
+            return f"could not create the environment (see {log_path})"
         venv_python = str(venv / "bin" / "python")
         install = [uv, "pip", "install", "--python", venv_python, f"{wheel}[dev]"]
         if resolution == "lowest":
@@ -167,7 +213,26 @@ def test_configuration(
             install += declared_requirements()
             install += ["--resolution", "lowest-direct", "--only-binary", ":all:"]
         if run(install, log):
-            return "FAILED", f"install failed (see {log_path})"
+            return f"install failed (see {log_path})"
+    return None
+
+
+def strict_configuration(chosen: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """Which of the ``chosen`` (version, resolution) runs on numpy-strict: STRICT_ON, or where
+    its Python is missing, the newest Python's newest configuration that runs (else its
+    lowest), so that the check never silently goes."""
+    if not chosen or STRICT_ON in chosen:
+        return STRICT_ON if chosen else None
+    return max(chosen, key=lambda c: (PYTHONS.index(c[0]), c[1] == "newest"))
+
+
+def test_configuration(version: str, resolution: str, strict_on=STRICT_ON) -> tuple[str, str]:
+    """Test the course in one environment that prepare() built: (status, detail)."""
+    name = f"py{version}-{resolution}"
+    venv = BUILD / name
+    log_path = BUILD / f"{name}.log"
+    with open(log_path, "a") as log:
+        venv_python = str(venv / "bin" / "python")
         versions = subprocess.run(
             [
                 venv_python,
@@ -189,21 +254,25 @@ def test_configuration(
         # tolerances are measured across BLAS kernels, not releases).
         marks = "not crosscheck and not gpu and not sensitivity and not solved_edition"
         unit = ["tests", "-m", marks, "-k", "not student_edition_runs"]
-        if resolution == "lowest" and run(pytest + unit, log, env):
+        if "unit" in suites(version, resolution, strict_on) and run(pytest + unit, log, env):
             return "FAILED", f"unit tests failed (see {log_path})"
+        strict = "nbval-strict" in suites(version, resolution, strict_on)
         nbval = pytest + [
             "--nbval",
             "--nbval-current-env",
             "--nbval-sanitize-with",
-            "tools/nbval_sanitize.cfg",
+            str(sanitize_file(strict)),
             "--nbval-cell-timeout",
             str(CELL_TIMEOUT_S),
             "notebooks",
         ]
+        if strict:
+            env = run_environment(BUILD / "figures" / name, backend="numpy-strict")
         if run(nbval, log, env):
-            return "FAILED", f"strict nbval failed (see {log_path})"
+            backend = " on the numpy-strict backend" if strict else ""
+            return "FAILED", f"strict nbval{backend} failed (see {log_path})"
     detail = f"numpy {versions[0]}, matplotlib {versions[1]}" if len(versions) == 2 else ""
-    return "ok", detail
+    return "ok", detail + (", numpy-strict backend" if strict else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     BUILD.mkdir(parents=True, exist_ok=True)
     wheel = build_wheel(uv)
-    rows, failed = [], False
+    rows, failed, chosen = [], False, {}
     for config in wanted:
         version, _, resolution = config.partition("-")
         python = find_python(version)
@@ -236,17 +305,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {config}: repeats make test ({repeated})")
             rows.append((config, "skipped", "repeats make test"))
             continue
+        chosen[config] = (python, version, resolution)
+    strict_on = strict_configuration([(v, r) for _, v, r in chosen.values()])
+    pool = ThreadPoolExecutor(max_workers=max(1, len(chosen)))
+    built = {c: pool.submit(prepare, uv, wheel, *job) for c, job in chosen.items()}
+    for config, (python, version, resolution) in chosen.items():
         print(f"{config}: {python} ...", flush=True)
         start = time.perf_counter()
-        status, detail = test_configuration(uv, wheel, python, version, resolution)
+        problem = built[config].result()
+        if problem:
+            status, detail = "FAILED", problem
+        else:
+            status, detail = test_configuration(version, resolution, strict_on)
         seconds = time.perf_counter() - start
         print(f"  {status} in {seconds:.0f} s  {detail}", flush=True)
         if status == "FAILED":
             print(failure_excerpt(BUILD / f"py{version}-{resolution}.log"), flush=True)
         rows.append((config, status, f"{seconds:.0f} s  {detail}"))
         failed |= status == "FAILED"
+    pool.shutdown()
     print()
-    for config, status, detail in rows:
+    order = {config: i for i, config in enumerate(wanted)}
+    for config, status, detail in sorted(rows, key=lambda row: order[row[0]]):
         print(f"{config:<14} {status:<8} {detail}")
     return 1 if failed else 0
 

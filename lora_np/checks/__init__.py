@@ -24,10 +24,17 @@ from .autodiff import check_topological_order, check_unbroadcast
 from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
 from .layer import check_lora_forward, check_lora_grads, check_merge
-from .low_rank import check_best_rank_approximation, check_eckart_young_error
+from .low_rank import (
+    check_best_rank_approximation,
+    check_eckart_young_error,
+    check_numerical_rank,
+)
+from .numerical import check_numerical_gradient
+from .optimizer import check_adamw_step
 from .peers import check_adapter_forward, check_dora_forward, check_loraplus_rates
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
+from .value import check_value
 
 __all__ = [
     "ExerciseError",
@@ -38,11 +45,13 @@ __all__ = [
     "check_optimizer_state_bytes",
     "check_split_heads",
     "check_adam_first_update",
+    "check_adamw_step",
     "check_init_lora",
     "check_lora_scaling",
     "check_pissa_init",
     "check_best_rank_approximation",
     "check_eckart_young_error",
+    "check_numerical_rank",
     "check_energy_rank",
     "check_subspace_similarity",
     "check_adapter_forward",
@@ -53,6 +62,8 @@ __all__ = [
     "check_merge",
     "check_topological_order",
     "check_unbroadcast",
+    "check_numerical_gradient",
+    "check_value",
     "passing_or_reference",
     "yours_or_reference",
 ]
