@@ -64,18 +64,24 @@ store-outputs: $(VENV)/.installed
 
 # One pytest run for the unit tests and strict nbval, on TEST_WORKERS processes (pytest-xdist):
 # --dist loadfile keeps each file on one worker, so a notebook's cells run in order in one
-# kernel and test_editions.py executes the student edition once; tests/conftest.py starts the
-# longest files first. Each experiment rerun runs once; the reruns with a deliberate change
-# that prove the rerun tests' power (marker `sensitivity`) run in .ci/run. The BLAS variables
-# are left as the machine sets them (tests/test_environment.py).
+# kernel; tests/conftest.py starts the longest files first. The course is executed once: strict
+# nbval of the student edition (build/nbval-student, tools/nbval_edition.py), which proves that
+# Run All reaches the end with every exercise unsolved, each checker saying so, and that every
+# other cell prints what the stored notebook shows. The teacher's edition (the stored notebooks
+# with their solutions) is executed by .ci/run (the solved edition and the test matrix). Each
+# experiment rerun runs once; the reruns with a deliberate change that prove the rerun tests'
+# power (marker `sensitivity`) run in .ci/run. The BLAS variables are left as the machine sets
+# them (tests/test_environment.py).
 TEST_WORKERS ?= 2
+NBVAL_EDITION := build/nbval-student
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check $(FORMAT_DIRS)
+	$(BIN)/python tools/nbval_edition.py $(NBVAL_EDITION)
 	LORA_NP_FIGURE_DIR=build/test-figures $(BIN)/pytest $(NBVAL_FLAGS) \
 	    -n $(TEST_WORKERS) --dist loadfile -m "not crosscheck and not gpu and not sensitivity and not solved_edition" \
-	    --ignore=tests/fixtures tests notebooks
+	    --ignore=tests/fixtures tests $(NBVAL_EDITION)
 
 $(VENV)/.matrix: $(VENV)/.installed
 	$(BIN)/python -m pip install "uv>=0.9,<1"

@@ -81,8 +81,27 @@ def value_class(fn):
     return type("Answer", (), {"__init__": init, "tanh": op, "exp": op, "backward": op, **methods})
 
 
+def lora_linear_class(fn):
+    """A class for check_LoRALinear built as asked, whose forward, merge and unmerge are ``fn``."""
+
+    def init(self, base, r, alpha):
+        ln.nn.Module.__init__(self)
+        self.base = base.requires_grad_(False)
+        d, k = base.weight.shape
+        dtype = base.weight.data.dtype
+        self.A = ln.nn.Parameter(ln.backend.rng().uniform(-1, 1, (r, k)).astype(dtype))
+        self.B = ln.nn.Parameter(np.zeros((d, r), dtype=dtype))
+        self.r, self.alpha, self.scaling, self.merged = r, alpha, alpha / r, False
+
+    def op(self, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    methods = {"__init__": init, "forward": op, "merge": op, "unmerge": op}
+    return type("Answer", (ln.nn.Module,), methods)
+
+
 # A class exercise's checker takes a class: the same bad behaviour, put in every method.
-CLASS_ANSWERS = {"check_value": value_class}
+CLASS_ANSWERS = {"check_value": value_class, "check_LoRALinear": lora_linear_class}
 
 
 def answer(checker: str, fn):

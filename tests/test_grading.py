@@ -213,7 +213,14 @@ def test_a_hanging_function_is_stopped_at_the_time_limit(tmp_path, library):
 def test_a_function_that_ends_python_scores_zero_with_a_reason(tmp_path, library, how):
     crash = f"def merge(W0, A, B, scaling):\n    {how}"
     verdicts = grade(submission(tmp_path, {**ALL_SOLVED, "merge": crash}), library)
-    assert scores(verdicts) == {"lora_forward": 1, "lora_grads": 1, "merge": 0}
+    assert scores(verdicts) == {
+        "lora_forward": 1,
+        "lora_grads": 1,
+        "inject": 1,
+        "mark_only_lora_as_trainable": 1,
+        "merge": 0,
+        "LoRALinear": 1,
+    }
     assert "merge" in verdicts["merge"].message
 
 
@@ -281,6 +288,60 @@ def test_python_s_own_copy_caches_are_not_tampering():
     assert grading_child.tampered(before, grading_child.snapshot()) == []
 
 
+# ---------------------------------------------------------------- a class as the answer
+
+LAYER = """
+class LoRALinear(ln.nn.Module):
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base = base
+        base.requires_grad_(False)
+        d, k = base.weight.shape
+        A = ln.backend.rng().uniform(-1 / math.sqrt(k), 1 / math.sqrt(k), size=(r, k))
+        self.A = ln.nn.Parameter(A.astype(base.weight.data.dtype))
+        self.B = ln.nn.Parameter(np.zeros((d, r), dtype=base.weight.data.dtype))
+        self.r, self.alpha, self.scaling, self.merged = r, alpha, alpha / r, False
+
+    def delta(self):
+        return self.scaling * (self.B.data @ self.A.data)
+
+    def forward(self, x):
+        if self.merged:
+            return self.base(x)
+        return self.base(x) + self.scaling * ((x @ self.A.T) @ self.B.T)
+
+    def merge(self):
+        if self.merged:
+            raise RuntimeError("merged")
+        self.base.weight.data = self.base.weight.data + self.delta()
+        self.merged = True
+
+    def unmerge(self):
+        self.base.weight.data = self.base.weight.data - self.delta()
+        self.merged = False
+"""
+PRELUDE = ["import math", "import numpy as np", "import lora_np as ln", "from lora_np import lora"]
+
+
+@pytest.mark.parametrize(
+    "definitions, score, phrase",
+    [
+        (LAYER, 1, "LoRALinear: all"),
+        ("class LoRALinear(lora.LoRALinear):\n    pass", 0, "builds on the library's LoRALinear"),
+        (
+            "def LoRALinear(*a, **k):\n"
+            "    return ln.checks._harness._REGISTRY['LoRALinear'][1](*a, **k)",
+            0,
+            "library",
+        ),
+    ],
+    ids=["honest-class", "library-subclass", "returns-reference"],
+)
+def test_a_class_answer_is_graded_as_a_class(library, definitions, score, phrase):
+    verdict = grading.run_exercise(library, "LoRALinear", PRELUDE, definitions, hidden_seed=7)
+    assert verdict.score == score and phrase in verdict.message, verdict
+
+
 def test_a_class_exercise_is_graded_through_the_class_itself(tmp_path, library):
     """Notebook 00's Value is a class: the checker gets the learner's class (not a wrapper
     function), so honest work scores full marks and the untouched stub 0."""
@@ -300,3 +361,33 @@ def test_a_class_exercise_is_graded_through_the_class_itself(tmp_path, library):
     assert verdict.score == 1, verdict.message
     (verdict,) = grading.grade_submission(untouched, teacher, exercises, library, SEED)
     assert verdict.score == 0 and "not written yet" in verdict.message
+
+
+def test_a_carried_answer_is_the_librarys_in_the_prelude():
+    """`X = ln.checks.yours_or_reference("name")` above an exercise binds the library's answer
+    (a submission holds one notebook); below it, or with any other call, nothing is bound."""
+    teacher = nbformat.v4.new_notebook()
+    teacher.cells = [
+        nbformat.v4.new_code_cell('inject = ln.checks.yours_or_reference("inject")\nx = f(1)'),
+        nbformat.v4.new_code_cell("def solved():\n    pass"),
+        nbformat.v4.new_code_cell('later = ln.checks.yours_or_reference("merge")'),
+    ]
+    assert grading.teacher_prelude(teacher, 1, {1}) == ["inject = __carried__['inject']"]
+
+
+def _graded(library, prelude, body):
+    definitions = f"def merge(W0, A, B, scaling):\n{body}\n    return W0 + scaling * (B @ A)\n"
+    return grading.run_exercise(
+        library, "merge", ["import numpy as np", *prelude], definitions, SEED
+    )
+
+
+def test_a_carried_answer_reaches_the_learners_code_but_never_the_graded_exercise(library):
+    uses = "    assert forward.__name__ == 'lora_forward_reference', forward"
+    passed = _graded(library, ["forward = __carried__['lora_forward']"], uses)
+    assert passed.score == 1, passed
+    # the exercise's own reference is not carried, and the prelude's dict is gone afterwards
+    own = _graded(library, ["forward = __carried__['merge']"], uses)
+    assert own.score == 0 and "forward" in own.message, own
+    peek = _graded(library, [], "    assert __carried__")
+    assert peek.score == 0 and "__carried__" in peek.message, peek

@@ -138,9 +138,28 @@ def learner_definitions(submission, name: str, known: set[str]) -> str:
     return "\n\n".join(piece for piece in pieces if piece)
 
 
+def _carried_binding(node) -> tuple[str, str] | None:
+    """``(variable, exercise)`` for ``variable = ...yours_or_reference("exercise")``, else None."""
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+        return None
+    target, call = node.targets[0], node.value
+    if not (isinstance(target, ast.Name) and isinstance(call, ast.Call) and len(call.args) == 1):
+        return None
+    func = call.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    argument = call.args[0]
+    if called != "yours_or_reference" or not isinstance(argument, ast.Constant):
+        return None
+    return (target.id, argument.value) if isinstance(argument.value, str) else None
+
+
 def teacher_prelude(teacher, solution_cell: int, solution_cells: set[int]) -> list[str]:
     """What the learner's function may use from the teacher's notebook: every import, and the
-    functions, classes and literal constants of the cells above the exercise."""
+    functions, classes and literal constants of the cells above the exercise. A learner's answer
+    carried from an earlier notebook (``X = ln.checks.yours_or_reference("name")``) is the
+    library's answer here, ``X = __carried__["name"]`` (bound by the child before the traps are
+    armed; never the exercise being graded): a submission holds one notebook, not the earlier
+    ones."""
     pieces = []
     for index, cell in enumerate(teacher.cells):
         if cell.cell_type != "code" or index in solution_cells:
@@ -150,6 +169,10 @@ def teacher_prelude(teacher, solution_cell: int, solution_cells: set[int]) -> li
             continue
         for node in tree.body:
             keep = isinstance(node, ast.Import | ast.ImportFrom)
+            carried = _carried_binding(node) if index < solution_cell else None
+            if carried is not None:  # a learner's answer from an earlier notebook: the library's
+                pieces.append(f"{carried[0]} = __carried__[{carried[1]!r}]")
+                continue
             if index < solution_cell:
                 keep = keep or isinstance(node, ast.FunctionDef | ast.ClassDef)
                 if isinstance(node, ast.Assign):

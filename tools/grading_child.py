@@ -33,7 +33,13 @@ import types
 LIBRARY_MODULES = ("lora_np",)
 WATCHED_MODULES = ("builtins", "math", "numpy", "numpy.linalg", "numpy.random")
 # Per exercise, library objects besides its registered reference that would solve it.
-EXTRA_TRAPS = {"lora_forward": [("lora_np.functional", "lora_linear")]}
+EXTRA_TRAPS = {
+    "lora_forward": [("lora_np.functional", "lora_linear")],
+    "layer_norm_backward": [("lora_np.functional", "layer_norm")],
+    "projection_norm": [("lora_np.analysis", "amplification_factor")],
+    "train_lora": [("lora_np.train", "train")],
+    "save_adapter": [("lora_np.lora.peft_format", "save_adapter")],
+}
 
 
 class TrapState:
@@ -218,13 +224,17 @@ def grade(job: dict) -> dict:
         if isinstance(value, type)
     }
     kept_types |= {int, float, complex, bool, str, numpy.ndarray, *numpy.sctypeDict.values()}
+    # Answers carried from earlier notebooks are the library's, taken before the traps replace
+    # them (a learner's loop may call the library's inject); never the exercise graded here.
+    carried = {key: reference for key, (_, reference) in _harness._REGISTRY.items() if key != name}
     install_traps(_harness, name)
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    namespace = {"__name__": "__main__", "__builtins__": builtins, "__carried__": carried}
     for statement in job["prelude"]:  # the teacher's imports and helpers, each on its own
         try:
             exec(compile(statement, "<teacher's notebook>", "exec"), namespace)
         except Exception:  # noqa: BLE001 (a helper needing data the notebook computed)
             pass
+    del namespace["__carried__"]  # the learner's code sees only what the prelude bound
     before = snapshot()
 
     def armed(call):
@@ -247,6 +257,20 @@ def grade(job: dict) -> dict:
 
     learners.__name__ = name
     if isinstance(function, type):  # a class exercise (00's Value): the checker needs the class
+        from lora_np import nn
+
+        borrowed = [
+            klass
+            for klass in function.__mro__
+            if klass.__module__.split(".")[0] in LIBRARY_MODULES and klass is not nn.Module
+        ]
+        if borrowed:  # its methods are the library's, which no trap covers: not their work
+            return {
+                "score": 0,
+                "status": "used the library's answer",
+                "message": f"graded mode: {name} builds on the library's {borrowed[0].__name__}; "
+                "write it yourself (subclass ln.nn.Module only)",
+            }
         _arm_methods(function, armed)
         learners = function
     verdict = {"score": 1, "status": "passed", "message": ""}

@@ -18,8 +18,10 @@ outputs instead (no compared digit depends on the kernel; see tests/test_experim
 
 A configuration that would repeat `make test` is skipped with a line that says so: the newest
 one on .venv's Python when .venv holds the newest release of every requirement pyproject.toml names
-(`make test` already ran strict nbval there; the installed wheel, the one thing it would add,
-is proven by every other configuration). Name it explicitly to run it anyway. Each run uses
+(`make test` already ran strict nbval there, on the student edition: every stored output but
+the exercise cells', with the library's answers; the teacher's solutions run in every other
+configuration and in .ci/run's solved edition, and the installed wheel, the other thing it
+would add, is proven by every other configuration). Name it explicitly to run it anyway. Each run uses
 WORKERS processes (pytest-xdist, --dist loadfile: a notebook stays in one kernel).
 
 Needs `uv` (make test-matrix installs it into .venv). Exit status 1 when any configuration fails.

@@ -18,31 +18,43 @@ library for its reference answers, and nothing in the library imports it).
 
 from . import _harness
 from ._harness import ExerciseError, passing_or_reference, yours_or_reference
+from .adapter_files import check_save_adapter
 from .adapters import check_mixed_lora_forward, check_quantize_blockwise
 from .attention import check_causal_attention, check_split_heads
 from .autodiff import check_topological_order, check_unbroadcast
 from .finetune import check_count_trainable, check_optimizer_state_bytes
 from .initialisation import check_init_lora, check_pissa_init
+from .injection import check_inject, check_mark_only_lora_as_trainable
+from .kaiming import check_kaiming_bound
 from .layer import check_lora_forward, check_lora_grads, check_merge
+from .lora_linear import check_LoRALinear
 from .low_rank import (
     check_best_rank_approximation,
     check_eckart_young_error,
     check_numerical_rank,
 )
+from .normalisation import check_layer_norm_backward
 from .numerical import check_numerical_gradient
 from .optimizer import check_adamw_step
 from .peers import check_adapter_forward, check_dora_forward, check_loraplus_rates
+from .projection import check_projection_norm
 from .scaling import check_adam_first_update, check_lora_scaling
 from .svd import check_energy_rank, check_subspace_similarity
+from .training import check_train_lora
 from .value import check_value
 
 __all__ = [
     "ExerciseError",
+    "check_LoRALinear",
+    "check_inject",
+    "check_kaiming_bound",
+    "check_mark_only_lora_as_trainable",
     "check_mixed_lora_forward",
     "check_quantize_blockwise",
     "check_causal_attention",
     "check_count_trainable",
     "check_optimizer_state_bytes",
+    "check_save_adapter",
     "check_split_heads",
     "check_adam_first_update",
     "check_adamw_step",
@@ -53,14 +65,17 @@ __all__ = [
     "check_eckart_young_error",
     "check_numerical_rank",
     "check_energy_rank",
+    "check_projection_norm",
     "check_subspace_similarity",
     "check_adapter_forward",
     "check_dora_forward",
     "check_loraplus_rates",
+    "check_layer_norm_backward",
     "check_lora_forward",
     "check_lora_grads",
     "check_merge",
     "check_topological_order",
+    "check_train_lora",
     "check_unbroadcast",
     "check_numerical_gradient",
     "check_value",
