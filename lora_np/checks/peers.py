@@ -17,6 +17,7 @@ from ._harness import (
     as_array,
     call,
     compare,
+    describe,
     exercise,
     is_shape_error,
     np,
@@ -340,6 +341,33 @@ def _wrong_rates(named, lr, ratio) -> list:
     ]  # fmt: skip
 
 
+def _items(value):
+    """A tuple's or a list's items, read without calling the value's own methods; else None."""
+    kind = tuple if isinstance(value, tuple) else list if isinstance(value, list) else None
+    return None if kind is None else tuple(kind.__iter__(value))
+
+
+def _pairs(got, name: str, case: str) -> list:
+    """The learner's [(name, rate)] as a list of (str, float), or a clear ExerciseError."""
+    if got is None:
+        raise ExerciseError(f"{name} returned None on {case}: did you forget `return`?")
+    expected = "expected a list of (name, rate) pairs, e.g. [(name, lr), ...]"
+    items = _items(got)
+    if items is None:
+        raise ExerciseError(f"{name} returned {describe(got)} on {case}; {expected}")
+    pairs = []
+    for item in items:
+        pair = _items(item)
+        ok = pair is not None and len(pair) == 2 and isinstance(pair[0], str)
+        if not ok or not isinstance(pair[1], int | float | np.floating | np.integer):
+            raise ExerciseError(
+                f"{name} returned {describe(got)} on {case}, with an item {describe(item)}; "
+                f"{expected} (a str and a number each)"
+            )
+        pairs.append((pair[0], float(pair[1])))
+    return pairs
+
+
 @exercise("loraplus_rates", loraplus_rates_reference)
 def check_loraplus_rates(fn, *, quiet: bool = False) -> None:
     """Check ``fn(named_parameters, lr, ratio)`` -> [(name, rate)] for the trainable parameters
@@ -358,13 +386,8 @@ def check_loraplus_rates(fn, *, quiet: bool = False) -> None:
             raise ExerciseError(
                 f"{name} changed the list it was given on {case}: leave it as it is"
             )
-        pairs = got if isinstance(got, list | tuple) else None
-        if pairs is None or not all(isinstance(x, tuple | list) and len(x) == 2 for x in pairs):
-            raise ExerciseError(
-                f"{name} returned {type(got).__name__} on {case}; expected a list of "
-                "(name, rate) pairs, e.g. [(name, lr), ...]"
-            )
-        got = {str(n): r for n, r in pairs}
+        pairs = _pairs(got, name, case)
+        got = dict(pairs)
         if len(got) != len(pairs):
             raise ExerciseError(f"{name} gave a parameter two rates on {case}: one pair each")
         frozen = sorted(set(got) - set(want_map))
