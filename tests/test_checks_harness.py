@@ -82,7 +82,7 @@ def value_class(fn):
 
 
 def lora_linear_class(fn):
-    """A class for check_LoRALinear built as asked, whose forward, merge and unmerge are ``fn``."""
+    """A class for check_lora_linear built as asked, whose forward, merge and unmerge are ``fn``."""
 
     def init(self, base, r, alpha):
         ln.nn.Module.__init__(self)
@@ -101,7 +101,7 @@ def lora_linear_class(fn):
 
 
 # A class exercise's checker takes a class: the same bad behaviour, put in every method.
-CLASS_ANSWERS = {"check_value": value_class, "check_LoRALinear": lora_linear_class}
+CLASS_ANSWERS = {"check_value": value_class, "check_lora_linear": lora_linear_class}
 
 
 def answer(checker: str, fn):

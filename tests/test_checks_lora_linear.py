@@ -1,11 +1,11 @@
-"""check_LoRALinear accepts LoRA layers written different ways and names each classic mistake."""
+"""check_lora_linear accepts LoRA layers written different ways and names each classic mistake."""
 
 import numpy as np
 import pytest
 
 import lora_np as ln
 from lora_np import lora
-from lora_np.checks import check_LoRALinear
+from lora_np.checks import check_lora_linear
 from lora_np.checks._harness import ExerciseError
 
 F = ln.functional
@@ -87,10 +87,10 @@ class GaussianLayer(ln.nn.Module):
 
 
 def test_the_library_and_independent_solutions_pass(capsys):
-    check_LoRALinear(lora.LoRALinear)
+    check_lora_linear(lora.LoRALinear)
     assert "✓ LoRALinear: all 3 checks passed" in capsys.readouterr().out
-    check_LoRALinear(Layer, quiet=True)
-    check_LoRALinear(GaussianLayer, quiet=True)
+    check_lora_linear(Layer, quiet=True)
+    check_lora_linear(GaussianLayer, quiet=True)
     assert capsys.readouterr().out == ""
 
 
@@ -98,7 +98,7 @@ def test_the_checker_leaves_the_callers_random_stream_alone():
     ln.manual_seed(3)
     expected = ln.backend.rng().standard_normal(4)
     ln.manual_seed(3)
-    check_LoRALinear(GaussianLayer, quiet=True)  # draws A from the same generator
+    check_lora_linear(GaussianLayer, quiet=True)  # draws A from the same generator
     assert np.array_equal(ln.backend.rng().standard_normal(4), expected)
 
 
@@ -222,7 +222,7 @@ class TransposedA(Layer):
 )
 def test_each_mistake_is_named(wrong, phrase):
     with pytest.raises(ExerciseError) as info:
-        check_LoRALinear(wrong)
+        check_lora_linear(wrong)
     assert phrase in str(info.value), str(info.value)
 
 
@@ -232,7 +232,7 @@ def test_an_unsolved_stub_is_marked_unsolved():
             raise NotImplementedError()
 
     with pytest.raises(ExerciseError) as info:
-        check_LoRALinear(Stub)
+        check_lora_linear(Stub)
     assert getattr(info.value, "unsolved", False) is True
 
 
@@ -241,7 +241,7 @@ def test_a_missing_merge_method_is_named():
         merge = None
 
     with pytest.raises(ExerciseError) as info:
-        check_LoRALinear(NoMerge)
+        check_lora_linear(NoMerge)
     assert "no method merge()" in str(info.value)
 
 
@@ -254,7 +254,7 @@ def test_a_second_merge_that_changes_the_weight_before_refusing_is_named():
             self.merged = True
 
     with pytest.raises(ExerciseError) as info:
-        check_LoRALinear(AddsThenRefuses)
+        check_lora_linear(AddsThenRefuses)
     assert "a second merge() changed base.weight" in str(info.value)
 
 
@@ -265,7 +265,7 @@ def test_a_passing_class_is_carried_to_later_notebooks(tmp_path, monkeypatch, ca
     carried = ln.checks.yours_or_reference("LoRALinear")
     assert carried is not GaussianLayer and carried.__name__ == "GaussianLayer"
     assert "mine: your own LoRALinear below" in capsys.readouterr().out
-    check_LoRALinear(carried, quiet=True)
+    check_lora_linear(carried, quiet=True)
 
 
 def test_without_a_carried_class_later_notebooks_get_the_librarys(tmp_path, monkeypatch):

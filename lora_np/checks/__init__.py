@@ -27,7 +27,7 @@ from .initialisation import check_init_lora, check_pissa_init
 from .injection import check_inject, check_mark_only_lora_as_trainable
 from .kaiming import check_kaiming_bound
 from .layer import check_lora_forward, check_lora_grads, check_merge
-from .lora_linear import check_LoRALinear
+from .lora_linear import check_lora_linear
 from .low_rank import (
     check_best_rank_approximation,
     check_eckart_young_error,
@@ -45,7 +45,7 @@ from .value import check_value
 
 __all__ = [
     "ExerciseError",
-    "check_LoRALinear",
+    "check_lora_linear",
     "check_inject",
     "check_kaiming_bound",
     "check_mark_only_lora_as_trainable",

@@ -19,7 +19,7 @@ from .. import backend, lora, nn
 from ..autograd import Tensor
 from ._harness import ExerciseError, as_array, call, compare, describe, exercise, np, passed
 
-__all__ = ["check_LoRALinear"]
+__all__ = ["check_lora_linear"]
 
 NAME = "LoRALinear"
 
@@ -303,7 +303,7 @@ def _cases():
 
 
 @exercise(NAME, lora.LoRALinear)
-def check_LoRALinear(cls, *, quiet: bool = False) -> None:
+def check_lora_linear(cls, *, quiet: bool = False) -> None:
     """Check a class ``LoRALinear(base, r, alpha)``: an ``ln.nn.Module`` with the base frozen,
     A (r, k) random and B (d, r) zero as Parameters, ``scaling`` = alpha / r, ``forward``,
     ``merge()`` / ``unmerge()`` and a ``merged`` flag."""
