@@ -38,6 +38,7 @@ from .normalisation import check_layer_norm_backward
 from .numerical import check_numerical_gradient
 from .optimizer import check_adamw_step
 from .optimizer_class import check_adamw
+from .peers import check_adapter_forward, check_dora_forward, check_loraplus_rates
 from .peft_names import check_opt_positions, check_peft_key, check_peft_lora_config
 from .projection import check_projection_norm
 from .scaling import check_adam_first_update, check_lora_scaling
@@ -74,6 +75,9 @@ __all__ = [
     "check_peft_lora_config",
     "check_projection_norm",
     "check_subspace_similarity",
+    "check_adapter_forward",
+    "check_dora_forward",
+    "check_loraplus_rates",
     "check_layer_norm_backward",
     "check_lora_forward",
     "check_lora_grads",

@@ -16,6 +16,8 @@ What is here (each file is written by the script ``experiments/<name>.py`` of th
 * ``08_adapters/``: notebook 08 (adapter folders, ``scores.json``, and ``independent_init.json``,
   the combinations rerun from independently initialised adapters), and ``08_independent_init/``,
   those adapters.
+* ``10_peers.json``: notebook 10 (LoRA among its peers; partial until the sweep has finished,
+  ``"complete"`` says which).
 """
 
 from __future__ import annotations
