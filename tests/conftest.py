@@ -11,6 +11,10 @@
   The op-level test modules (autograd, functional, gradcheck, nn, lora) request it for every
   test with ``pytestmark = pytest.mark.usefixtures("engine_mode")``; tests/test_fastpaths.py
   compares the two modes directly instead.
+- Every test process uses one BLAS thread, as every notebook and experiment script does: the
+  course's matrices are small, and two pytest-xdist workers that each start a BLAS thread per
+  core slowed a checker's call from 0.6 s to over 20 s (its time limit) on a busy 2-core CI
+  machine. The BLAS *kernel* variables (OPENBLAS_CORETYPE, ...) are left as the machine sets them.
 - ``rerun_miss`` judges a rerun experiment point against its stored result within a tolerance
   measured across BLAS kernels (tests/test_experiments_*.py).
 """
@@ -42,6 +46,9 @@ def _torch_importable() -> bool:
 
 
 def pytest_configure(config):
+    from lora_np import backend
+
+    backend.set_blas_threads(1)
     if not CROSSCHECK_REQUIRED:
         return
     missing = [name for name in ("torch", "peft") if importlib.util.find_spec(name) is None]

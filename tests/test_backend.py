@@ -147,3 +147,17 @@ def test_backend_fixture_makes_the_backend_active(backend_name):
     target = backend.xp.zeros(3)
     backend.scatter_add(target, backend.xp.asarray([0, 0, 2]), backend.xp.ones(3))
     np.testing.assert_array_equal(backend.to_numpy(target), [2, 0, 1])
+
+
+def test_set_blas_threads_reaches_numpys_openblas():
+    """Where NumPy's wheel carries OpenBLAS, set_blas_threads must really change its thread
+    count: threadpoolctl releases before 3.5 do not find NumPy 2's scipy-openblas and silently
+    change nothing (then two test workers on a busy machine slow each other 5x)."""
+    from threadpoolctl import threadpool_info
+
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    if "openblas" not in blas:
+        pytest.skip(f"NumPy here uses {blas}, which threadpoolctl may not control")
+    backend.set_blas_threads(1)  # as every test process already does (conftest.py)
+    threads = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert threads == [1], f"threadpoolctl sees BLAS thread counts {threads} (NumPy: {blas})"
