@@ -4,8 +4,9 @@
 #   make test        ruff, unit tests, strict nbval on every notebook (2 processes;
 #                    TEST_WORKERS=N for more)
 #   make test-matrix strict nbval on Python 3.11-3.13 with the newest and the lowest allowed
-#                    dependencies (3.13-newest on the numpy-strict backend; the unit tests
-#                    too on 3.11-lowest), BLAS variables as the machine sets them (CI runs it)
+#                    dependencies, each pair that adds a Python or releases (the newest
+#                    releases on the numpy-strict backend; the unit tests too on 3.11-lowest),
+#                    BLAS variables as the machine sets them (CI runs it)
 #   make store-outputs  maintainers: rerun the notebooks in place and rewrite figures/
 #   make crosscheck  compare against PyTorch/transformers/PEFT (installs torch==2.13.0,
 #                    transformers and peft), then strict nbval on notebook 09

@@ -238,7 +238,38 @@ def test_the_strict_check_moves_to_the_newest_python_found():
         "3.12",
         "lowest",
     )
+    assert test_matrix.strict_configuration([("3.12", "newest"), ("3.13", "lowest")]) == (
+        "3.12",
+        "newest",
+    )  # the newest releases first: a Python's lowest ones are the oldest we allow
     assert test_matrix.strict_configuration([]) is None
+
+
+def test_a_configuration_runs_unless_its_python_and_its_releases_both_run_elsewhere():
+    test_matrix = _test_matrix()
+    old, new = frozenset({("numpy", "2.0.0")}), frozenset({("numpy", "2.5.5")})
+    pins = {
+        ("3.11", "lowest"): old,
+        ("3.12", "newest"): new,
+        ("3.12", "lowest"): old,  # 3.11-lowest's releases, and 3.12 runs in 3.12-newest
+        ("3.13", "newest"): new,  # 3.12-newest's releases, and 3.13 runs in 3.13-lowest
+        ("3.13", "lowest"): frozenset({("numpy", "2.1.0")}),
+    }
+    dropped = test_matrix.repeated_pairs(pins)
+    assert set(dropped) == {("3.12", "lowest"), ("3.13", "newest")}, dropped
+    assert "3.11-lowest" in dropped[("3.12", "lowest")]
+    # every Python and every set of releases still runs
+    kept = {c: p for c, p in pins.items() if c not in dropped}
+    assert {c[0] for c in kept} == {"3.11", "3.12", "3.13"}
+    assert set(kept.values()) == set(pins.values())
+    # the unit suite's configuration always runs; unknown releases (None) always run
+    pins[("3.11", "newest")] = old
+    assert ("3.11", "lowest") not in test_matrix.repeated_pairs(pins)
+    pins[("3.12", "lowest")] = None
+    assert ("3.12", "lowest") not in test_matrix.repeated_pairs(pins)
+    # releases that only the unit suite uses do not make a configuration new
+    with_yaml = frozenset({("numpy", "2.0.0"), ("pyyaml", "6.0.1")})
+    assert test_matrix.course_releases(with_yaml) == old
 
 
 def test_the_strict_configuration_masks_only_the_line_that_names_the_backend(tmp_path, monkeypatch):

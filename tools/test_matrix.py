@@ -6,8 +6,8 @@ with the LOWEST release that pyproject.toml allows (uv's lowest-direct resolutio
 so on a newer Python it takes the lowest release that ships a wheel for it). The project is
 installed non-editable, as a learner's `pip install .` would, and each environment runs strict
 nbval on the stored notebooks (and 3.11-lowest, the oldest releases we allow, the unit tests
-too: see UNIT_SUITE_ON; 3.13-newest on the numpy-strict backend, which proves the course safe
-on CuPy: see STRICT_ON). The BLAS
+too: see UNIT_SUITE_ON; the newest releases on the numpy-strict backend, which proves the
+course safe on CuPy: see STRICT_ON). The BLAS
 variables (OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE) are passed on exactly as the machine sets them:
 some processors need them because older OpenBLAS builds compute wrong results or crash without,
 so no test changes them. Portability across BLAS kernels is built into the tests and the stored
@@ -21,8 +21,12 @@ one on .venv's Python when .venv holds the newest release of every requirement p
 (`make test` already ran strict nbval there, on the student edition: every stored output but
 the exercise cells', with the library's answers; the teacher's solutions run in every other
 configuration and in .ci/run's solved edition, and the installed wheel, the other thing it
-would add, is proven by every other configuration). Name it explicitly to run it anyway. Each run uses
-WORKERS processes (pytest-xdist, --dist loadfile: a notebook stays in one kernel).
+would add, is proven by every other configuration). So is a configuration whose Python and
+whose releases (those a notebook's execution depends on) both run in other configurations: on
+Python 3.12 the lowest releases are 3.11's and the newest are 3.13's, so 3.12 runs once, and
+each Python and each set of releases a learner can get still runs (repeated_pairs). Name a
+configuration explicitly to run it anyway. Each run uses WORKERS processes (pytest-xdist,
+--dist loadfile: a notebook stays in one kernel).
 
 Needs `uv` (make test-matrix installs it into .venv). Exit status 1 when any configuration fails.
 """
@@ -106,6 +110,45 @@ def run_environment(figure_dir: Path, backend: str | None = None) -> dict[str, s
     return env
 
 
+def _named() -> set[str]:
+    """The packages pyproject.toml names (a newer release of one of their own dependencies,
+    such as an HTML parser of nbconvert's, changes nothing the course is tested on)."""
+    return {_pin(re.match(r"[A-Za-z0-9._-]+", line)[0])[0] for line in declared_requirements()}
+
+
+# Requirements that only the unit suite and the linter use, never a notebook's execution:
+# two configurations that differ only in these run the same course (PyYAML 6.0 has no wheel
+# for Python 3.12, so 3.12's lowest resolution takes 6.0.1 where 3.11's takes 6.0).
+UNIT_SUITE_ONLY = ("hypothesis", "pyyaml", "ruff")
+
+
+def course_releases(pins: frozenset | None) -> frozenset | None:
+    """``pins`` without UNIT_SUITE_ONLY: the releases a notebook's execution depends on."""
+    return None if pins is None else frozenset(p for p in pins if p[0] not in UNIT_SUITE_ONLY)
+
+
+def resolve(uv: str, python: str, resolution: str) -> frozenset[tuple[str, str]] | None:
+    """The releases of the packages pyproject.toml names that ``python`` would install with
+    ``resolution`` (as prepare() installs them), or None when uv cannot tell."""
+    command = [uv, "pip", "compile", "-", "--quiet", "--no-header", "--no-annotate"]
+    command += ["--python", python]
+    if resolution == "lowest":
+        command += ["--resolution", "lowest-direct", "--only-binary", ":all:"]
+    resolved = subprocess.run(
+        command,
+        input="\n".join(declared_requirements()),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if resolved.returncode:
+        return None
+    named = _named()
+    pins = {_pin(line) for line in resolved.stdout.splitlines() if "==" in line}
+    pins = frozenset(pin for pin in pins if pin[0] in named)
+    return pins if len(pins) == len(named) else None
+
+
 def repeats_make_test(uv: str, version: str, resolution: str) -> str | None:
     """Why the configuration would only repeat `make test`'s strict nbval, or None: it is the
     newest one on .venv's Python and .venv holds every release it resolves to."""
@@ -117,28 +160,44 @@ def repeats_make_test(uv: str, version: str, resolution: str) -> str | None:
     ).stdout.strip()
     if venv_version != version:
         return None
-    resolved = subprocess.run(
-        [uv, "pip", "compile", "-", "--quiet", "--no-header", "--no-annotate"]
-        + ["--python-version", version],
-        input="\n".join(declared_requirements()),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    pins = resolve(uv, str(VENV_PYTHON), "newest")
     installed = subprocess.run(
         [uv, "pip", "freeze", "--python", str(VENV_PYTHON)], capture_output=True, text=True
     )
-    if resolved.returncode or installed.returncode:
+    if pins is None or installed.returncode:
         return None  # cannot tell: run it
-    # The packages pyproject.toml names (a newer release of one of their own dependencies,
-    # such as an HTML parser of nbconvert's, changes nothing the course is tested on).
-    named = {_pin(re.match(r"[A-Za-z0-9._-]+", line)[0])[0] for line in declared_requirements()}
-    pins = {_pin(line) for line in resolved.stdout.splitlines() if "==" in line}
-    pins = {pin for pin in pins if pin[0] in named}
     have = {_pin(line) for line in installed.stdout.splitlines() if "==" in line}
-    if len(pins) < len(named) or not pins <= have:
+    if not pins <= have:
         return None
     return f".venv (Python {version}) holds the newest release of all {len(pins)} requirements"
+
+
+def repeated_pairs(
+    pins: dict[tuple[str, str], frozenset | None], protected: tuple[str, str] | None = None
+) -> dict[tuple[str, str], str]:
+    """Which configurations to leave out, each with the reason: what a configuration adds is
+    its Python and its set of releases (``pins``: course_releases of each), so one whose
+    releases another configuration runs AND
+    whose Python another configuration runs proves nothing new (on Python 3.12 the lowest
+    releases are 3.11's, the newest are 3.13's). Decided from the last configuration to the
+    first (the oldest Python keeps its own), never ``protected`` (it runs the unit suite),
+    never one whose releases are unknown (None)."""
+    protected = protected or UNIT_SUITE_ON
+    kept = dict(pins)
+    dropped = {}
+    for config in reversed(list(pins)):
+        if config == protected or pins[config] is None:
+            continue
+        others = {c: p for c, p in kept.items() if c != config}
+        same_releases = [c for c, p in others.items() if p == pins[config]]
+        same_python = [c for c in others if c[0] == config[0]]
+        if same_releases and same_python:
+            del kept[config]
+            dropped[config] = (
+                f"its releases run in {'-'.join(same_releases[0])}, "
+                f"its Python in {'-'.join(same_python[0])}"
+            )
+    return dropped
 
 
 def _pin(line: str) -> tuple[str, str]:
@@ -160,7 +219,9 @@ UNIT_SUITE_ON = (PYTHONS[0], "lowest")
 # and its outputs still the stored ones (the backend is NumPy underneath; only the line that
 # names the backend differs, masked by STRICT_SANITIZE). One execution of the course instead of
 # two (this configuration's and tools/run_strict_course.py's); the plain backend on the newest
-# releases is proven by make test (3.11) and 3.12-newest, on 3.13 by 3.13-lowest.
+# releases is proven by make test (3.11) and 3.12-newest, on 3.13 by 3.13-lowest. Where
+# 3.13-newest repeats other configurations (repeated_pairs), the check moves to the newest
+# releases on another Python (strict_configuration).
 STRICT_ON = (PYTHONS[-1], "newest")
 STRICT_SANITIZE = """
 [strict_backend_name]
@@ -221,11 +282,11 @@ def prepare(uv: str, wheel: Path, python: str, version: str, resolution: str) ->
 
 def strict_configuration(chosen: list[tuple[str, str]]) -> tuple[str, str] | None:
     """Which of the ``chosen`` (version, resolution) runs on numpy-strict: STRICT_ON, or where
-    its Python is missing, the newest Python's newest configuration that runs (else its
-    lowest), so that the check never silently goes."""
+    it does not run, the newest Python's configuration with the newest releases (else the
+    newest Python's lowest), so that the check never silently goes."""
     if not chosen or STRICT_ON in chosen:
         return STRICT_ON if chosen else None
-    return max(chosen, key=lambda c: (PYTHONS.index(c[0]), c[1] == "newest"))
+    return max(chosen, key=lambda c: (c[1] == "newest", PYTHONS.index(c[0])))
 
 
 def test_configuration(version: str, resolution: str, strict_on=STRICT_ON) -> tuple[str, str]:
@@ -308,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((config, "skipped", "repeats make test"))
             continue
         chosen[config] = (python, version, resolution)
+    if not args.configs:  # named configurations run as asked
+        pins = {(v, r): course_releases(resolve(uv, py, r)) for py, v, r in chosen.values()}
+        for (version, resolution), why in repeated_pairs(pins).items():
+            config = f"{version}-{resolution}"
+            print(f"skip {config}: repeats other configurations ({why})")
+            rows.append((config, "skipped", f"repeats others: {why}"))
+            del chosen[config]
     strict_on = strict_configuration([(v, r) for _, v, r in chosen.values()])
     pool = ThreadPoolExecutor(max_workers=max(1, len(chosen)))
     built = {c: pool.submit(prepare, uv, wheel, *job) for c, job in chosen.items()}
