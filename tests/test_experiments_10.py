@@ -170,32 +170,64 @@ def test_products_per_forward_are_the_structural_claim(script):
     assert count["prefix_embed"] == count["prefix_layer"] == base
 
 
-# The rerun below compares one stored point of the full sweep. Its tolerance must come from the
-# spread measured across BLAS kernels (as tests/test_experiments_07.py records it); until the
-# sweep has finished and that spread is measured, it is skipped.
-RERUN = {"section": "budget", "task": "prv", "method": "lora", "size": 4, "n_train": None}
-RERUN_TOLERANCE = {"exact_match": (0.015, False), "val_loss": (0.01, True)}  # 07's, provisional
+# The rerun below: LoRA r = 4 on q, v, prv, seed 0, at its tuned rate (1e-2), measured
+# 2026-12-05 on this project's AMD EPYC (AVX-512; numpy 2.4.6 with OpenBLAS 0.3.31), each kernel
+# forced for that one command (OPENBLAS_CORETYPE=<kernel>):
+#   kernel        exact match   final loss   held-out loss
+#   stored        0.940         0.05442      0.04774
+#   SkylakeX      0.940         0.05442      0.04774   (the kernel that made the stored results)
+#   Haswell       0.940         0.05464      0.04811
+#   Sandybridge   0.935         0.05426      0.04800
+#   Nehalem       0.945         0.05433      0.04839
+# Largest deviation: 0.005 (one prompt of 200), 0.4 % and 1.4 %. Allowed, with margin: 0.015
+# (three prompts), 1 % and 4 %. Seeds 0-2 span 0.925-0.945, 0.037-0.084 and 0.038-0.074. The
+# point is notebook 07's rerun point too (the same recipe): both scripts store the same numbers.
+RERUN = {"method": "lora", "size": 4}
+RERUN_TOLERANCE = {
+    "exact_match": (0.015, False),
+    "final_loss": (0.01, True),
+    "val_loss": (0.04, True),
+}
 
 
-def test_rerun_one_point(script, rerun_miss):
-    """LoRA q, v r=4 on prv, seed 0, at its tuned rate: the stored point again."""
+def _rerun(script, lr_factor=1.0):
+    """The stored point's configuration again, at ``lr_factor`` times its tuned rate (the
+    pretraining tasks skipped: they are not compared), and the stored rows of its seeds."""
     try:
         results = stored_results.load_json("10_peers.json")
     except FileNotFoundError:
         pytest.skip("lora_np/results/10_peers.json is not there yet: the sweep has not run")
     if not results.get("complete"):
-        pytest.skip(
-            "the 10_peers sweep is still partial; this rerun waits for the complete results and "
-            "for the spread across BLAS kernels that sets its tolerance"
-        )
+        pytest.skip("the 10_peers sweep is still partial: the rerun waits for its results")
     config = script._config(RERUN["method"], RERUN["size"])
-    lr = results["lr"][script.name(config)]["lr"]
-    (stored,) = _rows(results["runs"], **config, seed=0)
+    lr = results["lr"][script.name(config)]["lr"] * lr_factor
     ln.backend.set_blas_threads(1)
     row = script.run(**config, seed=0, lr=lr, eval_n=script.EVAL_N, val_n=script.VAL_N,
-                     forget_n=script.FORGET_N)  # fmt: skip
+                     forget_n=0)  # fmt: skip
+    return row, _rows(results["runs"], **config)
+
+
+def _misses(row, seed_rows, rerun_miss):
+    (stored,) = [r for r in seed_rows if r["seed"] == 0]
     assert row["trainable_params"] == stored["trainable_params"]
-    seeds = _rows(results["runs"], **config)
+    found = []
     for key, (allowed, relative) in RERUN_TOLERANCE.items():
-        miss = rerun_miss(key, row[key], stored[key], [r[key] for r in seeds], allowed, relative)
-        assert miss is None, miss
+        seeds = [r[key] for r in seed_rows]
+        found.append(rerun_miss(key, row[key], stored[key], seeds, allowed, relative))
+    return [miss for miss in found if miss]
+
+
+def test_rerun_one_point(script, rerun_miss):
+    """LoRA q, v r=4 on prv, seed 0, at its tuned rate: the stored point again."""
+    row, seed_rows = _rerun(script)
+    assert _misses(row, seed_rows, rerun_miss) == []
+
+
+@pytest.mark.sensitivity
+def test_rerun_one_point_misses_at_twice_the_rate(script, rerun_miss):
+    """A changed script fails the rerun: at twice the tuned rate the point scored 0.985 with
+    losses 0.0242 and 0.0243 under SkylakeX, 0.940 with 0.0308 and 0.0189 under Haswell
+    (2026-12-05), outside RERUN_TOLERANCE of the stored 0.940, 0.0544 and 0.0477."""
+    row, seed_rows = _rerun(script, lr_factor=2.0)
+    found = _misses(row, seed_rows, rerun_miss)
+    assert {"final_loss", "val_loss"} <= {miss.split(":")[0] for miss in found}, found
