@@ -5,11 +5,11 @@ call in :func:`mark_unsolved`::
 
     from lora_np.checks._run_all import mark_unsolved
 
-    with mark_unsolved("02.3", "merge"):
+    with mark_unsolved("02.5", "merge"):
         ln.checks.check_merge(merge)
 
 An exercise whose function still raises ``NotImplementedError`` (the stub, untouched or
-half-written) prints one "✗ Exercise 02.3 not solved yet" line and lets "Run All" and
+half-written) prints one "✗ Exercise 02.5 not solved yet" line and lets "Run All" and
 ``jupyter nbconvert --execute`` go on; the cells below use the library's version through
 ``passing_or_reference``. A wrong answer, and anything else, is raised as before and stops
 the run. Only the student edition uses this: the teacher's edition, nbgrader's release and CI
@@ -26,7 +26,7 @@ __all__ = ["mark_unsolved", "unsolved_line"]
 
 
 def unsolved_line(number: str, name: str) -> str:
-    """The line printed for exercise ``number`` (say "02.3") whose function ``name`` is unsolved."""
+    """The line printed for exercise ``number`` (say "02.5") whose function ``name`` is unsolved."""
     return (
         f"✗ Exercise {number} not solved yet: `{name}` still raises NotImplementedError; "
         f"the cells below use the library's {name}"
