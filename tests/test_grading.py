@@ -363,6 +363,40 @@ def test_a_class_exercise_is_graded_through_the_class_itself(tmp_path, library):
     assert verdict.score == 0 and "not written yet" in verdict.message
 
 
+def test_an_answer_built_on_an_unsolved_earlier_exercise_is_graded_on_its_own(tmp_path, library):
+    """00's Value.backward calls the learner's topological_order (exercise 00.1). Left unsolved
+    or wrong, the notebook goes on with the library's (`passing_or_reference`), and so does the
+    grader: a correct Value scores 1 either way, while topological_order itself scores 0."""
+    path = editions.select(["00"])[0]
+    teacher = nbformat.read(path, as_version=4)
+    exercises = [e for e in editions.find_exercises(teacher, path)]
+    graded = [e for e in exercises if e.name in ("topological_order", "Value")]
+    by_name = {e.name: e for e in exercises}
+    assert by_name["topological_order"].solution_cell < by_name["Value"].solution_cell
+    uses = "class Value:\n    def backward(self):\n        return topological_order(self)"
+    earlier = grading.earlier_answers(teacher, by_name["Value"].solution_cell, "Value", uses)
+    assert earlier == [
+        "topological_order = ln.checks.passing_or_reference(topological_order, 'topological_order')"
+    ]
+    assert not grading.earlier_answers(teacher, by_name["Value"].solution_cell, "Value", "x = 1")
+    assert not grading.earlier_answers(
+        teacher, by_name["topological_order"].solution_cell, "x", uses
+    )
+    wrong_order = "def topological_order(root):\n    return [root]"
+    for first in (None, wrong_order):  # the stub, then a wrong answer
+        nb = editions.student_notebook(teacher, path)
+        lines = teacher.cells[by_name["Value"].solution_cell].source.split("\n")
+        nb.cells[by_name["Value"].solution_cell].source = "\n".join(
+            line for line in lines if line.strip() not in (editions.BEGIN, editions.END)
+        )
+        if first:
+            nb.cells[by_name["topological_order"].solution_cell].source = first
+        submitted = tmp_path / f"{uuid.uuid4().hex[:8]}.ipynb"
+        nbformat.write(nb, submitted)
+        verdicts = grading.grade_submission(submitted, teacher, graded, library, SEED)
+        assert [v.score for v in verdicts] == [0, 1], verdicts
+
+
 def test_a_carried_answer_is_the_librarys_in_the_prelude():
     """`X = ln.checks.yours_or_reference("name")` above an exercise binds the library's answer
     (a submission holds one notebook); below it, or with any other call, nothing is bound."""

@@ -186,6 +186,41 @@ def teacher_prelude(teacher, solution_cell: int, solution_cells: set[int]) -> li
     return pieces
 
 
+def _earlier_answer(node, graded: str) -> str | None:
+    """``X = ...passing_or_reference(X, "name", ...)`` for an exercise other than ``graded``, as
+    source without ``carry`` (grading saves nothing), else None."""
+    if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
+        return None
+    call = node.value
+    func = call.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if called != "passing_or_reference" or len(call.args) != 2:
+        return None
+    key = call.args[1]
+    if not (isinstance(key, ast.Constant) and isinstance(key.value, str)) or key.value == graded:
+        return None
+    call = ast.Call(call.func, call.args, [k for k in call.keywords if k.arg != "carry"])
+    return ast.unparse(ast.Assign(node.targets, call, lineno=0))
+
+
+def earlier_answers(teacher, solution_cell: int, graded: str, definitions: str) -> list[str]:
+    """The teacher's ``X = ln.checks.passing_or_reference(X, "x")`` statements above the graded
+    exercise whose X the learner's ``definitions`` use: run after them, they make an earlier
+    exercise that the learner left unsolved (or got wrong) the library's, as the notebook does,
+    so that an answer built on it (00's Value on topological_order) is graded on its own. An
+    earlier answer the graded one does not use is never run here (it is graded on its own)."""
+    used = {node.id for node in ast.walk(ast.parse(definitions)) if isinstance(node, ast.Name)}
+    pieces = []
+    for cell in teacher.cells[:solution_cell]:
+        tree = _parse(cell.source) if cell.cell_type == "code" else None
+        for node in tree.body if tree is not None else ():
+            statement = _earlier_answer(node, graded)
+            targets = ast.walk(node.targets[0]) if statement is not None else ()
+            if any(isinstance(t, ast.Name) and t.id in used for t in targets):
+                pieces.append(statement)
+    return pieces
+
+
 class PristineLibrary:
     """``lora_np`` and the child grader as they were before any submission ran, held in memory.
 
@@ -247,8 +282,10 @@ def run_exercise(
     definitions: str,
     hidden_seed: int,
     time_limit: float = TIME_LIMIT_S,
+    earlier: list[str] = (),
 ) -> Verdict:
-    """One exercise in a fresh process: its verdict, or why there is none."""
+    """One exercise in a fresh process: its verdict, or why there is none. ``earlier``: the
+    statements of :func:`earlier_answers`."""
     workdir = Path(tempfile.mkdtemp(prefix="lora-np-grade-"))
     pristine = library.write_to(workdir / "library")
     scratch = workdir / "scratch"
@@ -261,6 +298,7 @@ def run_exercise(
         "exercise": exercise,
         "prelude": prelude,
         "definitions": definitions,
+        "earlier": list(earlier),
         "hidden_seed": hidden_seed,
         "verdict_fd": write_end,
         "sys_path": [str(pristine), *sorted(packages)],
@@ -365,7 +403,15 @@ def grade_submission(
             verdicts[exercise.name] = Verdict(exercise.name, 0, "missing", str(err))
             continue
         prelude = teacher_prelude(teacher, exercise.solution_cell, solution_cells)
-        jobs[exercise.name] = (exercise.name, prelude, definitions, hidden_seed, time_limit)
+        earlier = earlier_answers(teacher, exercise.solution_cell, exercise.name, definitions)
+        jobs[exercise.name] = (
+            exercise.name,
+            prelude,
+            definitions,
+            hidden_seed,
+            time_limit,
+            earlier,
+        )
     if all(v.status == "missing" for v in verdicts.values()) and not jobs:
         names = ", ".join(e.name for e in exercises)
         raise GradingProblem(

@@ -4,7 +4,8 @@ The parent starts this as ``python -I -S grading_child.py`` with the pristine, r
 ``lora_np`` first on ``sys.path`` and the job as JSON on stdin::
 
     {"exercise": name, "prelude": teacher's imports and helpers, "definitions": the learner's
-     defs, "hidden_seed": int, "verdict_fd": int}
+     defs, "earlier": the teacher's statements that make an earlier exercise the library's
+     when the learner's does not pass, "hidden_seed": int, "verdict_fd": int}
 
 and reads one JSON verdict from ``verdict_fd``: ``{"score": 0 or 1, "status": ..., "message":
 ...}``. Only the learner's top-level definitions ever run here, never the rest of their
@@ -21,6 +22,7 @@ verdict) is out of scope; the parent runs it as an unprivileged user when it can
 
 from __future__ import annotations
 
+import ast
 import builtins
 import contextlib
 import io
@@ -40,6 +42,9 @@ EXTRA_TRAPS = {
     "train_lora": [("lora_np.train", "train")],
     "save_adapter": [("lora_np.lora.peft_format", "save_adapter")],
 }
+
+
+EARLIER_CALL_LIMIT_S = 5.0  # per call of an earlier exercise's checker (honest ones: < 1 s)
 
 
 class TrapState:
@@ -248,6 +253,23 @@ def grade(job: dict) -> dict:
         armed(lambda: exec(compile(job["definitions"], "<your notebook>", "exec"), namespace))
     except BaseException as err:  # noqa: BLE001 (the learner's error, reported)
         return {"score": 0, "status": "failed", "message": f"your definitions raised {err!r}"}
+    # An earlier exercise of this notebook that the learner left unsolved (or got wrong) is the
+    # library's from here on, as in the notebook (`X = ln.checks.passing_or_reference(X, "x")`,
+    # job["earlier"]): an answer that builds on it is graded on its own. Each earlier checker
+    # gets a short limit per call, so that a hanging earlier answer cannot use up this one's.
+    from lora_np.checks import _guard
+
+    limit, _guard.TIME_LIMIT_S = _guard.TIME_LIMIT_S, EARLIER_CALL_LIMIT_S
+    try:
+        for statement in job.get("earlier", ()):
+            answer = ast.parse(statement).body[0].value.args[0]
+            for node in ast.walk(answer):  # an untouched stub is not among the definitions
+                if isinstance(node, ast.Name) and node.id not in namespace:
+                    namespace[node.id] = None  # not passing: the library's, as in the notebook
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(BaseException):
+                exec(compile(statement, "<teacher's notebook>", "exec"), namespace)
+    finally:
+        _guard.TIME_LIMIT_S = limit
     function = namespace.get(name)
     if not callable(function):
         return {"score": 0, "status": "failed", "message": f"{name} is not defined"}
