@@ -255,7 +255,10 @@ def grade(job: dict) -> dict:
         return {"score": 0, "status": "failed", "message": f"your definitions raised {err!r}"}
     # An earlier exercise of this notebook that the learner left unsolved (or got wrong) is the
     # library's from here on, as in the notebook (`X = ln.checks.passing_or_reference(X, "x")`,
-    # job["earlier"]): an answer that builds on it is graded on its own. Each earlier checker
+    # job["earlier"]): an answer that builds on it is graded on its own. These checks run
+    # unarmed, as passing_or_reference is itself a trap: an earlier answer may then call the
+    # graded exercise's library answer unrecorded, but a call only returns a result, never the
+    # library's function, and every call the graded answer makes is armed. Each earlier checker
     # gets a short limit per call, so that a hanging earlier answer cannot use up this one's.
     from lora_np.checks import _guard
 
