@@ -221,22 +221,33 @@ def _same(row: dict, config: dict) -> bool:
     return all(row[k] == v for k, v in config.items())
 
 
-def choose_lr(rows: list, config: dict) -> dict:
-    """The tuning decision for ``config`` from its tuning rows so far.
+def choose_lr(
+    rows: list,
+    config: dict,
+    grid=None,
+    max_extensions: int = MAX_EXTENSIONS,
+    ladder=LADDER,
+    by: str = "final_loss",
+) -> dict:
+    """The tuning decision for ``config`` from its tuning rows so far: the rate with the lowest
+    ``by`` (ties to the smaller rate), tried on ``grid`` (default ``GRID[method]``) and the
+    ``ladder``'s rates beyond it. experiments/10_peers.py uses it too, with its own ladder and
+    the held-out loss.
 
     Returns ``{"lr", "tried", "on_edge", "next"}``: ``next`` is the rate still to try (the
-    ladder's next rate beyond the best's edge) or None when the choice is made.
+    ladder's next rate beyond the best's edge) or None when the choice is made (the best is
+    inside, or ``max_extensions`` rates were added, or the ladder ends).
     """
+    grid = GRID[config["method"]] if grid is None else grid
     mine = [x for x in rows if _same(x, config)]
     tried = sorted(x["lr"] for x in mine)
-    best = min(mine, key=lambda x: (x["final_loss"], x["lr"]))["lr"]
+    best = min(mine, key=lambda x: (x[by], x["lr"]))["lr"]
     on_edge = best in (tried[0], tried[-1])
-    extensions = len(tried) - len(GRID[config["method"]])
     nxt = None
-    if on_edge and extensions < MAX_EXTENSIONS:
-        i = LADDER.index(best) + (1 if best == tried[-1] else -1)
-        if 0 <= i < len(LADDER):
-            nxt = LADDER[i]
+    if on_edge and len(tried) - len(grid) < max_extensions:
+        i = ladder.index(best) + (1 if best == tried[-1] else -1)
+        if 0 <= i < len(ladder):
+            nxt = ladder[i]
     return {"lr": best, "tried": tried, "on_edge": on_edge, "next": nxt}
 
 

@@ -359,26 +359,14 @@ def run(section, task, method, size, n_train, steps, *, seed, lr, eval_n, val_n,
 # ------------------------------------------------------------------------------ tuning
 
 
-def _same(row: dict, config: dict) -> bool:
-    return all(row[k] == v for k, v in config.items())
+_same = FT._same
 
 
 def choose_lr(rows: list, config: dict, grid=None, max_extensions: int = MAX_EXTENSIONS) -> dict:
-    """The tuning decision for ``config`` from its tuning rows so far: ``{"lr", "tried",
-    "on_edge", "next"}``; ``next`` is the ladder's next rate beyond the best's edge, or None
-    when the choice is made (the best is inside, or ``max_extensions`` rates were added, or
-    the ladder ends)."""
+    """07's rule (experiments/07_finetune.py ``choose_lr``) on this sweep's grids and ladder,
+    by the held-out loss: ``{"lr", "tried", "on_edge", "next"}``."""
     grid = GRID[config["method"]] if grid is None else grid
-    mine = [x for x in rows if _same(x, config)]
-    tried = sorted(x["lr"] for x in mine)
-    best = min(mine, key=lambda x: (x["val_loss"], x["lr"]))["lr"]
-    on_edge = best in (tried[0], tried[-1])
-    nxt = None
-    if on_edge and len(tried) - len(grid) < max_extensions:
-        i = LADDER.index(best) + (1 if best == tried[-1] else -1)
-        if 0 <= i < len(LADDER):
-            nxt = LADDER[i]
-    return {"lr": best, "tried": tried, "on_edge": on_edge, "next": nxt}
+    return FT.choose_lr(rows, config, grid, max_extensions, LADDER, by="val_loss")
 
 
 def summary(rows: list, configs: list) -> list:
