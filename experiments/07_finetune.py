@@ -251,10 +251,16 @@ def choose_lr(
     return {"lr": best, "tried": tried, "on_edge": on_edge, "next": nxt}
 
 
-def summary(rows: list) -> list:
-    """Per configuration: exact match per seed, mean, std, min, max; the mean final loss."""
+def _mean_final_loss(group: list) -> dict:
+    return {"final_loss_mean": statistics.fmean(g["final_loss"] for g in group)}
+
+
+def summary(rows: list, configs=None, more=_mean_final_loss) -> list:
+    """Per configuration (default ``CONFIGS``): exact match per seed, mean, std, min, max, and
+    the keys ``more(seed_rows)`` adds (here the mean final loss; experiments/10_peers.py adds
+    the pretraining scores)."""
     out = []
-    for config in CONFIGS:
+    for config in CONFIGS if configs is None else configs:
         group = sorted((r for r in rows if _same(r, config)), key=lambda r: r["seed"])
         if not group:
             continue
@@ -270,7 +276,7 @@ def summary(rows: list) -> list:
                 "exact_match_std": statistics.pstdev(em),
                 "exact_match_min": min(em),
                 "exact_match_max": max(em),
-                "final_loss_mean": statistics.fmean(g["final_loss"] for g in group),
+                **more(group),
             }
         )
     return out

@@ -369,32 +369,19 @@ def choose_lr(rows: list, config: dict, grid=None, max_extensions: int = MAX_EXT
     return FT.choose_lr(rows, config, grid, max_extensions, LADDER, by="val_loss")
 
 
+def _pretrain_spread(group: list) -> dict:
+    pre = [g["pretrain_mean"] for g in group]
+    return {
+        "pretrain_mean": statistics.fmean(pre),
+        "pretrain_min": min(pre),
+        "pretrain_max": max(pre),
+    }
+
+
 def summary(rows: list, configs: list) -> list:
-    """Per configuration: exact match and pretraining mean per seed, with mean, std, min, max."""
-    out = []
-    for config in configs:
-        group = sorted((r for r in rows if _same(r, config)), key=lambda r: r["seed"])
-        if not group:
-            continue
-        em = [g["exact_match"] for g in group]
-        pre = [g["pretrain_mean"] for g in group]
-        out.append(
-            {
-                **config,
-                "lr": group[0]["lr"],
-                "trainable_params": group[0]["trainable_params"],
-                "seeds": [g["seed"] for g in group],
-                "exact_match": em,
-                "exact_match_mean": statistics.fmean(em),
-                "exact_match_std": statistics.pstdev(em),
-                "exact_match_min": min(em),
-                "exact_match_max": max(em),
-                "pretrain_mean": statistics.fmean(pre),
-                "pretrain_min": min(pre),
-                "pretrain_max": max(pre),
-            }
-        )
-    return out
+    """07's summary per configuration (exact match per seed, mean, std, min, max), with the
+    pretraining score's mean, min and max over the seeds."""
+    return FT.summary(rows, configs, more=_pretrain_spread)
 
 
 def _key(row: dict) -> tuple:
