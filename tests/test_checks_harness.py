@@ -10,7 +10,7 @@ import pytest
 import lora_np as ln
 from lora_np import checks
 from lora_np.checks import _guard
-from lora_np.checks._harness import ExerciseError
+from lora_np.checks._harness import ExerciseError, with_hint
 
 CHECKERS = sorted(name for name in checks.__all__ if name.startswith("check_"))
 
@@ -288,3 +288,26 @@ def test_a_method_patched_on_a_library_class_is_restored_for_the_reference(monke
     with pytest.raises(ExerciseError, match="factor `scaling`"):
         checks.check_merge(merge_without_scale)
     assert ln.lora.LoRALinear.merge is merge_method
+
+
+def test_a_hint_keeps_what_the_error_carries():
+    """call_explained adds its hint only to the error it explains, and the learner's traceback
+    and the mark of an unsolved exercise survive the hint (Run All of the student edition
+    relies on that mark)."""
+    from lora_np.checks._harness import call_explained
+
+    def mismatched(a):
+        return np.ones((2, 3)) @ np.ones((2, 3))
+
+    def unsolved(a):
+        raise NotImplementedError
+
+    with pytest.raises(ExerciseError) as info:
+        call_explained(mismatched, "f", "a case", 1, shape_hint=". HINT", none_hint=". NONE")
+    assert str(info.value).endswith(". HINT") and info.value.learner_traceback is not None
+    with pytest.raises(ExerciseError) as info:
+        call_explained(unsolved, "f", "a case", 1, shape_hint=". HINT")
+    assert "HINT" not in str(info.value) and getattr(info.value, "unsolved", False)
+    hinted = with_hint(info.value, ". more")
+    assert str(hinted).endswith(". more") and hinted.unsolved
+    assert hinted.learner_traceback is info.value.learner_traceback

@@ -33,6 +33,7 @@ __all__ = [
     "as_originally_imported",
     "as_whole_number",
     "call",
+    "call_explained",
     "compare",
     "describe",
     "exercise",
@@ -43,6 +44,7 @@ __all__ = [
     "precision_of",
     "snapshot",
     "unchanged",
+    "with_hint",
 ]
 
 
@@ -285,6 +287,29 @@ def compare(
 def is_shape_error(message: str) -> bool:
     """Whether an error message is NumPy's complaint about mismatched shapes in a product."""
     return any(word in message for word in ("matmul", "shapes", "aligned", "broadcast"))
+
+
+def with_hint(err: ExerciseError, hint: str) -> ExerciseError:
+    """``err`` with ``hint`` added to its message, keeping what it carries (the learner's
+    traceback, the mark of an unsolved exercise)."""
+    error = ExerciseError(str(err) + hint)
+    error.__dict__.update(err.__dict__)
+    return error
+
+
+def call_explained(
+    fn: Any, name: str, case: str, *args: Any, shape_hint: str = "", none_hint: str = ""
+) -> Any:
+    """:func:`call`, with ``shape_hint`` added when the learner's code multiplied mismatched
+    shapes and ``none_hint`` when it used a None it did not expect."""
+    try:
+        return call(fn, name, case, *args)
+    except ExerciseError as err:
+        text = str(err)
+        hint = shape_hint if is_shape_error(text) else none_hint if "NoneType" in text else ""
+        if not hint:
+            raise
+        raise with_hint(err, hint) from None
 
 
 def passed(name: str, n_cases: int, quiet: bool = False) -> None:

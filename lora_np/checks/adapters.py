@@ -14,14 +14,15 @@ from ._harness import (
     ExerciseError,
     as_array,
     call,
+    call_explained,
     compare,
     exercise,
-    is_shape_error,
     np,
     passed,
     precision_of,
     snapshot,
     unchanged,
+    with_hint,
 )
 
 __all__ = [
@@ -203,16 +204,14 @@ def check_quantize_blockwise(fn, *, quiet: bool = False) -> None:
         try:
             got = call(fn, name, case, given, bits, block)
         except ExerciseError as err:
-            text = str(err)
-            if "reshape" in text or "size" in text:
-                text += (
-                    ". When w.size is not a multiple of block_size the last block is shorter: "
-                    "pad the flattened values with zeros to whole blocks (zeros change no "
-                    "absmax), then cut the padding off again"
-                )
-            error = ExerciseError(text)
-            error.learner_traceback = err.learner_traceback
-            raise error from None
+            if "reshape" not in str(err) and "size" not in str(err):
+                raise
+            raise with_hint(
+                err,
+                ". When w.size is not a multiple of block_size the last block is shorter: "
+                "pad the flattened values with zeros to whole blocks (zeros change no "
+                "absmax), then cut the padding off again",
+            ) from None
         if not np.array_equal(given, w) or given.shape != w.shape:
             raise ExerciseError(f"{name} changed w in place on {case}: return a new array")
         host = as_array(got, name, case, finite=False)
@@ -366,21 +365,15 @@ def check_mixed_lora_forward(fn, *, quiet: bool = False) -> None:
         mistakes = _wrong_mixed(*args64)
         given = [None if a is None else a.copy() for a in args]
         before = snapshot(*given)
-        try:
-            got = call(fn, name, case, *given)
-        except ExerciseError as err:
-            text = str(err)
-            if is_shape_error(text):
-                text += (
-                    ". Write the shape beside every factor: A[adapter_ids] is (batch, r, k), "
-                    "B[adapter_ids] is (batch, d, r); `@` multiplies the last two axes, "
-                    "batch by batch"
-                )
-            elif "NoneType" in text:
-                text += ". b can be None (no bias): add it only when it is given"
-            error = ExerciseError(text)
-            error.learner_traceback = err.learner_traceback
-            raise error from None
+        got = call_explained(
+            fn,
+            name,
+            case,
+            *given,
+            shape_hint=". Write the shape beside every factor: A[adapter_ids] is (batch, r, k), "
+            "B[adapter_ids] is (batch, d, r); `@` multiplies the last two axes, batch by batch",
+            none_hint=". b can be None (no bias): add it only when it is given",
+        )
         unchanged(name, case, labels, before, given)
         got = as_array(got, name, case, want.shape)
         precision = precision_of(*(a for a in args if a is not None and a.dtype.kind == "f"))

@@ -16,10 +16,9 @@ from ._harness import (
     ExerciseError,
     as_array,
     as_items,
-    call,
+    call_explained,
     compare,
     exercise,
-    is_shape_error,
     np,
     passed,
     precision_of,
@@ -105,20 +104,15 @@ def merge_reference(W0, A, B, scaling):
 
 def _call_explained(fn, name: str, case: str, *args):
     """``call``, with a hint added when the learner's code hit a shape or a None it did not expect."""
-    try:
-        return call(fn, name, case, *args)
-    except ExerciseError as err:
-        text = str(err)
-        if is_shape_error(text):
-            text += (
-                ". A shape mismatch in a product usually means a missing or extra transpose: "
-                "write the shape of every factor next to it"
-            )
-        elif "NoneType" in text:
-            text += ". b can be None (no bias): add it only when it is given"
-        error = ExerciseError(text)
-        error.learner_traceback = err.learner_traceback
-        raise error from None
+    return call_explained(
+        fn,
+        name,
+        case,
+        *args,
+        shape_hint=". A shape mismatch in a product usually means a missing or extra transpose: "
+        "write the shape of every factor next to it",
+        none_hint=". b can be None (no bias): add it only when it is given",
+    )
 
 
 def _wrong_shape_hint(got, name: str, case: str, want_shape, what: str):
@@ -363,15 +357,10 @@ def check_merge(fn, *, quiet: bool = False) -> None:
         want = merge_reference(*args64)  # first, from private float64 copies
         mistakes = _wrong_merges(*args64)
         W0_given, A_given, B_given = W0.copy(), A.copy(), B.copy()
-        try:
-            got = call(fn, name, case, W0_given, A_given, B_given, s)
-        except ExerciseError as err:
-            text = str(err)
-            if is_shape_error(text):
-                text += ". The update is B (d, r) @ A (r, k): check the order of the factors"
-            error = ExerciseError(text)
-            error.learner_traceback = err.learner_traceback
-            raise error from None
+        got = call_explained(
+            fn, name, case, W0_given, A_given, B_given, s,
+            shape_hint=". The update is B (d, r) @ A (r, k): check the order of the factors",
+        )  # fmt: skip
         if not np.array_equal(W0_given, W0) or W0_given.shape != W0.shape:
             raise ExerciseError(
                 f"{name} changed W0 in place on {case}: the frozen weight must stay as it was "

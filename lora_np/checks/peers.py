@@ -25,6 +25,7 @@ from ._harness import (
     precision_of,
     snapshot,
     unchanged,
+    with_hint,
 )
 
 __all__ = [
@@ -35,12 +36,6 @@ __all__ = [
     "dora_forward_reference",
     "loraplus_rates_reference",
 ]
-
-
-def _explained(err: ExerciseError, hint: str) -> ExerciseError:
-    error = ExerciseError(str(err) + hint)
-    error.learner_traceback = err.learner_traceback
-    return error
 
 
 # ----------------------------------------------------------------------------- adapter forward
@@ -131,7 +126,7 @@ def check_adapter_forward(fn, *, quiet: bool = False) -> None:
                 ". W_down is (r, C) and W_up is (C, r), as a Linear's (out, in) weights: "
                 "h @ W_down.T is (..., r)" if is_shape_error(str(err)) else ""
             )  # fmt: skip
-            raise _explained(err, hint) from None
+            raise with_hint(err, hint) from None
         unchanged(name, case, labels, before, given)
         got = as_array(got, name, case, want.shape)
         compare(got, want, name, case, mistakes, "output", precision_of(*args))
@@ -238,7 +233,7 @@ def check_dora_forward(fn, *, quiet: bool = False) -> None:
                 else ". b can be None (no bias): add it only when it is given"
                 if "NoneType" in text else ""
             )  # fmt: skip
-            raise _explained(err, hint) from None
+            raise with_hint(err, hint) from None
         after = [t.numpy() if t is not None else None for t in tensors]
         unchanged(name, case, ("x", "W0", "b", "A", "B", "m"), before, after)
         if not isinstance(got, Tensor):

@@ -15,10 +15,9 @@ from .. import analysis
 from ._harness import (
     ExerciseError,
     as_array,
-    call,
+    call_explained,
     compare,
     exercise,
-    is_shape_error,
     np,
     passed,
     precision_of,
@@ -147,18 +146,14 @@ def _mistakes(W, M, r: int) -> list:
 
 def _call_explained(fn, name: str, case: str, *args):
     """``call``, with a hint when a product of mismatched shapes suggests the wrong vectors."""
-    try:
-        return call(fn, name, case, *args)
-    except ExerciseError as err:
-        text = str(err)
-        if is_shape_error(text):
-            text += (
-                ". W is (d, k) with d ≠ k here: U (d, r) goes on its left as U^T, V (k, r) on "
-                "its right, with V = Vt[:r].T (the rows of Vt are the right-singular vectors)"
-            )
-        error = ExerciseError(text)
-        error.learner_traceback = err.learner_traceback
-        raise error from None
+    return call_explained(
+        fn,
+        name,
+        case,
+        *args,
+        shape_hint=". W is (d, k) with d ≠ k here: U (d, r) goes on its left as U^T, V (k, r) on "
+        "its right, with V = Vt[:r].T (the rows of Vt are the right-singular vectors)",
+    )
 
 
 @exercise("projection_norm", analysis.projection_norm)

@@ -15,9 +15,9 @@ from ._harness import (
     ExerciseError,
     as_array,
     call,
+    call_explained,
     compare,
     exercise,
-    is_shape_error,
     np,
     passed,
     precision_of,
@@ -282,19 +282,15 @@ def _wrong_similarities(A1, A2, i: int, j: int) -> list:
 
 def _call_explained(fn, name: str, case: str, *args):
     """``call``, with a hint when a product of mismatched shapes suggests the wrong vectors."""
-    try:
-        return call(fn, name, case, *args)
-    except ExerciseError as err:
-        text = str(err)
-        if is_shape_error(text):
-            text += (
-                ". A1 and A2 have different numbers of rows (r1 ≠ r2): their LEFT-singular "
-                "vectors live in spaces of different sizes. Use the RIGHT-singular vectors "
-                "(rows of Vt), which live in R^k for both"
-            )
-        error = ExerciseError(text)
-        error.learner_traceback = err.learner_traceback
-        raise error from None
+    return call_explained(
+        fn,
+        name,
+        case,
+        *args,
+        shape_hint=". A1 and A2 have different numbers of rows (r1 ≠ r2): their LEFT-singular "
+        "vectors live in spaces of different sizes. Use the RIGHT-singular vectors "
+        "(rows of Vt), which live in R^k for both",
+    )
 
 
 @exercise("subspace_similarity", analysis.subspace_similarity)
